@@ -1,0 +1,21 @@
+"""Errors a user can fix: the CLI prints them as one line and exits 2, never a traceback."""
+
+
+class UserError(Exception):
+    """Bad input (unknown mechanism, bad size, unreadable file...). The message says what to do."""
+
+
+class UnsupportedRequest(UserError):
+    """A mechanism was asked for a similarity, device, dtype or gradient it does not support."""
+
+
+class Unavailable(Exception):
+    """A plugin cannot run on this machine (missing or broken dependency); carries the reason."""
+
+
+class Infeasible(Exception):
+    """A cell that is not run because its estimate exceeds what the machine has (memory or time)."""
+
+
+class OutOfMemory(Exception):
+    """A cell ran out of memory (mapped from allocator errors so records say ``oom``)."""

@@ -1,0 +1,110 @@
+"""Result records: one JSON object per cell, appended to a JSON Lines file as each cell ends.
+
+Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
+
+    schema        int       record format version
+    suite, preset str       suite name and preset
+    key           str       hash of the cell's identity (resume, compare and gate join on it)
+    mechanism     str       name as requested (e.g. "psal-3"); params: dict of its parameters
+    size, channels, patch_size, batch   int   (size is H = W of the query and key maps)
+    mode          str       "fwd" | "fwd+bwd"
+    device, dtype str
+    seed          int
+    options       dict      suite-specific settings of the cell
+    status        str       ok | oom | timeout | error | unavailable | infeasible
+    reason        str       why, when status is not ok
+    metrics       dict      peak_memory_bytes, estimated_memory_bytes, flops, estimated_flops,
+                            uncounted_ops, time_median_s, time_iqr_s, time_repeats, and quality
+                            metrics of task suites (l2, psnr, ssim, ...); absent = not measured
+    env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
+    started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .cells import CellSpec, STATUSES
+from .errors import UserError
+
+SCHEMA_VERSION = 1
+REQUIRED = ("schema", "suite", "key", "mechanism", "params", "size", "channels", "patch_size", "batch",
+            "mode", "device", "dtype", "status", "reason", "metrics", "env")
+
+
+def make_record(spec: CellSpec, status: str, reason: str = "", metrics: dict[str, Any] | None = None,
+                env: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    assert status in STATUSES, status
+    rec: dict[str, Any] = {"schema": SCHEMA_VERSION, "key": spec.key}
+    rec.update(spec.to_dict())
+    rec.pop("runner")
+    rec.pop("timeout_s")
+    rec.update(status=status, reason=reason, metrics=dict(metrics or {}), env=dict(env or {}))
+    rec.update(extra)
+    return rec
+
+
+def append(path: Path, record: dict[str, Any]) -> None:
+    """Append one record and flush it to disk, so a killed run keeps every finished cell."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True, default=str)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """Read a JSON Lines results file, refusing corrupt lines or unknown schemas with one clear line.
+
+    A truncated *last* line (a run killed mid-write) is skipped, since it never completed.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read results file {path}: {exc.__class__.__name__}: {exc}") from None
+    records = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            if no == len(lines):
+                continue
+            raise UserError(f"{path}:{no}: not a JSON record; the results file is corrupt (remove the line or re-run)") from None
+        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):
+            missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
+            raise UserError(f"{path}:{no}: not an attnbench record (missing {', '.join(missing[:4])})")
+        if rec["schema"] != SCHEMA_VERSION:
+            raise UserError(f"{path}:{no}: schema version {rec['schema']}, this attnbench reads {SCHEMA_VERSION}; re-run the suite")
+        records.append(rec)
+    return records
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files and folders (searched recursively for ``*.jsonl``) -> result files."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out.extend(sorted(p.rglob("*.jsonl")))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise UserError(f"no such results file or folder: {p}")
+    if not out:
+        raise UserError(f"no *.jsonl result files under {', '.join(map(str, paths))}")
+    return out
+
+
+def read_all(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
+    return [rec for p in expand_paths(paths) for rec in read(p)]
+
+
+def iter_done_keys(path: Path) -> Iterator[str]:
+    """Keys of cells already finished in ``path`` (for ``--resume``)."""
+    if Path(path).exists():
+        for rec in read(path):
+            yield rec["key"]
