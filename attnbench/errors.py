@@ -13,9 +13,17 @@ class Unavailable(Exception):
     """A plugin cannot run on this machine (missing or broken dependency); carries the reason."""
 
 
-class Infeasible(Exception):
+class CellOutcome(Exception):
+    """A cell that ended without a measurement; ``metrics`` keeps what was known (e.g. estimates)."""
+
+    def __init__(self, reason: str, metrics: dict | None = None):
+        super().__init__(reason)
+        self.metrics = dict(metrics or {})
+
+
+class Infeasible(CellOutcome):
     """A cell that is not run because its estimate exceeds what the machine has (memory or time)."""
 
 
-class OutOfMemory(Exception):
+class OutOfMemory(CellOutcome):
     """A cell ran out of memory (mapped from allocator errors so records say ``oom``)."""

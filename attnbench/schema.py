@@ -56,6 +56,16 @@ def append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Remove an unfinished last line (a run killed mid-write) so appends start on a clean line."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
 def read(path: Path) -> list[dict[str, Any]]:
     """Read a JSON Lines results file, refusing corrupt lines or unknown schemas with one clear line.
 

@@ -1,0 +1,59 @@
+"""``attnbench`` command line: list | run | report | compare | gate.
+
+Bad input (unknown mechanism or suite, bad size, unreadable file...) raises UserError, printed
+here as one line on stderr with exit code 2 -- never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from .errors import Unavailable, UserError
+
+VERBS = ("list", "run", "report", "compare", "gate")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="attnbench", description="Benchmark attention layers on images: memory, FLOPs, time, quality.")
+    parser.add_argument("--version", action="version", version=f"attnbench {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
+    for verb in VERBS:
+        try:
+            module = importlib.import_module(f"attnbench.commands.{verb}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"attnbench.commands.{verb}":
+                raise
+            continue
+        p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
+        return int(args._run(args) or 0)
+    except (UserError, Unavailable) as exc:
+        print(f"attnbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("attnbench: interrupted; finished cells are saved (re-run with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

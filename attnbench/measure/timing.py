@@ -1,0 +1,86 @@
+"""Wall time of one call with ``torch.utils.benchmark.Timer``: warm-up, repeats, median and IQR.
+
+Short calls use ``blocked_autorange`` (blocks of runs until ``min_run_time``). Calls that take
+seconds each are timed one run at a time, as many times as ``budget_s`` allows (at least
+``min_repeats``), so a 150 s exact-attention call at 256^2 still gets an honest median.
+The Timer synchronises CUDA and runs with the process's thread count (its default is 1).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.benchmark import Measurement, Timer
+
+
+@dataclass
+class Timing:
+    median_s: float
+    iqr_s: float
+    repeats: int
+    samples_s: list[float] = field(default_factory=list)
+    warmup_s: float = 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "time_median_s": self.median_s,
+            "time_iqr_s": self.iqr_s,
+            "time_repeats": self.repeats,
+            "time_samples_s": self.samples_s,
+            "time_warmup_s": self.warmup_s,
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(
+    fn: Callable[[], Any],
+    device: str | torch.device = "cpu",
+    min_run_time: float = 1.0,
+    budget_s: float = 60.0,
+    min_repeats: int = 3,
+    max_repeats: int = 50,
+    warmup: Optional[Callable[[], Any]] = None,
+    label: str = "",
+) -> Timing:
+    """Time ``fn`` after a warm-up call (``warmup`` if given, e.g. the same op on a smaller input).
+
+    ``budget_s`` bounds the total time spent on long calls; ``min_repeats`` is honoured even when
+    it exceeds the budget (a cell's timeout is the hard limit).
+    """
+    device = torch.device(device)
+    start = time.perf_counter()
+    (warmup or fn)()
+    _sync(device)
+    warm = time.perf_counter() - start
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), label=label)
+    per_call = warm if warmup is None else None
+    if per_call is None:
+        first = timer.timeit(1)
+        per_call = first.median
+        samples = [first.median]
+    else:
+        samples = []
+    if per_call * 10 < min_run_time:
+        m: Measurement = timer.blocked_autorange(min_run_time=min_run_time)
+        times = list(m.times)
+        return Timing(m.median, m.iqr, len(times) * m.number_per_run, times, warm)
+    repeats = int(max(min_repeats, min(max_repeats, budget_s // max(per_call, 1e-9))))
+    while len(samples) < repeats:
+        samples.append(timer.timeit(1).median)
+    q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
+    return Timing(statistics.median(samples), q[2] - q[0], len(samples), samples, warm)
+
+
+def matmul_flops_per_s(device: str | torch.device = "cpu", n: int = 1024) -> float:
+    """Sustained float32 matmul throughput: a yardstick for predicting how long a cell would take."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device)
+    m = Timer(stmt="a @ a", globals={"a": a}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=0.3)
+    return 2 * n**3 / m.median

@@ -1,0 +1,164 @@
+"""Suites are data: one TOML file each in ``suites/`` (installed as ``attnbench_suites``).
+
+A suite file names its cell runner, a default grid (mechanisms x sizes x modes ...), runner
+options, mechanism parameters that depend on size (``[per_size.full] stride = {512 = 10}``),
+presets that override any of these, and gate tolerances. ``Suite.cells()`` expands a preset plus
+command-line overrides into independent ``CellSpec`` s.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+from .cells import CellSpec
+from .errors import UserError
+from .interface import DTYPE_NAMES, MODES
+from .registry import resolve, split_spec
+
+GRID_KEYS = ("mechanisms", "sizes", "channels", "patch_size", "batch", "modes", "dtype", "device", "seed", "timeout")
+
+
+def _suite_files() -> dict[str, Any]:
+    root = resources.files("attnbench_suites")
+    return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def suite_names() -> list[str]:
+    return sorted(_suite_files())
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    runner: str
+    grid: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    per_size: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default_preset: str = "default"
+    gate: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    def preset_names(self) -> list[str]:
+        return sorted({"default", *self.presets})
+
+    def resolved(self, preset: Optional[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """(preset name, grid, options) after applying the preset over the defaults."""
+        name = preset or self.default_preset
+        if name != "default" and name not in self.presets:
+            raise UserError(f"suite {self.name!r} has no preset {name!r}; valid: {', '.join(self.preset_names())}")
+        grid = dict(self.grid)
+        options = dict(self.options)
+        for key, value in self.presets.get(name, {}).items():
+            if key == "options":
+                options.update(value)
+            else:
+                grid[key] = value
+        return name, grid, options
+
+    def cells(self, preset: Optional[str] = None, **overrides: Any) -> list[CellSpec]:
+        """Expand the grid (size-major, so cheap cells come first) into cell specs."""
+        preset_name, grid, options = self.resolved(preset)
+        options.update(overrides.pop("options", None) or {})
+        grid.update({k: v for k, v in overrides.items() if v is not None})
+        grid = validate_grid(grid, self.name)
+        specs = []
+        for size in grid["sizes"]:
+            for spec_text in grid["mechanisms"]:
+                name, params = split_spec(spec_text)
+                for key, by_size in self.per_size.get(name, {}).items():
+                    if str(size) in by_size and key not in params:
+                        params[key] = by_size[str(size)]
+                for mode in grid["modes"]:
+                    specs.append(CellSpec(
+                        suite=self.name, runner=self.runner, mechanism=name, params=params,
+                        size=size, channels=grid["channels"], patch_size=grid["patch_size"],
+                        batch=grid["batch"], mode=mode, device=grid["device"], dtype=grid["dtype"],
+                        seed=grid["seed"], options=options, preset=preset_name,
+                        timeout_s=float(grid["timeout"]),
+                    ))
+        return specs
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def validate_grid(grid: dict[str, Any], suite: str) -> dict[str, Any]:
+    """Check every grid value, so bad input fails before any cell runs."""
+    missing = [k for k in GRID_KEYS if k not in grid]
+    if missing:
+        raise UserError(f"suite {suite!r}: grid is missing {', '.join(missing)}")
+    out = dict(grid)
+    out["sizes"] = [_positive_int(s, "size") for s in grid["sizes"]]
+    for key in ("channels", "batch", "patch_size"):
+        out[key] = _positive_int(grid[key], key.replace("_", " "))
+    if out["patch_size"] % 2 == 0:
+        raise UserError(f"patch size must be odd (patches are centred), got {out['patch_size']}")
+    for mode in grid["modes"]:
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if grid["dtype"] not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {grid['dtype']!r}; valid: {', '.join(DTYPE_NAMES)}")
+    check_device(grid["device"])
+    if not grid["mechanisms"]:
+        raise UserError("no mechanisms selected")
+    for spec_text in grid["mechanisms"]:
+        resolve(split_spec(spec_text)[0])  # raises UserError listing valid names
+    return out
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device == "cpu":
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device {device!r} is not available here (no CUDA device); valid: cpu")
+        index = int(device.split(":", 1)[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device {device!r} is not there; valid: cpu, " + ", ".join(f"cuda:{i}" for i in range(torch.cuda.device_count())))
+        return
+    raise UserError(f"unknown device {device!r}; valid: cpu, cuda")
+
+
+def load(name_or_path: str) -> Suite:
+    """Load a suite by name (``memory``) or by path to a TOML file."""
+    files = _suite_files()
+    if name_or_path in files:
+        source, text = f"suites/{name_or_path}.toml", files[name_or_path].read_text(encoding="utf-8")
+    elif name_or_path.endswith(".toml") or "/" in name_or_path:
+        path = Path(name_or_path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read suite file {path}: {exc}") from None
+        source = str(path)
+    else:
+        raise UserError(f"unknown suite {name_or_path!r}; valid: {', '.join(suite_names())} (or a path to a .toml file)")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"suite file {source} is not valid TOML: {exc}") from None
+    try:
+        return Suite(
+            name=data["name"],
+            description=data.get("description", ""),
+            runner=data["runner"],
+            grid=dict(data["grid"]),
+            options=dict(data.get("options", {})),
+            per_size={m: {k: {str(s): v for s, v in by.items()} for k, by in t.items()} for m, t in data.get("per_size", {}).items()},
+            presets=dict(data.get("presets", {})),
+            default_preset=data.get("default_preset", "default"),
+            gate=dict(data.get("gate", {})),
+            source=source,
+        )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"suite file {source} is malformed (missing or wrong {exc}); see suites/memory.toml for the format") from None

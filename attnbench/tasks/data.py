@@ -1,0 +1,318 @@
+"""Frame pairs for the image-task suites: embedded (no download) and the user's own folders.
+
+Why pairs: every task here (reconstruction, colorization, substitution) copies content from a
+reference frame B into a frame A, as between two video frames. Attention is only tested when the
+matches lie far apart, so the embedded pairs carry a real camera motion.
+
+Embedded default (scikit-image ships every image used, nothing is downloaded):
+
+* ``motorcycle``: ``skimage.data.stereo_motorcycle()``, a real stereo pair (left = A, right = B).
+* ``<photo>-m<i>``: pairs cut from one photograph (astronaut, coffee, chelsea, rocket,
+  immunohistochemistry) by a synthetic camera motion: frame A is a centred square window of the
+  photo; frame B is the same window after a similarity transform of the camera (shift of 6-12 %
+  of the window in a random direction, rotation within +-4 degrees, scale 0.92-1.08) and a
+  brightness change (gain 0.85-1.15, offset +-0.04). Content enters and leaves the view as in
+  video frames about 10 apart. The motion is drawn from ``numpy.random.default_rng((seed,
+  photo, i))``, so a seed gives the same pairs on every machine.
+
+User data (``--data DIR``), either
+
+* a folder of pairs: files ``NAME_a.EXT`` + ``NAME_b.EXT`` (A = the frame to reconstruct or
+  colourise, B = the reference), or sub-folders that each hold exactly two images (sorted by
+  name: first = A, second = B); EXT is png, jpg, jpeg, bmp or tif(f); or
+* a DAVIS-style video folder: ``DIR/JPEGImages/<res>/<sequence>/*.jpg`` (``DIR`` may also be
+  ``JPEGImages`` itself or one ``<res>`` folder; ``480p`` is preferred when several resolutions
+  exist). Pairs are frames ``t`` and ``t + gap`` (gap 10, as the paper), ``t = 0, gap, 2 gap ...``,
+  taken round-robin over the sequences so that a few pairs cover many sequences. The last fifth of
+  the sequences (sorted, at least one) is the test split, the rest the training split.
+
+Images are float32 RGB in [0, 1], H x W x 3. Grey images are replicated to RGB and alpha is
+dropped. An unreadable image or a pair whose frames differ in size is a :class:`UserError` that
+names the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: bump when the embedded pairs change, so that cached weights trained on old pairs are not reused
+EMBEDDED_VERSION = 1
+#: photographs (skimage.data names) the embedded camera-motion pairs are cut from
+MOTION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
+#: the colorization split of the embedded data: train on these photos, test on the rest
+TRAIN_PHOTOS = ("astronaut", "chelsea", "rocket", "immunohistochemistry")
+DAVIS_GAP = 10
+
+
+@dataclass(frozen=True)
+class FramePair:
+    """Two frames of one scene: ``a`` is reconstructed / colourised from reference ``b``."""
+
+    name: str
+    a: np.ndarray
+    b: np.ndarray
+
+
+@dataclass(frozen=True)
+class CameraMotion:
+    """The synthetic camera motion between the two frames of an embedded pair."""
+
+    shift_yx: tuple[float, float]
+    rotation_deg: float
+    scale: float
+    gain: float
+    offset: float
+
+
+# ----------------------------------------------------------------------------- image helpers
+def as_rgb_float(image: np.ndarray) -> np.ndarray:
+    """Any skimage/imageio array -> float32 H x W x 3 in [0, 1] (grey replicated, alpha dropped)."""
+    from skimage import color, util
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = color.gray2rgb(img)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = color.rgba2rgb(img)
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected an RGB or grey image, got shape {img.shape}")
+    return np.clip(util.img_as_float32(img), 0.0, 1.0).astype(np.float32)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read one image file as float32 RGB; a file that cannot be read is a UserError naming it."""
+    from skimage import io
+
+    try:
+        return as_rgb_float(io.imread(str(path)))
+    except Exception as exc:  # imageio raises many types; the user only needs the file and why
+        raise UserError(f"cannot read image {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def square_resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square and resize (anti-aliased) to ``size`` x ``size``."""
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    crop = image[y0 : y0 + side, x0 : x0 + side]
+    if side == size:
+        return np.ascontiguousarray(crop, dtype=np.float32)
+    out = resize(crop, (size, size), order=1, anti_aliasing=side > size, preserve_range=True)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def square_pair(pair: FramePair, size: int) -> FramePair:
+    """The same centre crop and resize applied to both frames."""
+    return FramePair(pair.name, square_resize(pair.a, size), square_resize(pair.b, size))
+
+
+def to_tensor(images: list[np.ndarray]):
+    """List of H x W x 3 arrays -> (B, 3, H, W) float32 torch tensor."""
+    import torch
+
+    return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
+
+
+# ----------------------------------------------------------------------------- embedded pairs
+def load_photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    return as_rgb_float(getattr(data, name)())
+
+
+def draw_motion(rng: np.random.Generator, side: int) -> CameraMotion:
+    """A camera motion typical of video frames ~10 apart: far matches, small rotation and zoom."""
+    magnitude = rng.uniform(0.06, 0.12) * side
+    angle = rng.uniform(0.0, 2.0 * math.pi)
+    return CameraMotion(
+        shift_yx=(magnitude * math.sin(angle), magnitude * math.cos(angle)),
+        rotation_deg=float(rng.uniform(-4.0, 4.0)),
+        scale=float(rng.uniform(0.92, 1.08)),
+        gain=float(rng.uniform(0.85, 1.15)),
+        offset=float(rng.uniform(-0.04, 0.04)),
+    )
+
+
+def _window_map(motion: CameraMotion, centre_yx: tuple[float, float]) -> Callable[[np.ndarray], np.ndarray]:
+    """Map (x, y) coordinates of frame B's window to photo coordinates (skimage ``warp`` order)."""
+    theta = math.radians(motion.rotation_deg)
+    cos, sin = math.cos(theta) * motion.scale, math.sin(theta) * motion.scale
+    cy, cx = centre_yx
+    dy, dx = motion.shift_yx
+
+    def inverse_map(xy: np.ndarray) -> np.ndarray:
+        x, y = xy[:, 0] - cx, xy[:, 1] - cy
+        return np.stack([cos * x - sin * y + cx + dx, sin * x + cos * y + cy + dy], axis=1)
+
+    return inverse_map
+
+
+def motion_pair(photo: np.ndarray, name: str, rng: np.random.Generator) -> FramePair:
+    """Cut frames A and B from one photo; B is seen by a moved camera (see module docstring)."""
+    from skimage.transform import warp
+
+    h, w = photo.shape[:2]
+    side = int(0.72 * min(h, w))
+    y0, x0 = (h - side) // 2, (w - side) // 2
+    a = photo[y0 : y0 + side, x0 : x0 + side]
+    centre = (y0 + (side - 1) / 2.0, x0 + (side - 1) / 2.0)
+    corners = np.array([[x0, y0], [x0 + side - 1, y0], [x0, y0 + side - 1], [x0 + side - 1, y0 + side - 1]], float)
+    for _ in range(100):  # redraw until frame B's window lies inside the photo
+        motion = draw_motion(rng, side)
+        mapped = _window_map(motion, centre)(corners)
+        if mapped.min() >= 0 and mapped[:, 0].max() <= w - 1 and mapped[:, 1].max() <= h - 1:
+            break
+    else:  # pragma: no cover - the margins above always leave room within a few draws
+        raise RuntimeError(f"no camera motion fits inside {name}")
+    full = warp(photo, _window_map(motion, centre), order=1, mode="edge", preserve_range=True)
+    b = full[y0 : y0 + side, x0 : x0 + side] * motion.gain + motion.offset
+    return FramePair(name, np.ascontiguousarray(a, np.float32), np.clip(b, 0.0, 1.0).astype(np.float32))
+
+
+def stereo_pair() -> FramePair:
+    from skimage import data
+
+    left, right, _disparity = data.stereo_motorcycle()
+    return FramePair("motorcycle", as_rgb_float(left), as_rgb_float(right))
+
+
+def embedded_pairs(count: int, seed: int = 0, photos: Optional[tuple[str, ...]] = None,
+                   include_stereo: bool = True) -> list[FramePair]:
+    """The first ``count`` embedded pairs: the stereo pair, then one motion per photo, round-robin."""
+    photos = MOTION_PHOTOS if photos is None else photos
+    out: list[FramePair] = [stereo_pair()] if include_stereo and count > 0 else []
+    cache: dict[str, np.ndarray] = {}
+    motion = 0
+    while len(out) < count:
+        for index, name in enumerate(photos):
+            if len(out) >= count:
+                break
+            photo = cache.setdefault(name, load_photo(name))
+            rng = np.random.default_rng((seed, MOTION_PHOTOS.index(name) if name in MOTION_PHOTOS else index, motion))
+            out.append(motion_pair(photo, f"{name}-m{motion}", rng))
+        motion += 1
+    return out
+
+
+def embedded_split(split: str, count: int, seed: int = 0) -> list[FramePair]:
+    """Training pairs come from TRAIN_PHOTOS; test pairs are the stereo pair and held-out photos."""
+    if split == "train":
+        return embedded_pairs(count, seed, TRAIN_PHOTOS, include_stereo=False)
+    held_out = tuple(p for p in MOTION_PHOTOS if p not in TRAIN_PHOTOS)
+    return embedded_pairs(count, seed + 1000, held_out, include_stereo=True)
+
+
+# ----------------------------------------------------------------------------- user data
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_pair(name: str, path_a: Path, path_b: Path) -> FramePair:
+    a, b = read_image(path_a), read_image(path_b)
+    if a.shape != b.shape:
+        raise UserError(f"frames of pair {name!r} differ in size: {path_a} is {a.shape[1]}x{a.shape[0]}, "
+                        f"{path_b} is {b.shape[1]}x{b.shape[0]}")
+    return FramePair(name, a, b)
+
+
+def davis_root(folder: Path) -> Optional[Path]:
+    """The ``<res>`` folder holding sequence folders, if ``folder`` is DAVIS-style; else None."""
+    if (folder / "JPEGImages").is_dir():
+        folder = folder / "JPEGImages"
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    if folder.name == "JPEGImages" and subdirs:
+        preferred = [p for p in subdirs if p.name == "480p"]
+        return preferred[0] if preferred else subdirs[0]
+    if subdirs and all(len(_images_in(d)) > 2 for d in subdirs) and not any(_images_in(folder)):
+        return folder  # a <res> folder: sequences of many frames each
+    return None
+
+
+def davis_pair_paths(res_folder: Path, split: str, gap: int = DAVIS_GAP) -> list[tuple[str, Path, Path]]:
+    sequences = sorted(p for p in res_folder.iterdir() if p.is_dir())
+    if not sequences:
+        raise UserError(f"{res_folder}: no sequence folders; expected JPEGImages/<res>/<sequence>/*.jpg")
+    n_test = max(1, len(sequences) // 5) if len(sequences) > 1 else 0
+    if split == "train":
+        sequences = sequences[: len(sequences) - n_test] or sequences
+    elif split == "test":
+        sequences = sequences[len(sequences) - n_test :] or sequences
+    per_sequence = []
+    for seq in sequences:
+        frames = _images_in(seq)
+        per_sequence.append([(f"{seq.name}/{frames[t].stem}", frames[t], frames[t + gap])
+                             for t in range(0, len(frames) - gap, gap)])
+    ordered = [pairs[i] for i in range(max(map(len, per_sequence), default=0)) for pairs in per_sequence if i < len(pairs)]
+    if not ordered:
+        raise UserError(f"{res_folder}: no sequence has {gap + 1} frames or more (pairs are {gap} frames apart)")
+    return ordered
+
+
+def folder_pair_paths(folder: Path) -> list[tuple[str, Path, Path]]:
+    """``NAME_a``/``NAME_b`` files, or sub-folders of exactly two images."""
+    found: list[tuple[str, Path, Path]] = []
+    files = {p.stem: p for p in _images_in(folder)}
+    for stem, path in sorted(files.items()):
+        if stem.endswith("_a"):
+            other = files.get(stem[:-2] + "_b")
+            if other is None:
+                raise UserError(f"{path}: no matching {stem[:-2]}_b image (pairs are NAME_a.EXT + NAME_b.EXT)")
+            found.append((stem[:-2], path, other))
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        images = _images_in(sub)
+        if len(images) != 2:
+            raise UserError(f"{sub}: a pair folder must hold exactly two images, found {len(images)}")
+        found.append((sub.name, images[0], images[1]))
+    return found
+
+
+def user_pair_paths(folder: str | Path, split: str = "all") -> list[tuple[str, Path, Path]]:
+    """Find the pairs in a user folder (layouts in the module docstring), without reading them."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data {folder}: not a folder")
+    davis = davis_root(root)
+    if davis is not None:
+        return davis_pair_paths(davis, split)
+    found = folder_pair_paths(root)
+    if not found:
+        raise UserError(f"--data {folder}: no image pairs found; expected NAME_a.png + NAME_b.png files, "
+                        "sub-folders of two images, or JPEGImages/<res>/<sequence>/*.jpg (DAVIS)")
+    return found
+
+
+def user_pairs(folder: str | Path, count: int, split: str = "all") -> list[FramePair]:
+    """Read the first ``count`` pairs of a user folder (folder-of-pairs: the same pairs for every split)."""
+    return [load_pair(*entry) for entry in user_pair_paths(folder, split)[:count]]
+
+
+def task_pairs(options: dict, count: int, seed: int, split: str = "all") -> list[FramePair]:
+    """The pairs a cell uses: ``options['data']`` (from ``--data``) when set, else the embedded ones."""
+    folder = options.get("data")
+    if folder:
+        return user_pairs(folder, count, split)
+    if split == "all":
+        return embedded_pairs(count, seed)
+    return embedded_split(split, count, seed)
+
+
+def data_identity(options: dict) -> str:
+    """A string that changes when the data a cached network was trained on changes."""
+    folder = options.get("data")
+    if not folder:
+        return f"embedded-v{EMBEDDED_VERSION}"
+    entries = user_pair_paths(folder, "train")
+    stamp = repr([(name, str(a), a.stat().st_size, b.stat().st_size) for name, a, b in entries])
+    return f"user:{Path(folder).resolve()}:{hashlib.sha1(stamp.encode()).hexdigest()[:12]}"

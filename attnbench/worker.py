@@ -1,0 +1,82 @@
+"""One cell in a fresh process: ``python -m attnbench.worker SPEC.json RECORD.json``.
+
+Running every cell in its own process means an OOM, a segfault or a hang loses only that cell
+(pyperf and asv do the same), and that memory and one-time costs (kernel builds, allocator
+caches) never leak from one cell into the next.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import random
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from .cells import CellSpec
+from .errors import CellOutcome, Infeasible, OutOfMemory, Unavailable, UserError
+
+
+def load_runner(path: str) -> Callable[[CellSpec], dict[str, Any]]:
+    module, _, func = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"suite runner {path!r} cannot be loaded: {exc}") from None
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def execute(spec: CellSpec) -> dict[str, Any]:
+    """Run one cell in this process and return its record (never raises)."""
+    from .env import capture
+    from .measure.memory import is_oom
+    from .schema import make_record
+
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    status, reason, metrics, extra = "ok", "", {}, {}
+    try:
+        runner = load_runner(spec.runner)
+        seed_everything(spec.seed)
+        metrics = runner(spec)
+    except Unavailable as exc:
+        status, reason = "unavailable", str(exc)
+    except Infeasible as exc:
+        status, reason, metrics = "infeasible", str(exc), exc.metrics
+    except OutOfMemory as exc:
+        status, reason, metrics = "oom", str(exc), exc.metrics
+    except UserError as exc:
+        status, reason = "error", str(exc)
+    except BaseException as exc:  # noqa: BLE001 -- a cell must never take the suite down
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        status = "oom" if is_oom(exc) else "error"
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:500]
+        extra["traceback"] = traceback.format_exc()[-4000:]
+        metrics = dict(getattr(exc, "metrics", {}) or {})
+    env = capture(spec.device, spec.seed)
+    return make_record(spec, status, reason, metrics, env, started_at=started,
+                       duration_s=round(time.perf_counter() - t0, 3), **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = CellSpec.from_dict(json.loads(Path(args[0]).read_text()))
+    record = execute(spec)
+    Path(args[1]).write_text(json.dumps(record, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

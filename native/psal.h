@@ -1,0 +1,163 @@
+// PSAL (Patch-based Stochastic Attention Layer) native kernels: the contract shared by the CPU
+// (psal_cpu.cpp) and CUDA (psal_cuda.cu) implementations. Keep this file stable: the Python op
+// registration (attnbench_plugins/psal_ops.py) and the pure-PyTorch reference
+// (attnbench_plugins/psal_reference.py) follow exactly these semantics.
+//
+// ------------------------------------------------------------------------------------------
+// Decomposition (paper Section 3.4): attention = attend(similarity(q, k, search(q, k)), v)
+//   1. search      non-differentiable: PatchMatch with jump flooding -> key indices
+//   2. similarity  S = s(Q_i, K_j) at the matched indices; differentiable w.r.t. q and k
+//   3. attend      softmax(S / T) over the terms of each query, weighted gather of v (with
+//                  optional patch aggregation, Eq. 10); differentiable w.r.t. S and v
+//
+// Conventions (all ops)
+//   * q (B, C, Hq, Wq), k (B, C, Hk, Wk), v (B, Cv, Hk, Wk): float32 or float64, any strides
+//     (kernels make channel-last copies internally). Same dtype and device for all.
+//   * p = patch_size (odd), r = p / 2.
+//   * Border rule (attnbench/patches.py): a key centre (y, x) is matchable only if its whole
+//     patch lies in the key image (r <= y < Hk - r, r <= x < Wk - r) AND valid[b, y, x] is true.
+//     Query patches read replicate-padded q (coordinates clamped into the image), so every query
+//     position has a full patch.
+//   * valid: (B, Hk, Wk) bool, contiguous; true where a key centre may be matched. Python builds
+//     it from the border rule and the hole mask (a key whose patch touches the hole is false).
+//     Kernels must also enforce the border rule themselves (never read outside the key image).
+//   * idx: (B, Hq, Wq, K) int64, contiguous: flat key-image index y * Wk + x of the matched key
+//     patch CENTRE; per query the K entries are distinct and sorted best first (ascending cost,
+//     ties keep the earlier-inserted entry first).
+//   * cost of a candidate: l2: sum over the p*p*C patch of (q - k)^2;  dot: -(sum of q * k).
+//     Lower cost = better. The similarity S returned by psal_similarity is -cost (l2: -||q-k||^2,
+//     dot: q . k).
+//
+// ------------------------------------------------------------------------------------------
+// Search (Algorithm 1 + random search), per batch element b and query position i = (y, x):
+//   RNG: counter-based, psal_hash(seed, b, i, it, trial) below (i = y * Wq + x), so the result
+//   does not depend on scheduling or thread count.
+//   heap: K (distance, index) pairs sorted ascending, no duplicate index. insert(c):
+//     if c is not a matchable centre or already in the heap: skip (no evaluation, not counted);
+//     else evaluate cost d (counted as ONE evaluation even when the kernel exits early);
+//     if the heap holds < K entries, or d < worst (strictly): insert at the position after all
+//     entries with distance <= d, dropping the worst when full.
+//     Early exit: an l2 evaluation may stop once its partial sum is >= the current worst of a
+//     full heap (the candidate would be rejected anyway); dot products are never cut short.
+//   it = 0 (initialisation): for trial = 0, 1, 2, ...: let h = psal_hash(seed, b, i, 0, trial),
+//     c = usable[psal_uniform_hi(h, n_usable)] where usable lists the matchable centres of
+//     batch b in row-major order; insert(c) until the heap holds K entries (duplicates draw
+//     again). After 64 * K trials without filling the heap, the remaining entries are taken
+//     from usable in order, starting at usable[psal_uniform_hi(psal_hash(seed,b,i,0,64K), n)]
+//     and skipping duplicates. Requires n_usable >= K (Python checks first).
+//   it = 1 .. iterations: (double-buffered: "prev" = heaps after it - 1; every read of a
+//     NEIGHBOUR's heap uses prev, so thread order never matters)
+//     heap <- prev heap of i
+//     propagation (jump flooding): for l in 1, 2, 4, 8; for (dy, dx) in (-l,0), (l,0), (0,-l),
+//       (0,l): if n = (y+dy, x+dx) is inside the query image: for m in 0..K-1 (prev order, best
+//       first): j = prev_idx[n][m]; insert((jy - dy) * Wk + (jx - dx)) when 0<=jy-dy<Hk and
+//       0<=jx-dx<Wk (then the matchable test applies).
+//     random search: snapshot the K centres (cy, cx) of the heap after propagation (best
+//       first); for level = 0, 1, ..., L-1 with radius w_level = max(Hk, Wk) >> level and
+//       L = floor(log2(max(Hk, Wk))) + 1 (so the last radius is 1): for m in 0..K-1:
+//       h = psal_hash(seed, b, i, it, level * K + m);
+//       y0 = max(r, cy_m - w), y1 = min(Hk - r - 1, cy_m + w) (same for x with Wk);
+//       cand = (y0 + psal_uniform_hi(h, y1 - y0 + 1), x0 + psal_uniform_lo(h, x1 - x0 + 1));
+//       insert(cand).
+//     write heap to the output buffer.
+//   n_evals: (B,) int64, the number of cost evaluations made for each batch element (this is
+//   what the FLOP formula counts: 2 * p * p * C FLOPs per evaluation, the GEMM convention).
+//
+// Similarity: S[b, y, x, m] = -cost(query patch at (y, x), key patch centred at idx[b,y,x,m]).
+//   Backward: grad_q (B, C, Hq, Wq), grad_k (B, C, Hk, Wk) of sum(grad_s * S). Deterministic:
+//   kernels gather (each output element summed by one thread in a fixed order; grad_k through an
+//   inverse index of idx built by a stable counting sort), never scatter with races.
+//
+// Attend: for query i = (y, x), the terms are
+//   plain (aggregation = false): t = (m),      m in 0..K-1: score S[i, m], value v[:, idx[i, m]]
+//   aggregation (Eq. 10): t = (dy, dx, m), dy, dx in -r..r, m in 0..K-1, neighbour
+//     n = (y + dy, x + dx) inside the query image (else the term is dropped):
+//     score S[n, m], value v[:, jy - dy, jx - dx] with (jy, jx) = centre idx[n, m] (always inside
+//     the key image and outside the hole: it is a pixel of a matchable key patch).
+//   w_t = exp(score_t / T - lse_i), lse_i = log sum_t exp(score_t / T);
+//   out[:, i] = sum_t w_t value_t.  Returns (out (B, Cv, Hq, Wq), lse (B, Hq, Wq)).
+//   Backward: grad_s (B, Hq, Wq, K) and grad_v (B, Cv, Hk, Wk), deterministic (gather form).
+// ------------------------------------------------------------------------------------------
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <tuple>
+
+#if defined(__CUDACC__)
+#define PSAL_HD __host__ __device__ __forceinline__
+#else
+#define PSAL_HD inline
+#endif
+
+// splitmix64 finaliser: the mixing step of the counter-based RNG.
+PSAL_HD uint64_t psal_mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+// One 64-bit random word per (seed, batch, query, iteration, trial).
+PSAL_HD uint64_t psal_hash(uint64_t seed, uint64_t b, uint64_t i, uint64_t it, uint64_t trial) {
+  uint64_t h = psal_mix(seed);
+  h = psal_mix(h ^ b);
+  h = psal_mix(h ^ i);
+  h = psal_mix(h ^ it);
+  return psal_mix(h ^ trial);
+}
+
+// Uniform integer in [0, n) from the high / low 32 bits of h (n < 2^31).
+PSAL_HD int64_t psal_uniform_hi(uint64_t h, int64_t n) { return (int64_t)(((h >> 32) * (uint64_t)n) >> 32); }
+PSAL_HD int64_t psal_uniform_lo(uint64_t h, int64_t n) { return (int64_t)(((h & 0xFFFFFFFFULL) * (uint64_t)n) >> 32); }
+
+// Radii of the random search: max(Hk, Wk) >> level for level in [0, L).
+PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {
+  int64_t m = hk > wk ? hk : wk, levels = 0;
+  while (m > 0) { ++levels; m >>= 1; }
+  return levels;  // floor(log2(max)) + 1
+}
+
+// ---- CPU (psal_cpu.cpp) -----------------------------------------------------------------
+// returns (idx (B, Hq, Wq, K) int64, n_evals (B,) int64)
+std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
+                                                   int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
+                                                   int64_t seed);
+// returns S (B, Hq, Wq, K), dtype of q
+at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
+                               bool dot);
+// returns (grad_q or undefined, grad_k or undefined)
+std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cpu(const at::Tensor& grad_s, const at::Tensor& q,
+                                                                const at::Tensor& k, const at::Tensor& idx,
+                                                                int64_t patch_size, bool dot, bool need_q,
+                                                                bool need_k);
+// returns (out (B, Cv, Hq, Wq), lse (B, Hq, Wq))
+std::tuple<at::Tensor, at::Tensor> psal_attend_cpu(const at::Tensor& s, const at::Tensor& idx, const at::Tensor& v,
+                                                   int64_t patch_size, bool aggregation, double temperature);
+// returns (grad_s or undefined, grad_v or undefined)
+std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& grad_out, const at::Tensor& s,
+                                                            const at::Tensor& idx, const at::Tensor& v,
+                                                            const at::Tensor& out, const at::Tensor& lse,
+                                                            int64_t patch_size, bool aggregation, double temperature,
+                                                            bool need_s, bool need_v);
+
+#ifdef WITH_CUDA
+// ---- CUDA (psal_cuda.cu): same signatures and semantics, tensors on one CUDA device --------
+std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
+                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
+                                                    int64_t seed);
+at::Tensor psal_similarity_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
+                                bool dot);
+std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cuda(const at::Tensor& grad_s, const at::Tensor& q,
+                                                                 const at::Tensor& k, const at::Tensor& idx,
+                                                                 int64_t patch_size, bool dot, bool need_q,
+                                                                 bool need_k);
+std::tuple<at::Tensor, at::Tensor> psal_attend_cuda(const at::Tensor& s, const at::Tensor& idx, const at::Tensor& v,
+                                                    int64_t patch_size, bool aggregation, double temperature);
+std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cuda(const at::Tensor& grad_out, const at::Tensor& s,
+                                                             const at::Tensor& idx, const at::Tensor& v,
+                                                             const at::Tensor& out, const at::Tensor& lse,
+                                                             int64_t patch_size, bool aggregation, double temperature,
+                                                             bool need_s, bool need_v);
+#endif

@@ -1,0 +1,580 @@
+// PSAL CPU kernels: PatchMatch search with jump flooding, similarity at matched indices, and the
+// softmax-weighted gather (plain or patch aggregation), each with a deterministic backward.
+// Semantics are specified in psal.h; this file only implements them fast:
+//   * channel-last copies (query replicate-padded), so a patch row is p*C contiguous scalars;
+//   * multi-accumulator row sums that the compiler vectorises without -ffast-math (the order of
+//     additions is fixed, so results are bit-identical run to run);
+//   * early exit of an l2 cost once it reaches the worst of a full heap;
+//   * duplicates in the heap are never re-evaluated;
+//   * at::parallel_for over queries (or over output pixels in backward: gather, never scatter).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "psal.h"
+
+namespace {
+
+constexpr int64_t kGrain = 64;
+
+// Sum over a contiguous row of (a - b)^2 with 8 independent accumulators (vectorisable).
+template <typename T>
+inline T row_sq(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const T d = a[i + l] - b[i + l];
+      acc[l] += d * d;
+    }
+  }
+  T tail = 0;
+  for (; i < n; ++i) {
+    const T d = a[i] - b[i];
+    tail += d * d;
+  }
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
+}
+
+// Sum over a contiguous row of a * b with 8 independent accumulators (vectorisable).
+template <typename T>
+inline T row_dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  }
+  T tail = 0;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
+}
+
+// Geometry of one problem: padded channel-last query, channel-last key.
+struct Geometry {
+  int64_t C, Hq, Wq, Hk, Wk, p, r, Wp;  // Wp: padded query width
+  int64_t row;                          // p * C, scalars per patch row
+};
+
+// Cost of query patch (y, x) against key patch centred at (cy, cx); l2 stops early at `bound`.
+template <typename T>
+inline T patch_cost(const Geometry& g, const T* qpad, const T* kcl, int64_t y, int64_t x, int64_t cy, int64_t cx,
+                    bool dot, T bound) {
+  const T* qrow = qpad + (y * g.Wp + x) * g.C;
+  const T* krow = kcl + ((cy - g.r) * g.Wk + (cx - g.r)) * g.C;
+  T total = 0;
+  if (dot) {
+    for (int64_t dy = 0; dy < g.p; ++dy) total += row_dot(qrow + dy * g.Wp * g.C, krow + dy * g.Wk * g.C, g.row);
+    return -total;
+  }
+  for (int64_t dy = 0; dy < g.p; ++dy) {
+    total += row_sq(qrow + dy * g.Wp * g.C, krow + dy * g.Wk * g.C, g.row);
+    if (total >= bound) return total;
+  }
+  return total;
+}
+
+// (B, C, H, W) -> (B, H + 2r, W + 2r, C) replicate-padded, contiguous.
+at::Tensor padded_channel_last(const at::Tensor& x, int64_t r) {
+  at::Tensor cl = x.permute({0, 2, 3, 1});
+  if (r == 0) return cl.contiguous();
+  const int64_t H = x.size(2), W = x.size(3);
+  auto dev = x.device();
+  at::Tensor ys = at::arange(-r, H + r, at::TensorOptions().dtype(at::kLong).device(dev)).clamp(0, H - 1);
+  at::Tensor xs = at::arange(-r, W + r, at::TensorOptions().dtype(at::kLong).device(dev)).clamp(0, W - 1);
+  return cl.index_select(1, ys).index_select(2, xs).contiguous();
+}
+
+// Small sorted heap of one query: ascending cost, distinct indices.
+template <typename T>
+struct Heap {
+  T* d;
+  int32_t* j;
+  int64_t n;
+  int64_t K;
+
+  inline bool contains(int32_t c) const {
+    for (int64_t m = 0; m < n; ++m)
+      if (j[m] == c) return true;
+    return false;
+  }
+  inline T bound() const { return n == K ? d[K - 1] : std::numeric_limits<T>::infinity(); }
+  inline void push(T cost, int32_t c) {
+    if (n == K && !(cost < d[K - 1])) return;
+    int64_t pos = n == K ? K - 1 : n;
+    while (pos > 0 && d[pos - 1] > cost) {
+      d[pos] = d[pos - 1];
+      j[pos] = j[pos - 1];
+      --pos;
+    }
+    d[pos] = cost;
+    j[pos] = c;
+    if (n < K) ++n;
+  }
+};
+
+template <typename T>
+void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid, int64_t p, int64_t K,
+                   int64_t iterations, bool dot, int64_t seed, at::Tensor& idx_out, at::Tensor& evals_out) {
+  const int64_t B = q.size(0);
+  Geometry g{q.size(1), q.size(2), q.size(3), k.size(2), k.size(3), p, p / 2, q.size(3) + 2 * (p / 2), p * q.size(1)};
+  const int64_t nq = g.Hq * g.Wq, nk = g.Hk * g.Wk;
+  const int64_t levels = psal_search_levels(g.Hk, g.Wk);
+  auto opts = q.options();
+  at::Tensor d_buf[2] = {at::empty({nq * K}, opts), at::empty({nq * K}, opts)};
+  at::Tensor j_buf[2] = {at::empty({nq * K}, opts.dtype(at::kInt)), at::empty({nq * K}, opts.dtype(at::kInt))};
+  at::Tensor usable_t = at::empty({nk}, opts.dtype(at::kInt));
+  int64_t* evals_ptr = evals_out.data_ptr<int64_t>();
+
+  for (int64_t b = 0; b < B; ++b) {
+    at::Tensor qpad = padded_channel_last(q.select(0, b).unsqueeze(0), g.r);
+    at::Tensor kcl = k.select(0, b).permute({1, 2, 0}).contiguous();
+    const T* qp = qpad.data_ptr<T>();
+    const T* kp = kcl.data_ptr<T>();
+    const bool* vmap = valid.select(0, b).data_ptr<bool>();
+    int32_t* usable = usable_t.data_ptr<int32_t>();
+    int64_t n_usable = 0;
+    for (int64_t cy = g.r; cy < g.Hk - g.r; ++cy)
+      for (int64_t cx = g.r; cx < g.Wk - g.r; ++cx)
+        if (vmap[cy * g.Wk + cx]) usable[n_usable++] = (int32_t)(cy * g.Wk + cx);
+    TORCH_CHECK(n_usable >= K, "psal_search: only ", n_usable, " matchable key patches for k = ", K);
+
+    auto matchable = [&](int64_t cy, int64_t cx) {
+      return cy >= g.r && cy < g.Hk - g.r && cx >= g.r && cx < g.Wk - g.r && vmap[cy * g.Wk + cx];
+    };
+    std::atomic<int64_t> evals{0};
+
+    // Initialisation (it = 0) into buffer 0.
+    {
+      T* dd = d_buf[0].data_ptr<T>();
+      int32_t* jj = j_buf[0].data_ptr<int32_t>();
+      at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+        int64_t local = 0;
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t y = i / g.Wq, x = i % g.Wq;
+          Heap<T> h{dd + i * K, jj + i * K, 0, K};
+          auto consider = [&](int32_t c) {
+            if (h.contains(c)) return;
+            ++local;
+            h.push(patch_cost<T>(g, qp, kp, y, x, c / g.Wk, c % g.Wk, dot, h.bound()), c);
+          };
+          int64_t trial = 0;
+          for (; h.n < K && trial < 64 * K; ++trial)
+            consider(usable[psal_uniform_hi(psal_hash(seed, b, i, 0, trial), n_usable)]);
+          if (h.n < K) {
+            int64_t start = psal_uniform_hi(psal_hash(seed, b, i, 0, 64 * K), n_usable);
+            for (int64_t s = 0; h.n < K && s < n_usable; ++s) consider(usable[(start + s) % n_usable]);
+          }
+        }
+        evals += local;
+      });
+    }
+
+    int cur = 0;
+    for (int64_t it = 1; it <= iterations; ++it) {
+      const T* pd = d_buf[cur].data_ptr<T>();
+      const int32_t* pj = j_buf[cur].data_ptr<int32_t>();
+      T* nd = d_buf[1 - cur].data_ptr<T>();
+      int32_t* nj = j_buf[1 - cur].data_ptr<int32_t>();
+      at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+        int64_t local = 0;
+        std::vector<int32_t> snap(K);
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t y = i / g.Wq, x = i % g.Wq;
+          Heap<T> h{nd + i * K, nj + i * K, K, K};
+          std::copy(pd + i * K, pd + (i + 1) * K, h.d);
+          std::copy(pj + i * K, pj + (i + 1) * K, h.j);
+          auto consider = [&](int64_t cy, int64_t cx) {
+            if (!matchable(cy, cx)) return;
+            const int32_t c = (int32_t)(cy * g.Wk + cx);
+            if (h.contains(c)) return;
+            ++local;
+            h.push(patch_cost<T>(g, qp, kp, y, x, cy, cx, dot, h.bound()), c);
+          };
+          // Propagation by jump flooding, reading the previous field only.
+          for (int64_t l = 1; l <= 8; l *= 2) {
+            const int64_t dys[4] = {-l, l, 0, 0}, dxs[4] = {0, 0, -l, l};
+            for (int dir = 0; dir < 4; ++dir) {
+              const int64_t ny = y + dys[dir], nx = x + dxs[dir];
+              if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
+              const int32_t* nb = pj + (ny * g.Wq + nx) * K;
+              for (int64_t m = 0; m < K; ++m) consider(nb[m] / g.Wk - dys[dir], nb[m] % g.Wk - dxs[dir]);
+            }
+          }
+          // Random search around the matches found so far, windows halving down to 1.
+          std::copy(h.j, h.j + K, snap.begin());
+          const int64_t wmax = std::max(g.Hk, g.Wk);
+          for (int64_t level = 0; level < levels; ++level) {
+            const int64_t w = wmax >> level;
+            for (int64_t m = 0; m < K; ++m) {
+              const int64_t cy = snap[m] / g.Wk, cx = snap[m] % g.Wk;
+              const uint64_t hsh = psal_hash(seed, b, i, it, level * K + m);
+              const int64_t y0 = std::max(g.r, cy - w), y1 = std::min(g.Hk - g.r - 1, cy + w);
+              const int64_t x0 = std::max(g.r, cx - w), x1 = std::min(g.Wk - g.r - 1, cx + w);
+              consider(y0 + psal_uniform_hi(hsh, y1 - y0 + 1), x0 + psal_uniform_lo(hsh, x1 - x0 + 1));
+            }
+          }
+        }
+        evals += local;
+      });
+      cur = 1 - cur;
+    }
+    idx_out.select(0, b).view({nq * K}).copy_(j_buf[cur]);
+    evals_ptr[b] = evals.load();
+  }
+}
+
+void check_common(const at::Tensor& q, const at::Tensor& k, int64_t p) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "psal: q and k must be 4-D (B, C, H, W)");
+  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1), "psal: q and k batch/channels differ");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "psal: q and k dtypes differ");
+  TORCH_CHECK(p >= 1 && p % 2 == 1, "psal: patch_size must be odd");
+  TORCH_CHECK(k.size(2) >= p && k.size(3) >= p, "psal: key image smaller than the patch");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu(), "psal_*_cpu: tensors must be on the CPU");
+  TORCH_CHECK(k.size(2) * k.size(3) < (int64_t(1) << 31), "psal: key image too large for int32 indices");
+}
+
+// Inverse index of idx (B fixed): for each key pixel, the flat (query * K + m) entries that
+// matched it, in ascending order (stable counting sort, so sums over it are deterministic).
+void inverse_index(const int64_t* idx, int64_t n_entries, int64_t nk, std::vector<int64_t>& offsets,
+                   std::vector<int32_t>& entries) {
+  offsets.assign(nk + 1, 0);
+  for (int64_t e = 0; e < n_entries; ++e) ++offsets[idx[e] + 1];
+  for (int64_t c = 0; c < nk; ++c) offsets[c + 1] += offsets[c];
+  entries.resize(n_entries);
+  std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+  for (int64_t e = 0; e < n_entries; ++e) entries[fill[idx[e]]++] = (int32_t)e;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
+                                                   int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
+                                                   int64_t seed) {
+  check_common(q, k, patch_size);
+  TORCH_CHECK(k_nn >= 1, "psal_search: k must be >= 1");
+  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == k.size(0) &&
+                  valid.size(1) == k.size(2) && valid.size(2) == k.size(3),
+              "psal_search: valid must be (B, Hk, Wk) bool");
+  at::Tensor validc = valid.contiguous();
+  at::Tensor idx = at::empty({q.size(0), q.size(2), q.size(3), k_nn}, q.options().dtype(at::kLong));
+  at::Tensor evals = at::zeros({q.size(0)}, q.options().dtype(at::kLong));
+  at::Tensor idx32 = at::empty({q.size(0), q.size(2), q.size(3), k_nn}, q.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "psal_search_cpu", [&] {
+    search_kernel<scalar_t>(q, k, validc, patch_size, k_nn, iterations, dot, seed, idx32, evals);
+  });
+  idx.copy_(idx32);
+  return {idx, evals};
+}
+
+at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
+                               bool dot) {
+  check_common(q, k, patch_size);
+  const int64_t B = q.size(0), K = idx.size(3), p = patch_size;
+  Geometry g{q.size(1), q.size(2), q.size(3), k.size(2), k.size(3), p, p / 2, q.size(3) + 2 * (p / 2), p * q.size(1)};
+  const int64_t nq = g.Hq * g.Wq;
+  at::Tensor idxc = idx.contiguous();
+  at::Tensor s = at::empty({B, g.Hq, g.Wq, K}, q.options());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "psal_similarity_cpu", [&] {
+    using T = scalar_t;
+    for (int64_t b = 0; b < B; ++b) {
+      at::Tensor qpad = padded_channel_last(q.select(0, b).unsqueeze(0), g.r);
+      at::Tensor kcl = k.select(0, b).permute({1, 2, 0}).contiguous();
+      const T* qp = qpad.data_ptr<T>();
+      const T* kp = kcl.data_ptr<T>();
+      const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;
+      T* out = s.data_ptr<T>() + b * nq * K;
+      at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+          for (int64_t m = 0; m < K; ++m) {
+            const int64_t c = ii[i * K + m];
+            out[i * K + m] = -patch_cost<T>(g, qp, kp, i / g.Wq, i % g.Wq, c / g.Wk, c % g.Wk, dot,
+                                            std::numeric_limits<T>::infinity());
+          }
+      });
+    }
+  });
+  return s;
+}
+
+std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cpu(const at::Tensor& grad_s, const at::Tensor& q,
+                                                                const at::Tensor& k, const at::Tensor& idx,
+                                                                int64_t patch_size, bool dot, bool need_q,
+                                                                bool need_k) {
+  check_common(q, k, patch_size);
+  const int64_t B = q.size(0), K = idx.size(3), p = patch_size, r = p / 2, C = q.size(1);
+  Geometry g{C, q.size(2), q.size(3), k.size(2), k.size(3), p, r, q.size(3) + 2 * r, p * C};
+  const int64_t nq = g.Hq * g.Wq, nk = g.Hk * g.Wk, Hp = g.Hq + 2 * r;
+  at::Tensor idxc = idx.contiguous(), gs = grad_s.contiguous();
+  at::Tensor grad_q = need_q ? at::empty_like(q, at::MemoryFormat::Contiguous) : at::Tensor();
+  at::Tensor grad_k = need_k ? at::empty_like(k, at::MemoryFormat::Contiguous) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "psal_similarity_backward_cpu", [&] {
+    using T = scalar_t;
+    for (int64_t b = 0; b < B; ++b) {
+      at::Tensor qpad = padded_channel_last(q.select(0, b).unsqueeze(0), r);
+      at::Tensor kcl = k.select(0, b).permute({1, 2, 0}).contiguous();
+      const T* qp = qpad.data_ptr<T>();
+      const T* kp = kcl.data_ptr<T>();
+      const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;
+      const T* gg = gs.data_ptr<T>() + b * nq * K;
+      if (need_q) {
+        // d S / d q_pad at padded pixel P = sum over (query c, offset o) with c + o = P.
+        at::Tensor gpad = at::zeros({Hp, g.Wp, C}, q.options());
+        T* gp = gpad.data_ptr<T>();
+        at::parallel_for(0, Hp * g.Wp, kGrain, [&](int64_t begin, int64_t end) {
+          std::vector<T> acc(C);
+          for (int64_t P = begin; P < end; ++P) {
+            const int64_t py = P / g.Wp, px = P % g.Wp;
+            std::fill(acc.begin(), acc.end(), T(0));
+            const T* qv = qp + P * C;
+            for (int64_t oy = 0; oy < p; ++oy) {
+              const int64_t y = py - oy;
+              if (y < 0 || y >= g.Hq) continue;
+              for (int64_t ox = 0; ox < p; ++ox) {
+                const int64_t x = px - ox;
+                if (x < 0 || x >= g.Wq) continue;
+                const int64_t i = y * g.Wq + x;
+                for (int64_t m = 0; m < K; ++m) {
+                  const int64_t c = ii[i * K + m];
+                  const T w = gg[i * K + m];
+                  const T* kv = kp + ((c / g.Wk - r + oy) * g.Wk + (c % g.Wk - r + ox)) * C;
+                  if (dot)
+                    for (int64_t ch = 0; ch < C; ++ch) acc[ch] += w * kv[ch];
+                  else
+                    for (int64_t ch = 0; ch < C; ++ch) acc[ch] += T(-2) * w * (qv[ch] - kv[ch]);
+                }
+              }
+            }
+            std::copy(acc.begin(), acc.end(), gp + P * C);
+          }
+        });
+        // Fold the padded gradient back onto the clamped pixels (replicate padding's adjoint).
+        T* gq = grad_q.data_ptr<T>() + b * C * nq;
+        at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+          std::vector<T> acc(C);
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t y = i / g.Wq, x = i % g.Wq;
+            const int64_t ylo = y == 0 ? 0 : y + r, yhi = y == g.Hq - 1 ? g.Hq - 1 + 2 * r : y + r;
+            const int64_t xlo = x == 0 ? 0 : x + r, xhi = x == g.Wq - 1 ? g.Wq - 1 + 2 * r : x + r;
+            std::fill(acc.begin(), acc.end(), T(0));
+            for (int64_t py = ylo; py <= yhi; ++py)
+              for (int64_t px = xlo; px <= xhi; ++px)
+                for (int64_t ch = 0; ch < C; ++ch) acc[ch] += gp[(py * g.Wp + px) * C + ch];
+            for (int64_t ch = 0; ch < C; ++ch) gq[ch * nq + i] = acc[ch];
+          }
+        });
+      }
+      if (need_k) {
+        std::vector<int64_t> offsets;
+        std::vector<int32_t> entries;
+        inverse_index(ii, nq * K, nk, offsets, entries);
+        T* gk = grad_k.data_ptr<T>() + b * C * nk;
+        at::parallel_for(0, nk, kGrain, [&](int64_t begin, int64_t end) {
+          std::vector<T> acc(C);
+          for (int64_t P = begin; P < end; ++P) {
+            const int64_t ky = P / g.Wk, kx = P % g.Wk;
+            std::fill(acc.begin(), acc.end(), T(0));
+            const T* kv = kp + P * C;
+            for (int64_t oy = 0; oy < p; ++oy) {
+              const int64_t cy = ky - oy + r;
+              if (cy < 0 || cy >= g.Hk) continue;
+              for (int64_t ox = 0; ox < p; ++ox) {
+                const int64_t cx = kx - ox + r;
+                if (cx < 0 || cx >= g.Wk) continue;
+                const int64_t c = cy * g.Wk + cx;
+                for (int64_t e = offsets[c]; e < offsets[c + 1]; ++e) {
+                  const int64_t entry = entries[e], i = entry / K;
+                  const T w = gg[entry];
+                  const T* qv = qp + ((i / g.Wq + oy) * g.Wp + (i % g.Wq + ox)) * C;
+                  if (dot)
+                    for (int64_t ch = 0; ch < C; ++ch) acc[ch] += w * qv[ch];
+                  else
+                    for (int64_t ch = 0; ch < C; ++ch) acc[ch] += T(2) * w * (qv[ch] - kv[ch]);
+                }
+              }
+            }
+            for (int64_t ch = 0; ch < C; ++ch) gk[ch * nk + P] = acc[ch];
+          }
+        });
+      }
+    }
+  });
+  return {grad_q, grad_k};
+}
+
+namespace {
+
+// Terms of one query for attend: calls f(neighbour flat index n, value pixel flat index, m).
+template <typename F>
+inline void for_each_term(int64_t y, int64_t x, int64_t Hq, int64_t Wq, int64_t Wk, int64_t K, int64_t r,
+                          bool aggregation, const int64_t* ii, F&& f) {
+  const int64_t rr = aggregation ? r : 0;
+  for (int64_t dy = -rr; dy <= rr; ++dy) {
+    const int64_t ny = y + dy;
+    if (ny < 0 || ny >= Hq) continue;
+    for (int64_t dx = -rr; dx <= rr; ++dx) {
+      const int64_t nx = x + dx;
+      if (nx < 0 || nx >= Wq) continue;
+      const int64_t n = ny * Wq + nx;
+      for (int64_t m = 0; m < K; ++m) f(n, ii[n * K + m] - dy * Wk - dx, m);
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> psal_attend_cpu(const at::Tensor& s, const at::Tensor& idx, const at::Tensor& v,
+                                                   int64_t patch_size, bool aggregation, double temperature) {
+  TORCH_CHECK(s.dim() == 4 && idx.sizes() == s.sizes(), "psal_attend: s and idx must be (B, Hq, Wq, K)");
+  TORCH_CHECK(v.dim() == 4 && v.size(0) == s.size(0), "psal_attend: v must be (B, Cv, Hk, Wk)");
+  TORCH_CHECK(s.scalar_type() == v.scalar_type(), "psal_attend: s and v dtypes differ");
+  const int64_t B = s.size(0), Hq = s.size(1), Wq = s.size(2), K = s.size(3);
+  const int64_t Cv = v.size(1), Hk = v.size(2), Wk = v.size(3), r = patch_size / 2, nq = Hq * Wq;
+  at::Tensor sc = s.contiguous(), idxc = idx.contiguous();
+  at::Tensor out = at::empty({B, Cv, Hq, Wq}, v.options());
+  at::Tensor lse = at::empty({B, Hq, Wq}, v.options());
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "psal_attend_cpu", [&] {
+    using T = scalar_t;
+    const T inv_t = T(1.0 / temperature);
+    for (int64_t b = 0; b < B; ++b) {
+      at::Tensor vcl = v.select(0, b).permute({1, 2, 0}).contiguous();
+      const T* vp = vcl.data_ptr<T>();
+      const T* ss = sc.data_ptr<T>() + b * nq * K;
+      const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;
+      T* op = out.data_ptr<T>() + b * Cv * nq;
+      T* lp = lse.data_ptr<T>() + b * nq;
+      at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+        std::vector<T> acc(Cv);
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t y = i / Wq, x = i % Wq;
+          T mx = -std::numeric_limits<T>::infinity();
+          for_each_term(y, x, Hq, Wq, Wk, K, r, aggregation, ii,
+                        [&](int64_t n, int64_t, int64_t m) { mx = std::max(mx, ss[n * K + m] * inv_t); });
+          T sum = 0;
+          std::fill(acc.begin(), acc.end(), T(0));
+          for_each_term(y, x, Hq, Wq, Wk, K, r, aggregation, ii, [&](int64_t n, int64_t pix, int64_t m) {
+            const T w = std::exp(ss[n * K + m] * inv_t - mx);
+            sum += w;
+            const T* vv = vp + pix * Cv;
+            for (int64_t c = 0; c < Cv; ++c) acc[c] += w * vv[c];
+          });
+          for (int64_t c = 0; c < Cv; ++c) op[c * nq + i] = acc[c] / sum;
+          lp[i] = mx + std::log(sum);
+        }
+      });
+    }
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& grad_out, const at::Tensor& s,
+                                                            const at::Tensor& idx, const at::Tensor& v,
+                                                            const at::Tensor& out, const at::Tensor& lse,
+                                                            int64_t patch_size, bool aggregation, double temperature,
+                                                            bool need_s, bool need_v) {
+  const int64_t B = s.size(0), Hq = s.size(1), Wq = s.size(2), K = s.size(3);
+  const int64_t Cv = v.size(1), Hk = v.size(2), Wk = v.size(3), r = patch_size / 2, nq = Hq * Wq, nk = Hk * Wk;
+  const int64_t rr = aggregation ? r : 0;
+  at::Tensor sc = s.contiguous(), idxc = idx.contiguous(), lc = lse.contiguous();
+  at::Tensor grad_s = need_s ? at::empty_like(sc) : at::Tensor();
+  at::Tensor grad_v = need_v ? at::empty_like(v, at::MemoryFormat::Contiguous) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "psal_attend_backward_cpu", [&] {
+    using T = scalar_t;
+    const T inv_t = T(1.0 / temperature);
+    for (int64_t b = 0; b < B; ++b) {
+      at::Tensor gcl = grad_out.select(0, b).permute({1, 2, 0}).contiguous();  // (Hq, Wq, Cv)
+      const T* gp = gcl.data_ptr<T>();
+      const T* ss = sc.data_ptr<T>() + b * nq * K;
+      const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;
+      const T* lp = lc.data_ptr<T>() + b * nq;
+      if (need_s) {
+        at::Tensor vcl = v.select(0, b).permute({1, 2, 0}).contiguous();
+        const T* vp = vcl.data_ptr<T>();
+        // g_i . out_i for every query
+        at::Tensor go_t = (grad_out.select(0, b) * out.select(0, b)).sum(0).contiguous();
+        const T* go = go_t.data_ptr<T>();
+        T* gsp = grad_s.data_ptr<T>() + b * nq * K;
+        at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+          for (int64_t n = begin; n < end; ++n) {
+            const int64_t ny = n / Wq, nx = n % Wq;
+            for (int64_t m = 0; m < K; ++m) {
+              const int64_t c = ii[n * K + m];
+              T acc = 0;
+              for (int64_t dy = -rr; dy <= rr; ++dy) {
+                const int64_t y = ny - dy;
+                if (y < 0 || y >= Hq) continue;
+                for (int64_t dx = -rr; dx <= rr; ++dx) {
+                  const int64_t x = nx - dx;
+                  if (x < 0 || x >= Wq) continue;
+                  const int64_t i = y * Wq + x;
+                  const T w = std::exp(ss[n * K + m] * inv_t - lp[i]);
+                  const T* vv = vp + (c - dy * Wk - dx) * Cv;
+                  const T* gv = gp + i * Cv;
+                  T gdotv = 0;
+                  for (int64_t ch = 0; ch < Cv; ++ch) gdotv += gv[ch] * vv[ch];
+                  acc += w * (gdotv - go[i]);
+                }
+              }
+              gsp[n * K + m] = acc * inv_t;
+            }
+          }
+        });
+      }
+      if (need_v) {
+        std::vector<int64_t> offsets;
+        std::vector<int32_t> entries;
+        inverse_index(ii, nq * K, nk, offsets, entries);
+        T* gv = grad_v.data_ptr<T>() + b * Cv * nk;
+        at::parallel_for(0, nk, kGrain, [&](int64_t begin, int64_t end) {
+          std::vector<T> acc(Cv);
+          for (int64_t P = begin; P < end; ++P) {
+            const int64_t ky = P / Wk, kx = P % Wk;
+            std::fill(acc.begin(), acc.end(), T(0));
+            for (int64_t dy = -rr; dy <= rr; ++dy) {
+              const int64_t cy = ky + dy;
+              if (cy < 0 || cy >= Hk) continue;
+              for (int64_t dx = -rr; dx <= rr; ++dx) {
+                const int64_t cx = kx + dx;
+                if (cx < 0 || cx >= Wk) continue;
+                const int64_t c = cy * Wk + cx;
+                for (int64_t e = offsets[c]; e < offsets[c + 1]; ++e) {
+                  const int64_t entry = entries[e], n = entry / K;
+                  const int64_t y = n / Wq - dy, x = n % Wq - dx;
+                  if (y < 0 || y >= Hq || x < 0 || x >= Wq) continue;
+                  const int64_t i = y * Wq + x;
+                  const T w = std::exp(ss[entry] * inv_t - lp[i]);
+                  const T* gi = gp + i * Cv;
+                  for (int64_t ch = 0; ch < Cv; ++ch) acc[ch] += w * gi[ch];
+                }
+              }
+            }
+            for (int64_t ch = 0; ch < Cv; ++ch) gv[ch * nk + P] = acc[ch];
+          }
+        });
+      }
+    }
+  });
+  return {grad_s, grad_v};
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "PSAL kernels (see psal.h for the contract)";
+  m.def("psal_search_cpu", &psal_search_cpu);
+  m.def("psal_similarity_cpu", &psal_similarity_cpu);
+  m.def("psal_similarity_backward_cpu", &psal_similarity_backward_cpu);
+  m.def("psal_attend_cpu", &psal_attend_cpu);
+  m.def("psal_attend_backward_cpu", &psal_attend_backward_cpu);
+  m.def("num_threads", [] { return at::get_num_threads(); });
+#ifdef WITH_CUDA
+  m.def("psal_search_cuda", &psal_search_cuda);
+  m.def("psal_similarity_cuda", &psal_similarity_cuda);
+  m.def("psal_similarity_backward_cuda", &psal_similarity_backward_cuda);
+  m.def("psal_attend_cuda", &psal_attend_cuda);
+  m.def("psal_attend_backward_cuda", &psal_attend_backward_cuda);
+#endif
+}

@@ -1,0 +1,136 @@
+"""Build and load the PSAL native extension (JIT, cached), or say why it cannot be.
+
+The sources ship as package data of ``attnbench_native`` and are compiled on first use with
+``torch.utils.cpp_extension.load`` into a per-user cache (``$TORCH_EXTENSIONS_DIR`` or
+``~/.cache/attnbench/torch_extensions``). cpp_extension guards the build directory with a file
+baton, so two worker processes that start at once build it once. CI calls
+:func:`load_extension` up front. ``ATTNBENCH_PSAL_BACKEND=reference|native`` forces a backend.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import os
+import shutil
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Optional
+
+import torch
+
+BACKEND_ENV = "ATTNBENCH_PSAL_BACKEND"
+BACKENDS = ("native", "reference")
+
+
+class _BuildState:
+    module: Optional[ModuleType] = None
+    error: Optional[str] = None
+    tried: bool = False
+
+
+_state = _BuildState()
+
+
+def source_dir() -> Path:
+    """Directory holding psal.h / psal_cpu.cpp / psal_cuda.cu (works from an installed wheel)."""
+    return Path(str(importlib.resources.files("attnbench_native")))
+
+
+def build_dir() -> Path:
+    """Where compiled objects are cached; TORCH_EXTENSIONS_DIR wins, as in cpp_extension."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "attnbench" / "torch_extensions"
+    return base
+
+
+def _with_cuda(src: Path) -> bool:
+    """Build the CUDA kernels too only when a GPU, nvcc and the CUDA source are all present."""
+    return (
+        torch.cuda.is_available()
+        and (src / "psal_cuda.cu").exists()
+        and (shutil.which("nvcc") is not None or bool(os.environ.get("CUDA_HOME")))
+    )
+
+
+def _module_name(sources: list[Path], with_cuda: bool) -> str:
+    """Name keyed by the sources' content so an edited kernel never loads a stale build."""
+    digest = hashlib.sha1()
+    for path in sources + [path.parent / "psal.h" for path in sources[:1]]:
+        digest.update(path.read_bytes())
+    digest.update(torch.__version__.encode())
+    return f"attnbench_psal_{'cuda' if with_cuda else 'cpu'}_{digest.hexdigest()[:10]}"
+
+
+def load_extension(verbose: bool = False) -> ModuleType:
+    """Compile (once, cached) and import the PSAL extension; raise RuntimeError if it cannot be."""
+    if _state.module is not None:
+        return _state.module
+    if _state.tried and _state.error:
+        raise RuntimeError(_state.error)
+    _state.tried = True
+    try:
+        from torch.utils.cpp_extension import load
+
+        src = source_dir()
+        with_cuda = _with_cuda(src)
+        sources = [src / "psal_cpu.cpp"] + ([src / "psal_cuda.cu"] if with_cuda else [])
+        name = _module_name(sources, with_cuda)
+        directory = build_dir() / name
+        directory.mkdir(parents=True, exist_ok=True)
+        flags = ["-O3", "-fopenmp"] + (["-DWITH_CUDA"] if with_cuda else [])
+        _state.module = load(
+            name=name,
+            sources=[str(s) for s in sources],
+            extra_cflags=flags,
+            extra_cuda_cflags=["-O3", "-DWITH_CUDA"] if with_cuda else None,
+            extra_ldflags=["-fopenmp"],
+            extra_include_paths=[str(src)],
+            build_directory=str(directory),
+            with_cuda=with_cuda,
+            verbose=verbose,
+        )
+    except Exception as exc:  # compiler missing, headers missing, link error...
+        _state.error = f"PSAL native build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        raise RuntimeError(_state.error) from exc
+    return _state.module
+
+
+def native_module() -> Optional[ModuleType]:
+    """The extension, or None (with a one-time warning) when it cannot be built here."""
+    try:
+        return load_extension()
+    except RuntimeError as exc:
+        if not getattr(native_module, "_warned", False):
+            warnings.warn(f"{exc}; using the pure-PyTorch reference implementation", RuntimeWarning, stacklevel=2)
+            native_module._warned = True  # type: ignore[attr-defined]
+        return None
+
+
+def requested_backend() -> Optional[str]:
+    """The backend forced by ATTNBENCH_PSAL_BACKEND, or None to pick automatically."""
+    value = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in BACKENDS:
+        from attnbench.errors import UserError
+
+        raise UserError(f"{BACKEND_ENV}={value!r} is not valid; use one of {', '.join(BACKENDS)}")
+    return value
+
+
+def active_backend() -> str:
+    """``"native"`` when the extension is (or can be) loaded and not overridden, else ``"reference"``."""
+    forced = requested_backend()
+    if forced == "reference":
+        return "reference"
+    if forced == "native":
+        load_extension()  # forced: a failed build is an error, not a silent fallback
+        return "native"
+    return "native" if native_module() is not None else "reference"
+
+
+def has_device_kernels(device_type: str) -> bool:
+    """Whether the loaded extension carries kernels for ``device_type`` (``cpu`` or ``cuda``)."""
+    module = _state.module
+    return module is not None and hasattr(module, f"psal_search_{device_type}")
