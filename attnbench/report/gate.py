@@ -1,0 +1,288 @@
+"""Performance-regression gate: compare a run with a committed baseline and list what got worse.
+
+What is judged, and how:
+- deterministic metrics (FLOPs, estimates, peak memory, quality at a fixed seed): the relative
+  change against a tight tolerance (:data:`DEFAULT_TOLERANCES`);
+- time: never absolute (shared machines move timings 5-30%), but as the ratio to a reference
+  mechanism (``flash``) measured in the same run, same size/mode/device; a ratio beyond tolerance
+  is a regression only if, where both runs kept their timing samples, a one-sided Mann-Whitney
+  test on the samples scaled by the reference median calls the slowdown significant;
+- a cell ok in the baseline and not ok now is a regression (newly failing); a baseline cell
+  missing from the current run is one too, unless ``allow_missing``.
+Tolerances come from :data:`DEFAULT_TOLERANCES`, then the suite file's ``[gate.tolerances]``,
+then the command line, each overriding the one before.
+"""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from ..errors import UserError
+from .analysis import HIGHER_IS_BETTER
+from .frame import is_reference, reference_values, row_label, to_frame
+
+#: the time metric is judged through this derived metric, never on its own
+TIME_RATIO = "time_ratio"
+#: relative change allowed before a cell counts as regressed (0.05 = 5% worse)
+DEFAULT_TOLERANCES: dict[str, float] = {
+    "flops": 0.01,
+    "estimated_flops": 1e-6,
+    "estimated_memory_bytes": 1e-6,
+    "peak_memory_bytes": 0.05,
+    TIME_RATIO: 0.25,
+    "l2": 0.02,
+    "l1": 0.02,
+    "tv": 0.02,
+    "psnr": 0.01,
+    "ssim": 0.01,
+}
+DEFAULT_ALPHA = 0.05
+#: metrics that are bookkeeping of other metrics, never gated themselves
+NOT_GATED: frozenset[str] = frozenset({"time_median_s", "time_iqr_s", "time_repeats", "time_samples_s",
+                                       "uncounted_ops"})
+#: fields that identify a cell when record keys differ (a suite gained an option, a preset was renamed)
+LOOSE_IDENTITY: tuple[str, ...] = ("suite", "label", "size", "channels", "patch_size", "batch", "mode",
+                                   "device", "dtype")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One line of the gate's verdict."""
+
+    kind: str  # regression | newly failing | missing | improvement | new cell | not judged
+    cell: str
+    metric: str = ""
+    baseline: float | str | None = None
+    current: float | str | None = None
+    change: float | None = None
+    tolerance: float | None = None
+    p_value: float | None = None
+    detail: str = ""
+
+    @property
+    def fails(self) -> bool:
+        return self.kind in ("regression", "newly failing", "missing")
+
+
+@dataclass
+class GateResult:
+    findings: list[Finding] = field(default_factory=list)
+    compared_cells: int = 0
+    warnings: list[str] = field(default_factory=list)
+    tolerances: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def offenders(self) -> list[Finding]:
+        return [f for f in self.findings if f.fails]
+
+    @property
+    def passed(self) -> bool:
+        return not self.offenders
+
+
+def parse_tolerances(items: Sequence[str]) -> dict[str, float]:
+    """``["flops=0.01", "time_ratio=10%"]`` (or comma-separated) -> ``{"flops": 0.01, "time_ratio": 0.1}``."""
+    out: dict[str, float] = {}
+    for item in (part.strip() for raw in items for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            number = float(value.strip().rstrip("%")) / (100 if value.strip().endswith("%") else 1)
+            if number < 0 or math.isnan(number):
+                raise ValueError
+        except ValueError:
+            raise UserError(f"bad tolerance {item!r}: write METRIC=FRACTION or METRIC=PERCENT%, "
+                            f"e.g. peak_memory_bytes=0.05 or {TIME_RATIO}=10%") from None
+        out[name.strip()] = number
+    return out
+
+
+def suite_gate_settings(suite: str) -> dict[str, Any]:
+    """The ``[gate]`` table of ``suites/<suite>.toml`` (empty when the suite file or table is absent)."""
+    try:
+        text = (resources.files("attnbench_suites") / f"{suite}.toml").read_text(encoding="utf-8")
+    except (FileNotFoundError, ModuleNotFoundError, OSError):
+        return {}
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"suite file {suite}.toml is not valid TOML: {exc}") from None
+    gate = data.get("gate", {})
+    if not isinstance(gate, dict):
+        raise UserError(f"suite file {suite}.toml: [gate] must be a table")
+    return gate
+
+
+def _relative_change(baseline: float, current: float, higher_is_better: bool) -> float:
+    """How much worse ``current`` is than ``baseline`` as a fraction (negative: better)."""
+    if baseline == current:
+        return 0.0
+    if baseline == 0:
+        worse = current < 0 if higher_is_better else current > 0
+        return math.inf if worse else -math.inf
+    change = (current - baseline) / abs(baseline)
+    return -change if higher_is_better else change
+
+
+def _num(value: Any) -> float | None:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+def _match(base: pd.DataFrame, cur: pd.DataFrame) -> list[tuple[int, int | None]]:
+    """Pairs (baseline row, current row or None): by key, else by the loose identity when unique."""
+    by_key = {k: i for i, k in zip(cur.index, cur["key"])}
+    loose = lambda df, i: tuple(str(df.at[i, f]) for f in LOOSE_IDENTITY)  # noqa: E731
+    used = set()
+    pairs: list[tuple[int, int | None]] = []
+    unmatched = []
+    for i, key in zip(base.index, base["key"]):
+        if key in by_key:
+            pairs.append((i, by_key[key]))
+            used.add(by_key[key])
+        else:
+            unmatched.append(i)
+    candidates: dict[tuple, list[int]] = {}
+    for j in cur.index:
+        if j not in used:
+            candidates.setdefault(loose(cur, j), []).append(j)
+    for i in unmatched:
+        found = candidates.get(loose(base, i), [])
+        pairs.append((i, found[0] if len(found) == 1 else None))
+        if len(found) == 1:
+            used.add(found[0])
+    return pairs
+
+
+def _scaled_samples(row: pd.Series, ref_median: float) -> np.ndarray | None:
+    samples = row.get("time_samples_s")
+    if not isinstance(samples, (list, tuple)) or len(samples) < 3 or not ref_median > 0:
+        return None
+    return np.asarray(samples, dtype=float) / ref_median
+
+
+def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], *,
+         tolerances: Mapping[str, float] | None = None, reference: str | None = None,
+         alpha: float | None = None, allow_missing: bool = False) -> GateResult:
+    """Judge ``current`` against ``baseline``; ``tolerances`` (from the command line) override the suites'."""
+    if not baseline:
+        raise UserError("the baseline holds no records")
+    if not current:
+        raise UserError("the current run holds no records")
+    base, cur = to_frame(baseline), to_frame(current)
+    result = GateResult()
+    suites = sorted(set(base["suite"]))
+    settings = {s: suite_gate_settings(s) for s in suites}
+    tol_by_suite: dict[str, dict[str, float]] = {}
+    for s in suites:
+        tol = dict(DEFAULT_TOLERANCES)
+        tol.update({k: float(v) for k, v in (settings[s].get("tolerances") or {}).items()})
+        tol.update(tolerances or {})
+        tol_by_suite[s] = tol
+    result.tolerances = tol_by_suite[suites[0]] if len(suites) == 1 else dict(DEFAULT_TOLERANCES, **(tolerances or {}))
+
+    def ref_of(suite: str) -> str:
+        return reference or str(settings[suite].get("reference", "flash"))
+
+    def alpha_of(suite: str) -> float:
+        return float(alpha if alpha is not None else settings[suite].get("alpha", DEFAULT_ALPHA))
+
+    # the reference's time in the same run, per row, on each side
+    base_ref = pd.Series(np.nan, index=base.index)
+    cur_ref = pd.Series(np.nan, index=cur.index)
+    for s in suites:
+        ref = ref_of(s)
+        bmask, cmask = base["suite"] == s, cur["suite"] == s
+        base_ref[bmask] = reference_values(base[bmask], ref, "time_median_s")
+        if cmask.any():
+            cur_ref[cmask] = reference_values(cur[cmask], ref, "time_median_s")
+
+    machines_b, machines_c = set(base["machine"]), set(cur["machine"])
+    if machines_b != machines_c:
+        result.warnings.append(f"baseline measured on {', '.join(sorted(machines_b))}, current on "
+                               f"{', '.join(sorted(machines_c))}: memory and FLOPs still compare; time is judged "
+                               f"as a ratio to the reference")
+
+    extra = [f for f in ("channels", "batch", "device", "dtype") if base[f].astype(str).nunique() > 1]
+    time_unjudged: set[str] = set()
+    for i, j in _match(base, cur):
+        b = base.loc[i]
+        cell = f"{b['suite']}: {row_label(b, extra)} {int(b['size'])}px {b['mode']}"
+        if j is None:
+            result.findings.append(Finding("missing" if not allow_missing else "not judged", cell, "status",
+                                           b["status"], "absent", detail="cell of the baseline not in the current run"))
+            continue
+        c = cur.loc[j]
+        result.compared_cells += 1
+        if b["status"] != "ok":
+            if c["status"] == "ok":
+                result.findings.append(Finding("improvement", cell, "status", b["status"], "ok"))
+            continue
+        if c["status"] != "ok":
+            reason = str(c["reason"]).strip().splitlines()[0] if str(c["reason"]).strip() else ""
+            result.findings.append(Finding("newly failing", cell, "status", "ok", c["status"], detail=reason))
+            continue
+        tol = tol_by_suite[b["suite"]]
+        for metric in sorted(set(b.index) & set(c.index)):
+            if metric in NOT_GATED or metric not in tol or metric == TIME_RATIO:
+                continue
+            bv, cv = _num(b[metric]), _num(c[metric])
+            if bv is None:
+                continue
+            if cv is None:
+                result.findings.append(Finding("regression", cell, metric, bv, "not measured",
+                                               detail="measured in the baseline, absent now"))
+                continue
+            change = _relative_change(bv, cv, metric in HIGHER_IS_BETTER)
+            if change > tol[metric]:
+                result.findings.append(Finding("regression", cell, metric, bv, cv, change, tol[metric]))
+            elif change < -tol[metric]:
+                result.findings.append(Finding("improvement", cell, metric, bv, cv, change, tol[metric]))
+        bt, ct = _num(b.get("time_median_s")), _num(c.get("time_median_s"))
+        ref = ref_of(b["suite"])
+        if bt is None or is_reference(base.loc[[i]], ref).iloc[0]:
+            continue
+        br, cr = base_ref.loc[i], cur_ref.loc[j]
+        if ct is None or not (br > 0 and cr > 0):
+            time_unjudged.add(b["suite"])
+            continue
+        b_ratio, c_ratio = bt / br, ct / cr
+        change = _relative_change(b_ratio, c_ratio, False)
+        limit = tol[TIME_RATIO]
+        b_samples, c_samples = _scaled_samples(b, br), _scaled_samples(c, cr)
+        p = None
+        if b_samples is not None and c_samples is not None:
+            p = float(mannwhitneyu(c_samples, b_samples, alternative="greater").pvalue)
+        if change > limit and (p is None or p < alpha_of(b["suite"])):
+            result.findings.append(Finding("regression", cell, f"{TIME_RATIO} (vs {ref})", b_ratio, c_ratio,
+                                           change, limit, p))
+        elif change > limit:
+            result.findings.append(Finding("not judged", cell, f"{TIME_RATIO} (vs {ref})", b_ratio, c_ratio, change,
+                                           limit, p, detail=f"slower but not significant (p={p:.3g})"))
+        elif change < -limit:
+            result.findings.append(Finding("improvement", cell, f"{TIME_RATIO} (vs {ref})", b_ratio, c_ratio,
+                                           change, limit, p))
+    for s in sorted(time_unjudged):
+        result.warnings.append(f"{s}: some times not judged: no ok {ref_of(s)} cell measured alongside them "
+                               f"in both runs (time is only gated as a ratio to the reference)")
+    base_keys = set(base["key"])
+    matched = {j for _, j in _match(base, cur) if j is not None}
+    for j in cur.index:
+        if j not in matched and cur.at[j, "key"] not in base_keys:
+            c = cur.loc[j]
+            result.findings.append(Finding("new cell", f"{c['suite']}: {row_label(c, extra)} {int(c['size'])}px {c['mode']}",
+                                           "status", None, c["status"], detail="not in the baseline"))
+    return result
