@@ -93,8 +93,11 @@ echo "compile_cuda: ${CMD[*]}"
 start=$SECONDS
 "${CMD[@]}" 2>"$TMP/nvcc.log"
 rc=$?
-# Show our own diagnostics (torch's headers produce known, harmless warnings we filter out).
-grep -v -e '^$' "$TMP/nvcc.log" | grep -e 'psal_cuda' -e 'error' -e 'ptxas' | head -80 >&2
+# Show our own diagnostics (torch's headers produce known, harmless warnings we filter out);
+# ptxas spill warnings are summarised (the search heaps live in local memory by design).
+grep -v -e '^$' -e 'ptxas' "$TMP/nvcc.log" | grep -e 'psal' -e 'error' | head -80 >&2
+nspill="$(grep -c 'Registers are spilled' "$TMP/nvcc.log")"
+[ "$nspill" = "0" ] || echo "compile_cuda: note: ptxas reports register spills in $nspill kernel instantiations (KEEP_OBJ=1 keeps $TMP/nvcc.log)"
 [ $rc -eq 0 ] || { tail -40 "$TMP/nvcc.log" >&2; fail "nvcc failed on native/psal_cuda.cu (rc=$rc)"; }
 echo "compile_cuda: OK native/psal_cuda.cu -> psal_cuda.o ($((SECONDS - start)) s)"
 
@@ -108,13 +111,14 @@ if [ -f "$CPP" ]; then
   # same namespace, name and parameter types).
   mapfile -t NEED < <(nm --undefined-only "$TMP/psal_cpu.o" | awk '{print $2}' | while read -r s; do
       d="$(c++filt "$s")"; case "$d" in *_cuda\(*) echo "$s";; esac; done)
-  mapfile -t HAVE < <(nm --defined-only "$TMP/psal_cuda.o" | awk '{print $3}')
+  declare -A HAVE=()
+  while read -r s; do HAVE["$s"]=1; done < <(nm --defined-only "$TMP/psal_cuda.o" | awk '$2 == "T" {print $3}')
   if [ ${#NEED[@]} -eq 0 ]; then
     fail "psal_cpu.cpp with -DWITH_CUDA references no *_cuda function: the CUDA kernels would never be registered"
   fi
   missing=0
   for s in "${NEED[@]}"; do
-    if printf '%s\n' "${HAVE[@]}" | grep -qxF "$s"; then
+    if [ -n "${HAVE[$s]:-}" ]; then
       echo "compile_cuda: OK symbol $(c++filt "$s")"
     else
       echo "compile_cuda: MISSING in psal_cuda.o: $(c++filt "$s")" >&2; missing=1

@@ -23,36 +23,73 @@ namespace {
 
 constexpr int64_t kGrain = 64;
 
-// Sum over a contiguous row of (a - b)^2 with 8 independent accumulators (vectorisable).
-template <typename T>
-inline T row_sq(const T* __restrict a, const T* __restrict b, int64_t n) {
+// Runtime-dispatched clones: the compiler vectorises the hot loops for AVX2/FMA when the CPU has
+// them and falls back to the baseline ISA otherwise (no -march=native, so the build is portable).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PSAL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define PSAL_CLONES
+#endif
+
+// Sum over a contiguous row of (a - b)^2 (or a * b) with 8 independent accumulators: vectorisable
+// without -ffast-math, and the order of additions is fixed (bit-identical results run to run).
+template <typename T, bool Dot>
+inline T row_sum(const T* __restrict a, const T* __restrict b, int64_t n) {
   T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (int l = 0; l < 8; ++l) {
-      const T d = a[i + l] - b[i + l];
-      acc[l] += d * d;
+      if (Dot) {
+        acc[l] += a[i + l] * b[i + l];
+      } else {
+        const T d = a[i + l] - b[i + l];
+        acc[l] += d * d;
+      }
     }
   }
   T tail = 0;
   for (; i < n; ++i) {
-    const T d = a[i] - b[i];
-    tail += d * d;
+    if (Dot) {
+      tail += a[i] * b[i];
+    } else {
+      const T d = a[i] - b[i];
+      tail += d * d;
+    }
   }
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
 }
 
-// Sum over a contiguous row of a * b with 8 independent accumulators (vectorisable).
+// Cost of one patch pair: rows of `row` scalars, strides in scalars; l2 stops once >= bound.
 template <typename T>
-inline T row_dot(const T* __restrict a, const T* __restrict b, int64_t n) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+inline T cost_rows(const T* q, const T* k, int64_t qstride, int64_t kstride, int64_t rows, int64_t row, bool dot,
+                   T bound) {
+  T total = 0;
+  if (dot) {
+    for (int64_t dy = 0; dy < rows; ++dy) total += row_sum<T, true>(q + dy * qstride, k + dy * kstride, row);
+    return -total;
   }
-  T tail = 0;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
+  for (int64_t dy = 0; dy < rows; ++dy) {
+    total += row_sum<T, false>(q + dy * qstride, k + dy * kstride, row);
+    if (total >= bound) return total;
+  }
+  return total;
+}
+
+PSAL_CLONES float cost_rows_f(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
+                              bool dot, float bound) {
+  return cost_rows<float>(q, k, qs, ks, rows, row, dot, bound);
+}
+PSAL_CLONES double cost_rows_d(const double* q, const double* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
+                               bool dot, double bound) {
+  return cost_rows<double>(q, k, qs, ks, rows, row, dot, bound);
+}
+inline float cost_dispatch(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
+                           bool dot, float bound) {
+  return cost_rows_f(q, k, qs, ks, rows, row, dot, bound);
+}
+inline double cost_dispatch(const double* q, const double* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
+                            bool dot, double bound) {
+  return cost_rows_d(q, k, qs, ks, rows, row, dot, bound);
 }
 
 // Geometry of one problem: padded channel-last query, channel-last key.
@@ -67,16 +104,7 @@ inline T patch_cost(const Geometry& g, const T* qpad, const T* kcl, int64_t y, i
                     bool dot, T bound) {
   const T* qrow = qpad + (y * g.Wp + x) * g.C;
   const T* krow = kcl + ((cy - g.r) * g.Wk + (cx - g.r)) * g.C;
-  T total = 0;
-  if (dot) {
-    for (int64_t dy = 0; dy < g.p; ++dy) total += row_dot(qrow + dy * g.Wp * g.C, krow + dy * g.Wk * g.C, g.row);
-    return -total;
-  }
-  for (int64_t dy = 0; dy < g.p; ++dy) {
-    total += row_sq(qrow + dy * g.Wp * g.C, krow + dy * g.Wk * g.C, g.row);
-    if (total >= bound) return total;
-  }
-  return total;
+  return cost_dispatch(qrow, krow, g.Wp * g.C, g.Wk * g.C, g.p, g.row, dot, bound);
 }
 
 // (B, C, H, W) -> (B, H + 2r, W + 2r, C) replicate-padded, contiguous.

@@ -60,7 +60,8 @@ class FlashAttention(AttentionMechanism):
     Cost (D = d + 1 for l2, d for dot; E = bytes per element): forward peak ~ the augmented
     query and key copies being built, then q', k', v', output: ~ E B (2 nq D + 2 nk D + nq Cv)
     plus the kernel's per-thread blocks; forward+backward adds the gradients of q', k', v' and
-    the output: ~ E B (4 nq D + 4 nk D). FLOPs (SDPA convention, 2 per multiply-add):
+    the output (and, for l2, the centred keys kept for the norm's gradient):
+    ~ E B (4 nq D + 4 nk D [+ nk d]). FLOPs (SDPA convention, 2 per multiply-add):
     2 B nq nk (D + D) forward, 2.5x that more for the backward (FlopCounterMode's SDPA formula).
     """
 
@@ -88,9 +89,10 @@ def dense_kernel_estimate(shape: ProblemShape, similarity: str) -> CostEstimate:
     """Peak memory and FLOPs of a fused exact-attention kernel over patch vectors (see FlashAttention)."""
     b, nq, nk, cv = shape.batch, shape.n_queries, shape.n_valid_keys, shape.value_channels
     width = shape.patch_dim + (1 if similarity == "l2" else 0)
-    kernel_blocks = 2 * 256 * width  # a few query/key blocks per thread, independent of n
+    kernel_blocks = 3 * 256 * width  # the kernel's query/key blocks and scratch, independent of n
     if shape.backward:
-        elements = b * (4 * nq * width + 4 * nk * width + 2 * nq * cv) + kernel_blocks
+        saved_norm_input = nk * shape.patch_dim if similarity == "l2" else 0
+        elements = b * (4 * nq * width + 4 * nk * width + saved_norm_input + 2 * nq * cv) + kernel_blocks
         flops = int(3.5 * 2 * b * nq * nk * 2 * width)
     else:
         elements = b * (2 * nq * width + 2 * nk * width + nq * cv) + kernel_blocks
@@ -124,14 +126,21 @@ def xformers_availability() -> Availability:
             try:
                 xops.memory_efficient_attention(tiny, tiny, tiny)
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                log = captured.getvalue()
-                why = " (its C++/CUDA extensions did not load: built for another torch/Python)" if "can't load C++" in log else ""
-                return Availability(False, f"xformers memory_efficient_attention fails on {device}: {first}{why}")
+                return Availability(False, xformers_failure_reason(exc, captured.getvalue(), device))
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
     return Availability(True)
+
+
+def xformers_failure_reason(exc: Exception, log: str, device: str) -> str:
+    """One line from xformers' multi-line error and load log: what failed and why."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(": ")
+    built_for = [line.strip() for line in log.splitlines() if line.strip().startswith("PyTorch ")]
+    why = ""
+    if "can't load C++" in log:
+        why = "; its C++/CUDA extensions did not load" + (f" (built for {built_for[0]})" if built_for else "")
+    return f"xformers memory_efficient_attention fails on {device}: {first}{why}"
 
 
 class XFormersAttention(FlashAttention):

@@ -50,6 +50,8 @@ def masked_softmax_attend(
 ) -> torch.Tensor:
     """softmax over the last axis of ``scores`` (already divided by T), then weights @ ``vals``.
 
+    Any leading batch dimensions are allowed (``torch.matmul`` semantics).
+
     ``excluded`` (broadcastable to scores, True = never attend) is filled with -inf. A query left
     with no key at all gets output 0 rather than NaN. Without autograd the softmax runs in place,
     so the similarity matrix exists once.
@@ -68,7 +70,7 @@ def masked_softmax_attend(
         weights = scores.sub_(scores.amax(-1, keepdim=True)).exp_()
         weights.div_(weights.sum(-1, keepdim=True))
     del scores
-    out = torch.bmm(weights, vals)
+    out = torch.matmul(weights, vals)
     if empty_rows is not None:
         out = out.masked_fill(empty_rows, 0.0)
     return out

@@ -88,10 +88,15 @@ def colorization_records() -> list[dict[str, Any]]:
 
 
 def substitution_records() -> list[dict[str, Any]]:
+    """As the substitution runner writes them: mechanism = the training one, PSAL-1's figures prefixed."""
     out = []
-    for trained, tested, l2 in (("full", "full", 0.0025), ("full", "psal-1", 0.0026), ("psal-3", "psal-1", 0.0024)):
-        s = spec("substitution", tested, 64, options={"trained_with": trained})
-        out.append(make_record(s, "ok", "", {"l2": l2, "flops": 3e10, "peak_memory_bytes": 5e7}, ENV))
+    for trained, own_l2, swapped_l2, own_flops in (("full", 0.0025, 0.0026, 1.1e12), ("psal-3", 0.0023, 0.0024, 3.6e10)):
+        metrics = {"l2": own_l2, "flops": own_flops, "peak_memory_bytes": 5e8, "substitute": "psal-1",
+                   "substituted_l2": swapped_l2, "substituted_flops": 3e10, "substituted_peak_memory_bytes": 5e7,
+                   "train_steps": 300, "weights_cached": True}
+        out.append(make_record(spec("substitution", trained, 64, options={"steps": 300}), "ok", "", metrics, ENV))
+    out.append(make_record(spec("substitution", "local", 64, options={"steps": 300}), "timeout", "no result in 600 s",
+                           {}, ENV))
     return out
 
 

@@ -51,16 +51,38 @@ def trained_with(rec: dict[str, Any]) -> str | None:
     return None
 
 
+SUBSTITUTED_PREFIX = "substituted_"
+
+
+def expand_substitution(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A substitution record (network trained with X, tested with X and with ``metrics.substitute``
+    swapped in, the latter's metrics prefixed ``substituted_``) -> two cells, as the paper's Table 8 rows."""
+    out: list[dict[str, Any]] = []
+    for rec in records:
+        metrics = rec.get("metrics") or {}
+        substitute = metrics.get("substitute")
+        if not substitute or not any(k.startswith(SUBSTITUTED_PREFIX) for k in metrics):
+            out.append(rec)
+            continue
+        options = dict(rec.get("options") or {}, trained_with=rec["mechanism"])
+        own = {k: v for k, v in metrics.items() if not k.startswith(SUBSTITUTED_PREFIX)}
+        swapped = {k[len(SUBSTITUTED_PREFIX):]: v for k, v in metrics.items() if k.startswith(SUBSTITUTED_PREFIX)}
+        out.append(dict(rec, metrics=own, options=options))
+        out.append(dict(rec, key=f"{rec['key']}:{substitute}", mechanism=str(substitute),
+                        params=metrics.get("substituted_params_requested", {}), metrics=swapped, options=options))
+    return out
+
+
 def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Flatten records into a DataFrame (metrics as columns; dicts kept plus a canonical string form)."""
     rows = []
-    for rec in latest(records):
+    for rec in latest(expand_substitution(latest(records))):
         row: dict[str, Any] = {f: rec.get(f) for f in IDENTITY}
         row.update(key=rec["key"], status=rec["status"], reason=rec.get("reason", ""),
                    label=mechanism_label(rec["mechanism"], rec.get("params")),
                    params_str=canonical(rec.get("params") or {}), options_str=canonical(rec.get("options") or {}),
                    machine=machine_name(rec.get("env") or {}), schema=rec.get("schema"),
-                   trained_with=trained_with(rec))
+                   trained_with=trained_with(rec) or "")
         for name, value in (rec.get("metrics") or {}).items():
             row[name if name not in row else f"metric:{name}"] = value
         rows.append(row)
@@ -129,3 +151,27 @@ def reference_values(df: pd.DataFrame, reference: str, metric: str) -> pd.Series
     ref = df[is_reference(df, reference) & (df["status"] == "ok")]
     lookup = dict(zip(keys[ref.index], pd.to_numeric(ref[metric], errors="coerce")))
     return keys.map(lookup).astype(float)
+
+
+_ENV_FIELDS: tuple[str, ...] = ("device_name", "cpu", "threads", "memory_total_bytes", "torch", "python",
+                                "attnbench", "commit", "platform")
+
+
+def environments(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Where the records were measured: one row per machine and software combination, with counts."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for rec in records:
+        env = rec.get("env") or {}
+        values = {f: env.get(f) for f in _ENV_FIELDS}
+        if values["memory_total_bytes"]:
+            values["memory_total_bytes"] = f"{float(values['memory_total_bytes']) / 2**30:.1f} GiB"
+        values["commit"] = str(values["commit"] or "")[:10] or None
+        ident = (machine_name(env),) + tuple(str(v) for v in values.values())
+        row = rows.setdefault(ident, {"machine": machine_name(env), **values, "records": 0, "suites": set()})
+        row["records"] += 1
+        row["suites"].add(rec.get("suite"))
+    out = pd.DataFrame(list(rows.values()))
+    if not out.empty:
+        out["suites"] = out["suites"].map(lambda s: ", ".join(sorted(map(str, s))))
+        out = out.rename(columns={"memory_total_bytes": "memory"}).dropna(axis=1, how="all")
+    return out

@@ -286,3 +286,52 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
             result.findings.append(Finding("new cell", f"{c['suite']}: {row_label(c, extra)} {int(c['size'])}px {c['mode']}",
                                            "status", None, c["status"], detail="not in the baseline"))
     return result
+
+
+def _show(value: float | str | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return f"{value:.4g}"
+
+
+def _change(change: float | None) -> str:
+    if change is None:
+        return ""
+    if math.isinf(change):
+        return "+inf" if change > 0 else "-inf"
+    return f"{change * 100:+.1f}% worse" if change > 0 else f"{-change * 100:.1f}% better"
+
+
+def findings_frame(findings: Sequence[Finding]) -> pd.DataFrame:
+    """Findings as a table: cell, metric, baseline, current, change, tolerance (and why)."""
+    rows = [{"verdict": f.kind, "cell": f.cell, "metric": f.metric, "baseline": _show(f.baseline),
+             "current": _show(f.current), "change": _change(f.change),
+             "tolerance": "" if f.tolerance is None else f"{f.tolerance * 100:.3g}%",
+             "p": "" if f.p_value is None else f"{f.p_value:.3g}", "note": f.detail} for f in findings]
+    return pd.DataFrame(rows, columns=["verdict", "cell", "metric", "baseline", "current", "change", "tolerance",
+                                       "p", "note"])
+
+
+def render(result: GateResult, show_all: bool = False) -> "Table":
+    """A rich table of the offenders (and, with ``show_all``, improvements and notes too)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    chosen = result.findings if show_all else result.offenders
+    df = findings_frame(chosen)
+    verdict = "PASSED" if result.passed else f"FAILED: {len(result.offenders)} regression(s)"
+    table = Table(title=Text(f"gate {verdict} ({result.compared_cells} cells compared)",
+                             style="bold green" if result.passed else "bold red"), title_justify="left")
+    for col in df.columns:
+        if col == "p" and not (df["p"] != "").any():
+            continue
+        table.add_column(col, justify="right" if col in ("baseline", "current", "change", "tolerance", "p") else "left")
+    styles = {"regression": "red", "newly failing": "bold red", "missing": "red", "improvement": "green",
+              "new cell": "cyan", "not judged": "yellow"}
+    for _, row in df.iterrows():
+        cells = [Text(str(row[c]), style=styles.get(row["verdict"], "") if c == "verdict" else "")
+                 for c in df.columns if not (c == "p" and not (df["p"] != "").any())]
+        table.add_row(*cells)
+    return table

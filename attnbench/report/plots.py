@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: E402
 
 from .analysis import HIGHER_IS_BETTER, QUALITY_METRICS, fit_exponent, pareto_front  # noqa: E402
 from .frame import ROW_FIELDS, metric_columns, row_label, to_frame, varying  # noqa: E402
@@ -158,7 +158,8 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
     ok = df[df["status"] == "ok"]
     if ok.empty or metric not in ok.columns:
         return None
-    extra = varying(ok, ("size", "mode") + ROW_FIELDS)
+    extra = [f for f in varying(ok, ("size", "mode") + ROW_FIELDS)
+             if not (f == "options" and (ok["trained_with"] != "").any())]
     labels = [row_label(r, extra) + (f" ← {r['trained_with']}" if r.get("trained_with") else "")
               for _, r in ok.iterrows()]
     quality = _num(ok[metric])
@@ -185,11 +186,14 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
             ax.scatter(cost[front], quality[front], s=160, facecolor="none", edgecolor="grey", zorder=2,
                        label=None if len(front) > 1 else "Pareto front")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.25)
         ax.set_xlabel(axis.label)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     axes[0][0].set_ylabel(f"{metric} ({better} is better)")
-    fig.suptitle(f"{suite}: {metric} vs cost (as the paper's Figure 5)", fontsize=10)
+    legend = " — labels: tested ← trained with" if (ok["trained_with"] != "").any() else ""
+    fig.suptitle(f"{suite}: {metric} vs cost (as the paper's Figure 5){legend}", fontsize=10)
     fig.tight_layout()
     _not_plotted(fig, df, shown)
     return fig

@@ -64,9 +64,10 @@ def run(spec: CellSpec) -> dict[str, Any]:
         with torch.no_grad():
             return module(a0, b0, b0)
 
-    metrics.update(measure_call(attend, spec.device, timing=bool(opts.get("timing", True)),
-                                min_run_time=float(opts.get("min_run_time", 0.5)),
-                                time_budget_s=float(opts.get("time_budget_s", 10.0)), known=metrics))
+    _, measured = measure_call(attend, spec.device, timing=bool(opts.get("timing", True)),
+                               min_run_time=float(opts.get("min_run_time", 0.5)),
+                               time_budget_s=float(opts.get("time_budget_s", 10.0)), known=metrics)
+    metrics.update(measured)
     errors: list[float] = []
     for batch in batches:
         a, b = tensors(batch)

@@ -131,7 +131,7 @@ def evaluate(net: ColorizationNet, pairs: list[FramePair], spec: CellSpec, prefi
         with torch.no_grad():
             return attention(q, kv, kv)
 
-    metrics.update(measure_call(attend, spec.device, prefix, known=metrics))
+    metrics.update(measure_call(attend, spec.device, prefix, known=metrics)[1])
     errors = []
     net.eval()
     for pair in pairs:

@@ -42,11 +42,14 @@ def check_feasible(module: AttentionMechanism, shape: ProblemShape, device: str,
 
 def measure_call(call: Callable[[], Any], device: str, prefix: str = "", timing: bool = False,
                  min_run_time: float = 0.5, time_budget_s: float = 10.0,
-                 known: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Peak memory and FLOPs of one ``call()`` (and its time when ``timing``); OOM becomes OutOfMemory."""
+                 known: Optional[dict[str, Any]] = None) -> tuple[Any, dict[str, Any]]:
+    """``(call(), metrics)``: peak memory and FLOPs of one call (and its time when ``timing``).
+
+    An out-of-memory error becomes OutOfMemory, keeping ``known`` (the estimates) in the record.
+    """
     metrics: dict[str, Any] = {}
     try:
-        (_, flops), peak = measure_peak(lambda: count_flops(call), device)
+        (result, flops), peak = measure_peak(lambda: count_flops(call), device)
         metrics[f"{prefix}peak_memory_bytes"] = int(peak)
         metrics[f"{prefix}flops"] = int(flops.total)
         if flops.uncounted:
@@ -60,7 +63,7 @@ def measure_call(call: Callable[[], Any], device: str, prefix: str = "", timing:
         if is_oom(exc):
             raise OutOfMemory(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}", {**(known or {}), **metrics}) from exc
         raise
-    return metrics
+    return result, metrics
 
 
 def build(spec_mechanism: str, patch_size: int, params: dict[str, Any], device: str) -> AttentionMechanism:

@@ -1,0 +1,45 @@
+"""``attnbench compare A B``: two runs or machines side by side, ratio B/A per cell; always exits 0.
+
+Unlike ``gate``, compare judges nothing: it shows. Write the table to CSV/Markdown with ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "compare"
+HELP = "show two sets of results side by side with the ratio B/A per cell (exit 0; use `gate` to fail CI)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("a", metavar="A", help="results file or folder (the reference side)")
+    parser.add_argument("b", metavar="B", help="results file or folder (the side compared with A)")
+    parser.add_argument("--metrics", default=None,
+                        help="comma-separated metrics (default: memory, FLOPs, time and quality metrics present)")
+    parser.add_argument("--out", type=Path, default=None, help="also write compare.csv and compare.md in this folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report.tables import wide_console
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..report.compare import compare
+    from ..schema import read_all
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    df = compare(read_all([args.a]), read_all([args.b]), metrics)
+    table = Table(title=Text(f"A = {args.a}   B = {args.b}", style="bold"), title_justify="left")
+    table.add_column("cell", no_wrap=True)
+    for col in df.columns:
+        table.add_column(col, justify="right", style="bold" if col.endswith("B/A") else None)
+    for name, row in df.iterrows():
+        table.add_row(Text(str(name)), *[Text(str(v)) for v in row])
+    console = wide_console()
+    console.print(table)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.out / "compare.csv")
+        (args.out / "compare.md").write_text(df.to_markdown() + "\n", encoding="utf-8")
+        console.print(f"wrote {args.out / 'compare.csv'} and {args.out / 'compare.md'}")
+    return 0

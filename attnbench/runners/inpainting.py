@@ -1,0 +1,106 @@
+"""Cell runner of the ``inpainting`` suite (paper Table 6) and its high-resolution demonstration.
+
+Training-free protocol (why, and the steps: :mod:`attnbench.tasks.inpainting`): biharmonic coarse
+fill, then masked attention (queries over the holes, keys outside them, ``key_mask`` = holes)
+refines the holes. Metrics l1, l2, PSNR, TV, SSIM of the whole image (``skimage.metrics``), l1/l2
+over the holes, the coarse fill's figures, and the cost of the first attention call.
+
+Options: ``images`` (default 4; frame A of the embedded pairs, or of ``--data`` pairs),
+``holes`` per image (3), ``hole_min``/``hole_max`` (sides as a fraction of the image: 0.08/0.16),
+``iterations`` (2), ``temperature`` (softmax temperature, default 1.0), ``query_region``
+(``holes`` or ``image``), ``timing`` (false), ``memory_fraction`` (0.85).
+``highres = true`` inpaints one photo (``photo``, default rocket) upscaled to the cell size
+(>= 2000 px in the ``highres`` preset) and records what Full attention would need for the same
+whole-image call (``full_estimated_memory_bytes``) beside the machine's memory.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..cells import CellSpec
+from ..errors import UnsupportedRequest
+from ..interface import dtype_from_name
+from ..measure.memory import total_memory_bytes
+from ..tasks.costs import build, check_feasible, estimate_metrics, measure_call, problem_shape
+from ..tasks.data import square_resize, task_pairs
+from ..tasks.inpainting import InpaintingCase, coarse_fill, full_attention_estimate, make_case, refine, upscaled_photo
+from ..tasks.metrics import all_metrics, l1, l2, mean_metrics, ssim, tv
+from .reconstruction import check_task_spec, mechanism_params
+
+
+def cases(spec: CellSpec) -> list[InpaintingCase]:
+    """The images of the cell with their holes, deterministic for the seed."""
+    opts = spec.options
+    if opts.get("highres"):
+        images = [(str(opts.get("photo", "rocket")), upscaled_photo(str(opts.get("photo", "rocket")), spec.size))]
+    else:
+        pairs = task_pairs(opts, int(opts.get("images", 4)), spec.seed)
+        images = [(p.name, square_resize(p.a, spec.size)) for p in pairs]
+    margin = max(spec.patch_size, spec.size // 16)
+    return [make_case(name, image, np.random.default_rng((spec.seed, index)), int(opts.get("holes", 3)),
+                      float(opts.get("hole_min", 0.08)), float(opts.get("hole_max", 0.16)), margin)
+            for index, (name, image) in enumerate(images)]
+
+
+def run(spec: CellSpec) -> dict[str, Any]:
+    check_task_spec(spec, "inpainting")
+    if spec.batch != 1:
+        raise UnsupportedRequest(f"inpainting fills one image at a time: batch must be 1, got {spec.batch}")
+    opts = spec.options
+    device, dtype = torch.device(spec.device), dtype_from_name(spec.dtype)
+    module = build(spec.mechanism, spec.patch_size, mechanism_params(spec), spec.device)
+    if not module.supports_mask:
+        raise UnsupportedRequest(f"{spec.mechanism} does not support key_mask; inpainting needs masked attention "
+                                 "(keys outside the hole only)")
+    query_region = str(opts.get("query_region", "holes"))
+    if query_region not in ("holes", "image"):
+        raise UnsupportedRequest(f"inpainting: query_region must be 'holes' or 'image', got {query_region!r}")
+    iterations = int(opts.get("iterations", 2))
+
+    metrics: dict[str, Any] = {"resolved_params": module.params()}
+    memory_fraction = float(opts.get("memory_fraction", 0.85))
+
+    def run_call(index: int, box: tuple[int, int, int, int], call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if index or "flops" in metrics:
+            return call()
+        # the first call of the cell: estimate, refuse if it cannot fit, and measure it while it works
+        qy0, qx0, qy1, qx1 = box
+        q = torch.empty(1, 3, qy1 - qy0, qx1 - qx0, dtype=dtype)
+        kv = torch.empty(1, 3, *image_hw, dtype=dtype)
+        shape = problem_shape(module, q, kv, kv)
+        metrics.update(estimate_metrics(module, shape))
+        metrics["query_hw"] = [qy1 - qy0, qx1 - qx0]
+        check_feasible(module, shape, spec.device, memory_fraction, metrics)
+        out, cost = measure_call(call, spec.device, timing=bool(opts.get("timing", False)), known=metrics)
+        metrics.update(cost)
+        return out
+
+    per_image, coarse_scores, fill_time = [], [], 0.0
+    all_cases = cases(spec)
+    for case in all_cases:
+        image_hw = case.mask.shape
+        coarse = coarse_fill(case)
+        coarse_scores.append({"coarse_l2": l2(coarse, case.image), "coarse_ssim": ssim(coarse, case.image),
+                              "coarse_tv": tv(coarse)})
+        t0 = time.perf_counter()
+        result = refine(module, coarse, case, iterations, device, dtype, query_region, run_call)
+        fill_time += time.perf_counter() - t0
+        scores = all_metrics(result, case.image)
+        scores.update(l1_hole=l1(result, case.image, case.mask), l2_hole=l2(result, case.image, case.mask))
+        per_image.append(scores)
+
+    metrics.update(mean_metrics(per_image))
+    metrics.update(mean_metrics(coarse_scores))
+    metrics["fill_time_s"] = round(fill_time, 3)
+    metrics["hole_fraction"] = float(np.mean([c.mask.mean() for c in all_cases]))
+    metrics["images"] = [c.name for c in all_cases]
+    if opts.get("highres"):
+        hw = all_cases[0].mask.shape
+        metrics["image_hw"] = list(hw)
+        metrics["full_estimated_memory_bytes"] = full_attention_estimate(hw, 3, spec.patch_size)
+        metrics["machine_memory_bytes"] = total_memory_bytes(spec.device)
+    return metrics

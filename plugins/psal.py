@@ -1,0 +1,259 @@
+"""PSAL (Patch-based Stochastic Attention Layer) and exact k-NN patch attention, as plugins.
+
+``psal`` (names ``psal-1``, ``psal-3``, ``psal-<k>``, ``psal-aggreg``, ``psal-<k>-aggreg``) finds
+each query patch's k best key patches with PatchMatch (jump-flooding propagation + random
+search, paper Section 3.2) and returns the softmax(S / T)-weighted values at their centres
+(Eq. 5), optionally aggregated over the patch neighbourhood (Eq. 10). ``knn-exact`` finds the
+exact k best by chunked brute force and uses the same output definition: the quality ceiling
+PSAL approximates. Both follow the border rule of :mod:`attnbench.patches` and the hole mask.
+
+The work is three ``attnbench::`` custom ops (see :mod:`attnbench_plugins.psal_ops`):
+search (indices, not differentiable), similarity at those indices (differentiable w.r.t. q, k)
+and attend (differentiable w.r.t. the similarities and v), native C++ when it builds.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from attnbench.errors import UnsupportedRequest
+from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
+
+from . import psal_ops
+from .psal_cost import expected_evaluations
+from .psal_reference import matchable_map
+
+_INDEX_BYTES = 8
+
+
+def _check_positive_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UnsupportedRequest(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _valid_keys(k: torch.Tensor, key_mask: Optional[torch.Tensor], patch_size: int, k_nn: int, who: str) -> torch.Tensor:
+    """Matchable key centres (B, Hk, Wk); refuse when a batch element has fewer than k of them."""
+    valid = matchable_map((k.shape[2], k.shape[3]), patch_size, key_mask, k.shape[0], k.device)
+    fewest = int(valid.flatten(1).sum(1).min())
+    if fewest < k_nn:
+        raise UnsupportedRequest(f"{who}: only {fewest} key patches avoid the border and the mask; k = {k_nn} needs more")
+    return valid
+
+
+def _attend_memory(shape: ProblemShape, k_nn: int) -> dict[str, int]:
+    """Bytes of the similarity + attend phases that every k-NN mechanism here shares."""
+    s = shape.dtype_bytes
+    B, C, Cv, nq, nk = shape.batch, shape.channels, shape.value_channels, shape.n_queries, shape.n_keys
+    r = shape.patch_size // 2
+    padded_q = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
+    return {
+        "idx": B * nq * k_nn * _INDEX_BYTES,
+        "similarity": padded_q + nk * C * s + B * nq * k_nn * s,
+        "attend": nk * Cv * s + B * Cv * nq * s + B * nq * s,
+        "padded_q": padded_q,
+    }
+
+
+def _backward_memory(shape: ProblemShape, k_nn: int, needs_qk: bool) -> int:
+    """Extra bytes of the backward ops (gathers through an inverse index, per batch element)."""
+    s = shape.dtype_bytes
+    B, C, Cv, nq, nk = shape.batch, shape.channels, shape.value_channels, shape.n_queries, shape.n_keys
+    r = shape.patch_size // 2
+    padded = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
+    inverse = 2 * (nk + 1) * 8 + nq * k_nn * 4
+    grad_out = B * Cv * nq * s
+    attend_bwd = nq * Cv * s + nk * Cv * s + nq * s + B * nq * k_nn * s + B * Cv * nk * s + inverse
+    similarity_bwd = 2 * padded + nk * C * s + B * C * (nq + nk) * s + inverse if needs_qk else 0
+    return grad_out + max(attend_bwd, similarity_bwd + B * nq * k_nn * s)
+
+
+def _attend_flops(shape: ProblemShape, k_nn: int, aggregation: bool, with_similarity: bool) -> int:
+    B, nq, d, Cv = shape.batch, shape.n_queries, shape.patch_dim, shape.value_channels
+    terms = B * nq * k_nn * (shape.patch_size**2 if aggregation else 1)
+    flops = psal_ops.FLOPS_PER_ELEMENT * terms * Cv
+    similarity = psal_ops.FLOPS_PER_ELEMENT * B * nq * k_nn * d if with_similarity else 0
+    flops += similarity
+    if shape.backward:
+        flops += 2 * psal_ops.FLOPS_PER_ELEMENT * terms * Cv + 2 * similarity
+    return flops
+
+
+class PSAL(AttentionMechanism):
+    """PatchMatch attention: O(n) memory, O(n d N log n) time (paper Section 3)."""
+
+    variants = ("psal-1", "psal-3", "psal-aggreg")
+    supports_mask = True
+    summary = "Patch-based Stochastic Attention: PatchMatch k-NN (jump flooding), optional aggregation"
+    complexity = "O(n d N log n)"
+
+    def __init__(
+        self,
+        k: int = 1,
+        aggregation: bool = False,
+        iterations: int = 5,
+        seed: int = 0,
+        patch_size: int = 7,
+        similarity: str = "l2",
+        temperature: float = 1.0,
+        **params: Any,
+    ):
+        super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
+        self.k = _check_positive_int("k", k, 1)
+        self.iterations = _check_positive_int("iterations", iterations, 0)
+        if not isinstance(aggregation, bool):
+            raise UnsupportedRequest(f"aggregation must be true or false, got {aggregation!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise UnsupportedRequest(f"seed must be an integer, got {seed!r}")
+        self.aggregation = aggregation
+        self.seed = seed
+        # PSAL-1 without aggregation has one weight of 1 per query: no gradient reaches q or k.
+        self.differentiable_wrt = ("v",) if (self.k == 1 and not aggregation) else ("q", "k", "v")
+        #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
+        self.backend = psal_ops.prepare()
+        #: cost evaluations of the last search, (B,) int64 tensor (what the FLOP counter reports)
+        self.last_evaluations: Optional[torch.Tensor] = None
+
+    @classmethod
+    def parse_variant(cls, suffix: str) -> dict[str, Any]:
+        """``"3"`` -> k=3, ``"aggreg"`` -> aggregation, ``"3-aggreg"`` -> both."""
+        parts = suffix.split("-")
+        params: dict[str, Any] = {}
+        if parts and parts[-1] == "aggreg":
+            params["aggregation"] = True
+            parts = parts[:-1]
+        if len(parts) == 1 and parts[0].isdigit() and int(parts[0]) >= 1:
+            params["k"] = int(parts[0])
+        elif parts:
+            raise ValueError(suffix)
+        return params
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **super().params(),
+            "k": self.k,
+            "aggregation": self.aggregation,
+            "iterations": self.iterations,
+            "seed": self.seed,
+            "backend": self.backend,
+        }
+
+    def search(self, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The k-NN field alone: (B, Hq, Wq, k) flat key-image indices of the matched centres."""
+        valid = _valid_keys(k, key_mask, self.patch_size, self.k, self.name or "psal")
+        idx, evaluations = torch.ops.attnbench.psal_search(
+            q.detach(), k.detach(), valid, self.patch_size, self.k, self.iterations, self.similarity == "dot", self.seed
+        )
+        self.last_evaluations = evaluations
+        return idx
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        idx = self.search(q, k, key_mask)
+        if self.k == 1 and not self.aggregation:
+            s = q.new_zeros(idx.shape)  # one term per query: its weight is 1 whatever S is
+        else:
+            s = torch.ops.attnbench.psal_similarity(q, k, idx, self.patch_size, self.similarity == "dot")
+        out, _ = torch.ops.attnbench.psal_attend(s, idx, v, self.patch_size, self.aggregation, self.temperature)
+        return out
+
+    def estimate(self, shape: ProblemShape) -> CostEstimate:
+        """Native kernel: peak bytes (net of inputs) and FLOPs (evaluation model of psal_cost)."""
+        s = shape.dtype_bytes
+        B, C, nq, nk, K = shape.batch, shape.channels, shape.n_queries, shape.n_keys, self.k
+        shared = _attend_memory(shape, K)
+        heaps = 2 * nq * K * (s + 4)  # double-buffered (cost, int32 index) heaps
+        search = shared["idx"] + B * nq * K * 4 + B * nk + shared["padded_q"] + nk * C * s + heaps + nk * 4
+        forward = shared["idx"] + max(search - shared["idx"], shared["similarity"], shared["attend"])
+        with_similarity = not (K == 1 and not self.aggregation)
+        memory = forward
+        if shape.backward:
+            saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
+            memory = max(forward, saved + _backward_memory(shape, K, with_similarity))
+        evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, K, self.iterations)
+        flops = int(B * evals * psal_ops.FLOPS_PER_ELEMENT * shape.patch_dim)
+        flops += _attend_flops(shape, K, self.aggregation, with_similarity)
+        return CostEstimate(
+            memory_bytes=int(memory),
+            flops=int(flops),
+            formula=self.complexity,
+            notes=f"{evals / max(nq, 1):.0f} evaluations per query; backend {self.backend}",
+        )
+
+
+class KnnExact(AttentionMechanism):
+    """Exact k-NN patch attention by chunked brute force: O(n d) memory, O(n^2 d) time."""
+
+    supports_mask = True
+    summary = "Exact k-NN patch attention (chunked brute force): the ceiling PSAL approximates"
+    complexity = "O(n^2 d)"
+
+    #: scores held at once (queries per chunk x keys)
+    chunk_elements = 1 << 23
+
+    def __init__(self, k: int = 1, patch_size: int = 7, similarity: str = "l2", temperature: float = 1.0, **params: Any):
+        super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
+        self.k = _check_positive_int("k", k, 1)
+        self.differentiable_wrt = ("v",) if self.k == 1 else ("q", "k", "v")
+        psal_ops.prepare()
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "k": self.k}
+
+    def search(self, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Exact k-NN field: (B, Hq, Wq, k) flat key-image indices, best first."""
+        p, r = self.patch_size, self.patch_size // 2
+        B, C, hq, wq = q.shape
+        hk, wk = k.shape[2], k.shape[3]
+        gw = wk - 2 * r
+        valid = _valid_keys(k, key_mask, p, self.k, self.name or "knn-exact")[:, r : hk - r, r : wk - r].flatten(1)
+        idx = torch.empty(B, hq * wq, self.k, dtype=torch.long, device=q.device)
+        rows_per_chunk = max(1, self.chunk_elements // max(valid.shape[1] * wq, 1))
+        with torch.no_grad():
+            qpad = F.pad(q, (r, r, r, r), mode="replicate") if r else q
+            for b in range(B):
+                kp = F.unfold(k[b : b + 1], p)[0]  # (d, n_grid)
+                bias = (kp * kp).sum(0) if self.similarity == "l2" else torch.zeros_like(kp[0])
+                bias = torch.where(valid[b], -bias, torch.full_like(bias, -math.inf))
+                for y0 in range(0, hq, rows_per_chunk):
+                    y1 = min(hq, y0 + rows_per_chunk)
+                    qp = F.unfold(qpad[b : b + 1, :, y0 : y1 + 2 * r], p)[0].T  # (rows * wq, d)
+                    scores = torch.addmm(bias, qp, kp, alpha=2.0 if self.similarity == "l2" else 1.0)
+                    best = scores.topk(self.k, dim=1).indices
+                    idx[b, y0 * wq : y1 * wq] = (best // gw + r) * wk + best % gw + r
+        return idx.reshape(B, hq, wq, self.k)
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        idx = self.search(q, k, key_mask)
+        if self.k == 1:
+            s = q.new_zeros(idx.shape)
+        else:
+            s = torch.ops.attnbench.psal_similarity(q, k, idx, self.patch_size, self.similarity == "dot")
+        out, _ = torch.ops.attnbench.psal_attend(s, idx, v, self.patch_size, False, self.temperature)
+        return out
+
+    def estimate(self, shape: ProblemShape) -> CostEstimate:
+        s = shape.dtype_bytes
+        B, nq, d, K = shape.batch, shape.n_queries, shape.patch_dim, self.k
+        n_grid = max(shape.n_valid_keys, 1)
+        wq = shape.query_hw[1]
+        rows = max(1, min(shape.query_hw[0], self.chunk_elements // max(n_grid * wq, 1)))
+        r = shape.patch_size // 2
+        shared = _attend_memory(shape, K)
+        padded_q = B * shape.channels * (shape.query_hw[0] + 2 * r) * (wq + 2 * r) * s
+        chunk = rows * wq * (d * s + n_grid * s + K * 16)
+        search = shared["idx"] + B * shape.n_keys + padded_q + n_grid * (d + 2) * s + chunk
+        forward = max(search, shared["idx"] + max(shared["similarity"], shared["attend"]))
+        memory = forward
+        if shape.backward:
+            saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
+            memory = max(forward, saved + _backward_memory(shape, K, K > 1))
+        flops = psal_ops.FLOPS_PER_ELEMENT * B * nq * n_grid * d
+        flops += _attend_flops(shape, K, False, K > 1)
+        return CostEstimate(memory_bytes=int(memory), flops=int(flops), formula=self.complexity)

@@ -1,0 +1,40 @@
+"""Compare: two runs side by side with B/A ratios per cell, written to files; always exit 0."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attnbench.cli import main
+from attnbench.report.compare import compare
+from attnbench.schema import append
+
+from _report_records import memory_records, speed_records
+
+
+def test_ratios_per_cell_and_one_sided_cells() -> None:
+    a = speed_records()
+    b = speed_records(slow={"psal-3": 2.0})[:-1]  # B lacks psal-3 at 64 px
+    df = compare(a, b)
+    assert df.loc["speed: psal-3 32px fwd", "time B/A"] == "×2"
+    assert df.loc["speed: flash 32px fwd", "time B/A"] == "×1"
+    assert df.loc["speed: psal-3 64px fwd", "B status"] == "absent"
+    assert df.loc["speed: psal-3 64px fwd", "time B/A"] == "—"
+
+
+def test_joins_on_identity_when_keys_differ() -> None:
+    a = memory_records()
+    b = [dict(r, key="other-" + r["key"]) for r in memory_records()]
+    df = compare(a, b)
+    assert len(df) == len(a) and (df["B status"] != "absent").all()
+
+
+def test_cli_writes_files_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, recs in (("a", speed_records()), ("b", speed_records(slow={"full": 1.5}))):
+        for r in recs:
+            append(tmp_path / name / "speed.jsonl", r)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    assert "×1.5" in capsys.readouterr().out
+    assert (tmp_path / "cmp" / "compare.csv").read_text().count("\n") == 7
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metrics", "nonsense"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

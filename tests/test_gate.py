@@ -1,0 +1,120 @@
+"""Gate: passes on an unchanged run, fails (exit 1) on an injected regression of each metric kind."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from attnbench.cli import main
+from attnbench.report.gate import gate, parse_tolerances
+from attnbench.schema import append
+from attnbench.errors import UserError
+
+from _report_records import colorization_records, memory_records, speed_records, with_metric
+
+
+def baseline() -> list[dict]:
+    return memory_records() + speed_records() + colorization_records()
+
+
+def write(records: list[dict], folder: Path) -> Path:
+    for rec in records:
+        append(folder / f"{rec['suite']}.jsonl", rec)
+    return folder
+
+
+def test_unchanged_run_passes_even_with_fresh_timing_noise() -> None:
+    current = memory_records() + speed_records(seed=7) + colorization_records()
+    result = gate(current, baseline())
+    assert result.passed, result.offenders
+    assert result.compared_cells == len(baseline())
+
+
+def test_whole_machine_slower_is_not_a_regression() -> None:
+    """Time is judged relative to flash measured in the same run: a uniformly slower machine passes."""
+    current = memory_records() + speed_records(slow={"flash": 3, "full": 3, "psal-3": 3}, seed=3) + colorization_records()
+    assert gate(current, baseline()).passed
+
+
+@pytest.mark.parametrize("mechanism, metric, factor", [
+    ("psal-3", "peak_memory_bytes", 1.2),      # memory
+    ("psal-aggreg", "flops", 1.1),             # FLOPs
+    ("local", "estimated_memory_bytes", 1.5),  # a plugin's estimate changed
+    ("psal-3", "l2", 1.5),                     # quality (lower is better)
+    ("psal-3", "psnr", 0.9),                   # quality (higher is better)
+])
+def test_deterministic_regressions_fail(mechanism: str, metric: str, factor: float) -> None:
+    result = gate(with_metric(baseline(), mechanism, metric, factor), baseline())
+    assert not result.passed
+    assert {f.metric for f in result.offenders} == {metric}
+    assert all(f.cell.split(": ")[1].startswith(mechanism) for f in result.offenders)
+
+
+def test_time_ratio_regression_fails_with_significance() -> None:
+    current = memory_records() + speed_records(slow={"psal-3": 2.5}, seed=5) + colorization_records()
+    result = gate(current, baseline())
+    assert not result.passed
+    offender = result.offenders[0]
+    assert offender.metric == "time_ratio (vs flash)" and offender.p_value < 0.05
+    assert offender.current / offender.baseline == pytest.approx(2.5, rel=0.1)
+
+
+def test_time_ratio_beyond_tolerance_but_not_significant_is_not_judged() -> None:
+    base = speed_records()
+    current = copy.deepcopy(base)
+    for rec in current:  # psal-3's median moves 3x but its samples barely overlap-test (3 samples only)
+        if rec["mechanism"] == "psal-3":
+            m = rec["metrics"]
+            m["time_samples_s"] = [m["time_median_s"] * f for f in (0.5, 3.0, 0.6)]
+            m["time_median_s"] *= 3.0
+    result = gate(current, base)
+    assert result.passed
+    assert any(f.kind == "not judged" and f.metric.startswith("time_ratio") for f in result.findings)
+
+
+def test_newly_failing_and_missing_cells_fail() -> None:
+    current = baseline()
+    for rec in current:
+        if rec["mechanism"] == "psal-3" and rec["suite"] == "memory" and rec["size"] == 128:
+            rec.update(status="oom", reason="out of memory")
+    dropped = [r for r in current if not (r["mechanism"] == "local" and r["suite"] == "colorization")]
+    result = gate(dropped, baseline())
+    kinds = {f.kind for f in result.offenders}
+    assert kinds == {"newly failing", "missing"}
+    assert gate(dropped, baseline(), allow_missing=True).offenders[0].kind == "newly failing"
+
+
+def test_tolerances_from_command_line_override_suite_file() -> None:
+    current = with_metric(baseline(), "psal-3", "peak_memory_bytes", 1.2)
+    assert gate(current, baseline(), tolerances={"peak_memory_bytes": 0.25}).passed
+    assert parse_tolerances(["flops=0.01,time_ratio=10%"]) == {"flops": 0.01, "time_ratio": 0.1}
+    with pytest.raises(UserError):
+        parse_tolerances(["flops"])
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write(baseline(), tmp_path / "baselines")
+    same = write(baseline(), tmp_path / "same")
+    worse = write(with_metric(baseline(), "psal-3", "peak_memory_bytes", 1.3), tmp_path / "worse")
+    assert main(["gate", str(same), "--baseline", str(base)]) == 0
+    assert "gate passed" in capsys.readouterr().out
+    assert main(["gate", str(worse / "memory.jsonl"), str(worse / "speed.jsonl"), str(worse / "colorization.jsonl"),
+                 "--baseline", str(base)]) == 1
+    out = capsys.readouterr().out
+    assert "peak_memory_bytes" in out and "psal-3" in out and "+30.0% worse" in out
+    assert main(["gate", str(worse), "--baseline", str(base), "--tolerance", "peak_memory_bytes=40%"]) == 0
+
+
+def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    current = write(baseline(), tmp_path / "current")
+    old = tmp_path / "old" / "memory.jsonl"
+    old.parent.mkdir()
+    old.write_text("".join(json.dumps(dict(r, schema=0)) + "\n" for r in memory_records()[:2]))
+    assert main(["gate", str(current), "--baseline", str(old.parent)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "baseline" in err and "schema version 0" in err
+    assert main(["gate", str(current), "--baseline", str(tmp_path / "nope")]) == 2
+    assert main(["gate", str(current), "--baseline", str(current), "--tolerance", "flops=abc"]) == 2
+    assert "bad tolerance" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""Report: paper-shaped tables from synthetic records, every status shown, files written, bad input exit 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attnbench.cli import main
+from attnbench.report import paper
+from attnbench.report.analysis import fit_exponent, pareto_front
+from attnbench.report.style import colour
+from attnbench.report.tables import render_rich, suite_table, suite_tables
+from attnbench.schema import append
+
+from _report_records import (colorization_records, custom_suite_records, memory_records, speed_records,
+                             substitution_records)
+
+
+def write(records: list[dict], folder: Path) -> Path:
+    for rec in records:
+        append(folder / f"{rec['suite']}.jsonl", rec)
+    return folder
+
+
+def test_memory_table_is_table1_shaped_and_keeps_every_status() -> None:
+    df = suite_table(memory_records(), "memory")
+    assert list(df.columns[:2]) == ["64 px", "64 px paper"]
+    assert "psal-3 fwd" in df.index and "full fwd+bwd" in df.index
+    assert df.loc["full fwd", "512 px"].startswith("infeasible (est. ")
+    assert df.loc["full fwd", "512 px paper"] == "250.04"
+    assert df.loc["psal-aggreg fwd", "64 px paper"] == "0.05"
+    assert df.loc["reformer fwd", "64 px"].startswith("unavailable: reformer-pytorch")
+    assert df.loc["linear fwd", "1024 px"] == "timeout"
+    assert df.loc["performer fwd", "1024 px"] == "error"
+    assert any("RuntimeError: boom" in n for n in df.attrs["notes"])
+    measured = df.loc["psal-3 fwd", "64 px"]
+    assert "(est. " in measured and measured.split()[0].replace(".", "").isdigit()
+    assert df.loc["full fwd", "scaling"] == "n^1.97" and df.loc["psal-3 fwd", "scaling"] == "n^1.00"
+
+
+def test_memory_suite_also_gets_a_flops_table_with_the_short_papers_figure() -> None:
+    tables = suite_tables(memory_records(), "memory")
+    assert [t.attrs["name"] for t in tables] == ["memory", "flops"]
+    assert tables[1].loc["psal-3 fwd", "256 px paper"] == "36"
+
+
+def test_speed_table_gives_ratio_to_reference_from_the_same_run() -> None:
+    df = suite_table(speed_records(slow={"psal-3": 1.0}), "speed", reference="flash")
+    assert df.loc["flash fwd", "32 px / flash"] == "×1"
+    ratio = float(df.loc["psal-3 fwd", "64 px / flash"].lstrip("×"))
+    assert ratio == pytest.approx(2.67, rel=0.05)
+    assert "IQR" in df.loc["psal-3 fwd", "64 px"]
+
+
+def test_task_tables_show_quality_cost_and_paper_beside() -> None:
+    df = suite_table(colorization_records(), "colorization")
+    assert df.loc["psal-3", "l2 paper"] == "0.00228"
+    assert df.loc["full[similarity=dot]", "l2 paper"] == "0.0064"
+    assert df.loc["reformer", "status"] == "oom" and df.loc["reformer", "l2"] == "—"
+    assert {"GFLOPs", "memory GiB", "psnr"} <= set(df.columns)
+    sub = suite_table(substitution_records(), "substitution")
+    assert sub.loc["psal-1 (trained with full)", "l2"] == "0.0026"
+    assert sub.loc["psal-1 (trained with full)", "l2 paper"] == "0.0024"
+    assert sub.loc["psal-1 (trained with full)", "GFLOPs paper"] == "30"
+    assert sub.loc["full (trained with full)", "GFLOPs paper"] == "1173"
+    assert sub.loc["local (trained with local)", "status"] == "timeout"
+    assert "train_steps" not in sub.columns and "weights_cached" not in sub.columns
+
+
+def test_unknown_suite_renders_every_metric() -> None:
+    df = suite_table(custom_suite_records(), "denoise")
+    assert {"mse", "widgets"} <= set(df.columns) and "thirdparty-attn" in df.index
+    assert render_rich(df).row_count == 2
+
+
+def test_paper_lookup_respects_parameters_and_size() -> None:
+    assert paper.lookup("reconstruction", "l2", "full", {"stride": 5}, 256).value == 0.0031
+    assert paper.lookup("reconstruction", "l2", "full", {"stride": 2}, 256) is None
+    assert paper.lookup("memory", "memory_gb", "local", {"window": 20}, 64) is None
+    assert paper.lookup("inpainting", "psnr", "psal-3", {}, 256).value == 16.6
+
+
+def test_fit_and_pareto() -> None:
+    n = [64**2, 128**2, 256**2]
+    assert fit_exponent(n, [x**2 for x in n]) == pytest.approx(2.0)
+    assert fit_exponent([4096], [1.0]) is None
+    assert pareto_front([1, 2, 3, 4], [5, 3, 4, 1]) == [0, 1, 3]
+    assert colour("psal-3") == colour("psal-3[iterations=5]") != colour("full")
+
+
+def test_report_writes_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write(memory_records() + speed_records(sizes=(32, 64, 128)) + colorization_records()
+                + substitution_records() + custom_suite_records(), tmp_path / "runs")
+    out = tmp_path / "report"
+    assert main(["report", str(src), "--out", str(out)]) == 0
+    assert "Table 1" in capsys.readouterr().out
+    for name in ("memory.csv", "memory-flops.csv", "speed.csv", "colorization.csv", "denoise.csv", "records.csv",
+                 "report.md", "report.html", "plots/memory-memory.png", "plots/memory-memory.svg",
+                 "plots/speed-time.png", "plots/colorization-quality.png", "plots/substitution-quality.png", "plots/memory-flops.svg"):
+        assert (out / name).stat().st_size > 0, name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "infeasible (est." in page and "testbox" in page
+    md = (out / "report.md").read_text()
+    assert "![memory memory](plots/memory-memory.png)" in md and "| psal-3 fwd " in md
+
+
+def test_report_rejects_corrupt_input_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"schema": 1}\nnot json\n{"also": "bad"}\n')
+    assert main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.jsonl" in err
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    src = write(custom_suite_records(), tmp_path / "ok")
+    assert main(["report", str(src), "--format", "pdf"]) == 2
+    assert "valid: rich" in capsys.readouterr().err

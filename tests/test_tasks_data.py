@@ -1,0 +1,122 @@
+"""Frame pairs of the task suites: embedded determinism and the user-data folder layouts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from skimage import io
+from skimage.util import img_as_ubyte
+
+from attnbench.errors import UserError
+from attnbench.tasks import data
+
+VIDEO_PAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "video-pair"
+
+
+def test_embedded_pairs_are_deterministic_for_a_seed() -> None:
+    first, again, other = data.embedded_pairs(3, seed=0), data.embedded_pairs(3, seed=0), data.embedded_pairs(3, seed=1)
+    assert [p.name for p in first] == ["motorcycle", "astronaut-m0", "coffee-m0"]
+    for x, y in zip(first, again):
+        assert np.array_equal(x.a, y.a) and np.array_equal(x.b, y.b)
+    assert np.array_equal(first[0].b, other[0].b)  # the stereo pair is real, not drawn
+    assert not np.array_equal(first[1].b, other[1].b)  # camera motions depend on the seed
+
+
+def test_motion_pair_frames_differ_by_a_far_camera_motion() -> None:
+    pair = data.embedded_pairs(2, seed=0)[1]
+    assert pair.a.shape == pair.b.shape and pair.a.dtype == np.float32
+    assert 0.0 <= pair.b.min() and pair.b.max() <= 1.0
+    side = pair.a.shape[0]
+    motion = data.draw_motion(np.random.default_rng((0, 0, 0)), side)
+    assert 0.06 * side <= np.hypot(*motion.shift_yx) <= 0.12 * side
+    # frame B is not frame A: a zero-displacement copy would make the task trivial
+    assert np.abs(pair.a - pair.b).mean() > 0.05
+
+
+def test_embedded_train_and_test_splits_do_not_share_photos() -> None:
+    train = {p.name.split("-")[0] for p in data.embedded_split("train", 8)}
+    test = {p.name.split("-")[0] for p in data.embedded_split("test", 3)}
+    assert train and test and not train & test
+
+
+def test_square_pair_resizes_both_frames() -> None:
+    pair = data.square_pair(data.embedded_pairs(1)[0], 24)
+    assert pair.a.shape == pair.b.shape == (24, 24, 3)
+
+
+def _save(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.imsave(str(path), img_as_ubyte(image), check_contrast=False)
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((h, w, 3)).astype(np.float32)
+
+
+def test_folder_of_pairs_by_suffix_and_by_subfolder(tmp_path: Path) -> None:
+    _save(tmp_path / "cat_a.png", _image(20, 30, 1))
+    _save(tmp_path / "cat_b.png", _image(20, 30, 2))
+    _save(tmp_path / "scene" / "0001.png", _image(16, 16, 3))
+    _save(tmp_path / "scene" / "0002.png", _image(16, 16, 4))
+    pairs = data.user_pairs(tmp_path, 10)
+    assert [p.name for p in pairs] == ["cat", "scene"]
+    assert pairs[0].a.shape == (20, 30, 3)
+    assert np.allclose(pairs[0].a, _image(20, 30, 1), atol=1 / 255)
+
+
+def test_grey_images_become_rgb(tmp_path: Path) -> None:
+    grey = (np.random.default_rng(0).random((12, 12)) * 255).astype(np.uint8)
+    io.imsave(str(tmp_path / "g_a.png"), grey, check_contrast=False)
+    io.imsave(str(tmp_path / "g_b.png"), grey, check_contrast=False)
+    (pair,) = data.user_pairs(tmp_path, 1)
+    assert pair.a.shape == (12, 12, 3) and np.array_equal(pair.a[..., 0], pair.a[..., 2])
+
+
+def test_davis_layout_pairs_frames_ten_apart(tmp_path: Path) -> None:
+    for seq in ("bear", "car", "dog", "elk", "fox"):
+        for t in range(12):
+            _save(tmp_path / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", _image(8, 8, t))
+    entries = data.user_pair_paths(tmp_path)
+    assert len(entries) == 5 * 1  # one pair (0, 10) per 12-frame sequence
+    name, a, b = entries[0]
+    assert (a.name, b.name) == ("00000.jpg", "00010.jpg") and name == "bear/00000"
+    train, test = data.user_pair_paths(tmp_path, "train"), data.user_pair_paths(tmp_path, "test")
+    assert [n.split("/")[0] for n, *_ in test] == ["fox"]
+    assert "fox" not in {n.split("/")[0] for n, *_ in train}
+
+
+def test_unreadable_image_is_a_user_error_naming_the_file(tmp_path: Path) -> None:
+    _save(tmp_path / "x_a.png", _image(8, 8))
+    (tmp_path / "x_b.png").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="x_b.png"):
+        data.user_pairs(tmp_path, 1)
+
+
+def test_mismatched_pair_is_a_user_error_naming_both_files(tmp_path: Path) -> None:
+    _save(tmp_path / "x_a.png", _image(8, 8))
+    _save(tmp_path / "x_b.png", _image(9, 8))
+    with pytest.raises(UserError, match=r"x_a\.png.*x_b\.png"):
+        data.user_pairs(tmp_path, 1)
+
+
+def test_incomplete_or_empty_folders_say_what_is_expected(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="NAME_a"):
+        data.user_pairs(tmp_path, 1)
+    _save(tmp_path / "lonely_a.png", _image(8, 8))
+    with pytest.raises(UserError, match="lonely_b"):
+        data.user_pairs(tmp_path, 1)
+
+
+def test_task_pairs_uses_the_data_option(tmp_path: Path) -> None:
+    _save(tmp_path / "p_a.png", _image(8, 8))
+    _save(tmp_path / "p_b.png", _image(8, 8, 5))
+    assert [p.name for p in data.task_pairs({"data": str(tmp_path)}, 4, 0)] == ["p"]
+    assert data.data_identity({}) != data.data_identity({"data": str(tmp_path)})
+
+
+@pytest.mark.skipif(not (VIDEO_PAIR / "img1_512.png").exists(), reason="shared video pair not present")
+def test_real_video_pair_reads_as_a_pair(tmp_path: Path) -> None:
+    pair = data.load_pair("video", VIDEO_PAIR / "img1_512.png", VIDEO_PAIR / "img2_512.png")
+    assert pair.a.shape == pair.b.shape and pair.a.shape[2] == 3
+    assert 0.0 < np.abs(pair.a - pair.b).mean() < 0.5

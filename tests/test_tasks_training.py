@@ -1,0 +1,106 @@
+"""Colorization network shapes, training, the weight cache and resume after an interruption."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import attnbench
+from attnbench.errors import Unavailable, UserError
+from attnbench.tasks.networks import ColorizationNet, grey3
+from attnbench.tasks.training import config_key, train_cached
+
+
+def needs(name: str, **params):  # type: ignore[no-untyped-def]
+    """Build a mechanism through the registry, or skip when its plugin is not there (yet)."""
+    try:
+        return attnbench.mechanism(name, **params)
+    except (UserError, Unavailable) as exc:
+        pytest.skip(f"{name}: {exc}")
+
+
+def tiny_problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A colour frame and the same frame shifted by 3 pixels: colour must be copied across."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 6, generator=gen), size=(16, 16), mode="bilinear")
+    return base, torch.roll(base, shifts=3, dims=3)
+
+
+def test_network_shapes_with_batch_and_cross_attention() -> None:
+    net = ColorizationNet(needs("full", patch_size=3), features=8)
+    grey, ref = grey3(torch.rand(2, 3, 12, 14)), torch.rand(2, 3, 16, 16)
+    assert grey.shape == (2, 3, 12, 14) and torch.equal(grey[:, 0], grey[:, 2])
+    out = net(grey, ref)
+    assert out.shape == (2, 3, 12, 14)
+    q, kv = net.attention_inputs(grey, ref)
+    assert q.shape == (2, 8, 12, 14) and kv.shape == (2, 8, 16, 16)
+    assert set(net.convolution_state()) == {"embed.weight", "embed.bias", "project.weight", "project.bias"}
+
+
+def test_a_layer_without_q_k_gradients_trains_only_through_values() -> None:
+    layer = needs("psal-1", patch_size=3)
+    if set(layer.differentiable_wrt) >= {"q", "k"}:
+        pytest.skip("psal-1 is differentiable with respect to q and k here")
+    net = ColorizationNet(layer, features=4)
+    a, b = tiny_problem()
+    torch.mean((net(grey3(a), b) - a) ** 2).backward()  # would raise if q were passed with grad
+    assert net.project.weight.grad is not None
+
+
+def _train(tmp_path: Path, steps: int, calls: list[int], fail_at: int | None = None):  # type: ignore[no-untyped-def]
+    a, b = tiny_problem()
+
+    def build() -> ColorizationNet:
+        return ColorizationNet(needs("full", patch_size=3), features=4)
+
+    def loss_at(net: torch.nn.Module, step: int) -> torch.Tensor:
+        if fail_at is not None and step == fail_at:
+            raise KeyboardInterrupt("interrupted on purpose")
+        calls.append(step)
+        return torch.mean((net(grey3(a), b) - a) ** 2)
+
+    return train_cached({"task": "test"}, build, loss_at, steps, lr=1e-2, seed=0, directory=tmp_path,
+                        checkpoint_every_s=0.0)
+
+
+def test_training_reduces_the_loss_and_a_second_run_hits_the_cache(tmp_path: Path) -> None:
+    calls: list[int] = []
+    first = _train(tmp_path, 40, calls)
+    summary = first.loss_summary()
+    assert not first.cached and calls == list(range(40))
+    assert summary["train_loss_last"] < 0.7 * summary["train_loss_first"]
+    calls.clear()
+    again = _train(tmp_path, 40, calls)
+    assert again.cached and calls == [] and again.key == first.key
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[name])
+
+
+def test_the_cache_key_depends_on_every_setting() -> None:
+    assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 2})
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    reference = _train(tmp_path / "straight", 12, [])
+    calls: list[int] = []
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path / "cut", 12, calls, fail_at=7)
+    assert list((tmp_path / "cut").glob("*.partial.pt")), "a checkpoint is left behind"
+    calls.clear()
+    resumed = _train(tmp_path / "cut", 12, calls)
+    assert resumed.resumed_from == 7 and calls == list(range(7, 12))
+    assert not list((tmp_path / "cut").glob("*.partial.pt"))
+    for name, value in reference.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[name], atol=1e-6)
+
+
+def test_a_damaged_checkpoint_restarts_cleanly(tmp_path: Path) -> None:
+    calls: list[int] = []
+    key = _train(tmp_path, 3, calls).key
+    (tmp_path / f"{key}.pt").unlink()
+    (tmp_path / f"{key}.partial.pt").write_bytes(b"garbage")
+    calls.clear()
+    result = _train(tmp_path, 3, calls)
+    assert result.resumed_from == 0 and calls == [0, 1, 2]
