@@ -21,7 +21,8 @@
 
 namespace {
 
-constexpr int64_t kGrain = 64;
+constexpr int64_t kGrain = 64;        // queries per task in the search (heavy items)
+constexpr int64_t kLightGrain = 2048;  // items per task in the cheap gathers
 
 // Runtime-dispatched clones: the compiler vectorises the hot loops for AVX2/FMA when the CPU has
 // them and falls back to the baseline ISA otherwise (no -march=native, so the build is portable).
@@ -317,7 +318,7 @@ at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const a
       const T* kp = kcl.data_ptr<T>();
       const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;
       T* out = s.data_ptr<T>() + b * nq * K;
-      at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, nq, kLightGrain, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
           for (int64_t m = 0; m < K; ++m) {
             const int64_t c = ii[i * K + m];
@@ -354,7 +355,7 @@ std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cpu(const at::Tensor
         // d S / d q_pad at padded pixel P = sum over (query c, offset o) with c + o = P.
         at::Tensor gpad = at::zeros({Hp, g.Wp, C}, q.options());
         T* gp = gpad.data_ptr<T>();
-        at::parallel_for(0, Hp * g.Wp, kGrain, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, Hp * g.Wp, kLightGrain, [&](int64_t begin, int64_t end) {
           std::vector<T> acc(C);
           for (int64_t P = begin; P < end; ++P) {
             const int64_t py = P / g.Wp, px = P % g.Wp;
@@ -383,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cpu(const at::Tensor
         });
         // Fold the padded gradient back onto the clamped pixels (replicate padding's adjoint).
         T* gq = grad_q.data_ptr<T>() + b * C * nq;
-        at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, nq, kLightGrain, [&](int64_t begin, int64_t end) {
           std::vector<T> acc(C);
           for (int64_t i = begin; i < end; ++i) {
             const int64_t y = i / g.Wq, x = i % g.Wq;
@@ -402,7 +403,7 @@ std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cpu(const at::Tensor
         std::vector<int32_t> entries;
         inverse_index(ii, nq * K, nk, offsets, entries);
         T* gk = grad_k.data_ptr<T>() + b * C * nk;
-        at::parallel_for(0, nk, kGrain, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, nk, kLightGrain, [&](int64_t begin, int64_t end) {
           std::vector<T> acc(C);
           for (int64_t P = begin; P < end; ++P) {
             const int64_t ky = P / g.Wk, kx = P % g.Wk;
@@ -476,7 +477,7 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_cpu(const at::Tensor& s, const at
       const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;
       T* op = out.data_ptr<T>() + b * Cv * nq;
       T* lp = lse.data_ptr<T>() + b * nq;
-      at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+      at::parallel_for(0, nq, kLightGrain, [&](int64_t begin, int64_t end) {
         std::vector<T> acc(Cv);
         for (int64_t i = begin; i < end; ++i) {
           const int64_t y = i / Wq, x = i % Wq;
@@ -527,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& gr
         at::Tensor go_t = (grad_out.select(0, b) * out.select(0, b)).sum(0).contiguous();
         const T* go = go_t.data_ptr<T>();
         T* gsp = grad_s.data_ptr<T>() + b * nq * K;
-        at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, nq, kLightGrain, [&](int64_t begin, int64_t end) {
           for (int64_t n = begin; n < end; ++n) {
             const int64_t ny = n / Wq, nx = n % Wq;
             for (int64_t m = 0; m < K; ++m) {
@@ -558,7 +559,7 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& gr
         std::vector<int32_t> entries;
         inverse_index(ii, nq * K, nk, offsets, entries);
         T* gv = grad_v.data_ptr<T>() + b * Cv * nk;
-        at::parallel_for(0, nk, kGrain, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, nk, kLightGrain, [&](int64_t begin, int64_t end) {
           std::vector<T> acc(Cv);
           for (int64_t P = begin; P < end; ++P) {
             const int64_t ky = P / Wk, kx = P % Wk;

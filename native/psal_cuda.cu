@@ -2,40 +2,46 @@
 //
 // ==========================================================================================
 // NOTE FOR THE OWNER OF psal.h / psal_cpu.cpp / plugins/psal*.py (written by the CUDA side):
-//   * This file implements exactly the five *_cuda functions declared in psal.h under WITH_CUDA,
-//     with the same signatures; psal_cpu.cpp binds them under #ifdef WITH_CUDA. Build with
-//     torch.utils.cpp_extension.load(sources=[psal_cpu.cpp, psal_cuda.cu],
-//     extra_cflags=["-DWITH_CUDA"], extra_cuda_cflags=["-DWITH_CUDA"]) when
-//     torch.cuda.is_available() and CUDA_HOME is found (nvcc present); otherwise CPU only.
-//   * This file includes no pybind/torch/extension.h and no ATen/cuda/CUDAContext.h (only the
-//     c10/cuda headers), so it compiles with nvcc against a CPU torch wheel (.ci/compile_cuda.sh).
-//   * Besides float32/float64, these kernels accept float16 and bfloat16 (accumulating in float32,
-//     returning the input dtype); the Python op's dtype check may let them through on CUDA.
-//   * psal_attend_cuda returns lse in the dtype of s (like the CPU side), out in the dtype of v.
+//   * This file defines exactly the five *_cuda functions psal.h declares under WITH_CUDA, with
+//     the same signatures (.ci/compile_cuda.sh checks the mangled symbols against psal_cpu.o).
+//   * It includes psal_cuda.cuh: plugins/psal_build.py should hash psal_cuda.cuh with the other
+//     sources in _module_name, or an edit to it alone loads a stale build.
+//   * Besides float32/float64 the kernels accept float16 and bfloat16 (float32 accumulation,
+//     outputs in the input dtype); the plugin's dtype list decides whether users can reach them.
+//   * Like the CPU side: out in the dtype of v, lse in the dtype of s; S, grad_q, grad_k, grad_s,
+//     grad_v in the input dtype; idx int64 (B, Hq, Wq, K); n_evals int64 (B,) on the device.
+//   * Compiles without pybind / torch/extension.h / ATen/cuda/CUDAContext.h (only c10/cuda), so
+//     nvcc can check it against a CPU-only torch wheel.
 // ==========================================================================================
 //
-// Semantics: psal.h, bit for bit in the discrete decisions (RNG draws, candidate order, insert
-// rule, duplicate rule, early-exit rule, evaluation count), so for the same seed the CUDA search
-// makes the same choices as the CPU one up to floating-point rounding of patch costs (sums are
-// taken in a fixed order: patch row, patch column, channel, in float32 for float16/bfloat16/float32
-// inputs and float64 for float64 inputs).
+// Semantics: psal.h, exactly, in every discrete decision (RNG draws via psal_hash, candidate
+// order, matchable test, duplicate rule, insert/tie rule, early-exit rule, evaluation count), so
+// for the same seed the CUDA search makes the CPU search's choices whenever the patch costs are
+// the same numbers (tested bit-exactly on integer-valued data). With real-valued data the costs
+// differ in the last bits (summation order here: patch row, patch column, channel, sequentially,
+// in float32 for float16/bfloat16/float32 and float64 for float64; the CPU uses 8 partial sums),
+// so near-ties may resolve differently; the search quality is the same.
 //
 // Design:
 //   * Search: one launch for the initialisation and one per iteration, each over the whole batch
 //     (blockIdx.y walks the batch). Heaps are double-buffered in global memory (prev -> next), so a
 //     thread only ever reads its neighbours' heaps from the previous iteration (jump flooding
 //     without races). Inside a thread the heap lives in local memory when k <= 32 (k is a runtime
-//     value; the array capacity is a template bucket: 4 or 32) and directly in the output row for
-//     k > 32 (any k). The patch size is a runtime value (any odd p with p <= min(Hk, Wk)).
+//     value; the array capacity is a template bucket: 4 or 32) and directly in global scratch for
+//     k > 32 (any k). The patch size is a runtime value (any odd p <= min(Hk, Wk)).
 //   * Evaluations are counted per thread, reduced per warp and added to n_evals[b] with one
 //     integer atomic per warp: integer sums are exact, so n_evals is deterministic.
-//   * Backward: gather formulation everywhere; no floating-point atomics, each output element is
+//   * Backward: gather formulation everywhere, no floating-point atomics: each output element is
 //     summed by one thread in a fixed order. grad_k and grad_v go through an inverse index of idx
 //     (key centre -> list of (query, m)) built with a stable sort (at::sort(stable=true)) and
-//     at::searchsorted: the list order is (batch, query, m), independent of scheduling. Hence
-//     forward and backward are bitwise deterministic run to run on the same GPU/build.
-//   * Channel-last copies of q, k, v (and grad_out) are made once per call, so each patch pixel
-//     reads C contiguous values.
+//     at::searchsorted: the list order is (batch, query, m), the CPU kernel's order, independent
+//     of scheduling. Forward and backward are therefore bitwise reproducible run to run on the
+//     same GPU and build (not across GPU architectures or compilers: FMA contraction may differ).
+//   * Channel-last copies of q, k, v (and grad_out, out) are made once per call, so each patch
+//     pixel reads C contiguous values.
+//   * psal_cuda.cuh also lets this file compile as plain C++ (-DPSAL_CUDA_EMULATE) where every
+//     launch runs serially on the CPU: tests/test_psal_cuda.py uses it to test these kernels
+//     against psal_cpu.cpp without a GPU.
 #include "psal.h"
 
 #include <ATen/ATen.h>
@@ -723,6 +729,8 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
               "psal (cuda): valid must be a (B, Hk, Wk) bool tensor, got ", valid.sizes(), " ", valid.scalar_type());
   PSAL_DEVICE_GUARD(q);
   const int K = (int)k_nn;
+  if (g.B == 0 || g.nq() == 0)
+    return {at::empty({g.B, g.Hq, g.Wq, K}, q.options().dtype(at::kLong)), at::zeros({g.B}, q.options().dtype(at::kLong))};
 
   auto vc = valid.contiguous();
   // Matchable centres: valid AND inside the border; `usable` lists them per batch, row-major.

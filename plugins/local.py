@@ -43,9 +43,10 @@ class LocalAttention(AttentionMechanism):
     Implementation: one strip of ``block`` query rows at a time; within it, all tiles are batched
     against key regions of a common size Rh x Rw (Rh, Rw ~ block + w - 1, clipped to the grid).
     Cost with Q = block^2 queries per tile, R = Rh Rw keys per region, nt tiles, E bytes/element:
-    forward peak ~ E B [nt_row (Q d + R d + Q R) + d (block Wq + Rh Wk) + 2 nq Cv] for one strip
-    of nt_row tiles; forward+backward keeps every strip's saved tensors:
-    ~ E B nt (Q d + R d + Q R + R Cv) + B nt Q R bytes of window mask, i.e. O(w^2 n).
+    forward peak ~ one strip of nt_row tiles: E B nt_row (Q d + R d + max(Q R, 2 d Rh Wk / nt_row))
+    + B nt_row Q R bytes of window mask; forward+backward keeps every strip's saved tensors
+    ~ E B nt (Q d + R d + Q R + R Cv) + B nt Q R mask bytes, i.e. O(w^2 n), plus, while the
+    backward walks the strips in reverse, two score-sized gradients and the patch gradients.
     FLOPs: 2 B nt Q R (d + Cv) forward, 3x with backward (about (1 + block/w)^2 times the
     2 n w^2 (d + Cv) of an exact per-query window).
     """
@@ -98,6 +99,9 @@ class LocalAttention(AttentionMechanism):
             if usable is not None:
                 cols = usable[:, k_row0:k_row1].transpose(1, 2).index_select(1, k_cols)
                 outside = outside | ~cols.reshape(b, n_tx, 1, reg_w * reg_h)
+            elif b > 1:
+                outside = outside.expand(b, *outside.shape)
+            outside = outside.reshape(b * n_tx, tile * th, reg_w * reg_h)
             q_strip = F.unfold(q_pad[:, :, y0 : y1 + 2 * r], p).view(b, -1, th, wq).permute(0, 3, 2, 1)
             qt = q_strip.index_select(1, q_cols).view(b * n_tx, tile * th, -1)
             del q_strip
@@ -105,9 +109,9 @@ class LocalAttention(AttentionMechanism):
             kt = k_strip.index_select(1, k_cols).view(b * n_tx, reg_w * reg_h, -1)
             del k_strip
             v_strip = v[:, :, k_row0 + r : k_row1 + r, r : wk - r].permute(0, 3, 2, 1)
-            vt = v_strip.index_select(1, k_cols).view(b, n_tx, reg_w * reg_h, -1)
-            scores = patch_scores(qt, kt, self.similarity, self.temperature).view(b, n_tx, tile * th, -1)
-            out = masked_softmax_attend(scores, vt, outside, track_grad)
+            vt = v_strip.index_select(1, k_cols).view(b * n_tx, reg_w * reg_h, -1)
+            out = masked_softmax_attend(patch_scores(qt, kt, self.similarity, self.temperature), vt, outside, track_grad)
+            del qt, kt, vt, outside
             # (b, n_tx, tile, th, Cv) -> (b, Cv, th, n_tx * tile) -> crop the padding columns
             out = out.view(b, n_tx, tile, th, -1).permute(0, 4, 3, 1, 2).reshape(b, -1, th, n_tx * tile)
             strips.append(out[..., :wq])
@@ -116,24 +120,28 @@ class LocalAttention(AttentionMechanism):
     def estimate(self, shape: ProblemShape) -> CostEstimate:
         plan = self.plan(shape.query_hw, shape.key_hw)
         b, d, cv, e = shape.batch, shape.patch_dim, shape.value_channels, shape.dtype_bytes
-        wq, wk = shape.query_hw[1], shape.key_hw[1]
-        tq = plan.tile * plan.tile
+        wk = shape.key_hw[1]
         output = 2 * b * shape.n_queries * cv * e
-        mask_bytes = (1 + b) * plan.n_tx * tq  # per key of a region: window mask (+ key mask)
-        pairs = saved = strip_peak = 0
+        pairs = fwd_peak = 0
+        saved: list[int] = []
+        transient: list[int] = []
         for y0, y1, k_row0, k_row1 in plan.strips:
-            region = max(k_row1 - k_row0, 0) * plan.reg_w
-            rows_q = plan.tile * (y1 - y0)
+            rows_q, reg_h = plan.tile * (y1 - y0), max(k_row1 - k_row0, 0)
+            region = reg_h * plan.reg_w
             pairs += plan.n_tx * rows_q * region
-            tiles = b * plan.n_tx * (rows_q * d + region * d + rows_q * region + region * cv) * e
-            strips = b * d * ((y1 - y0) * wq + max(k_row1 - k_row0, 0) * wk) * e
-            strip_peak = max(strip_peak, tiles + strips + mask_bytes * region)
-            saved += tiles + b * plan.n_tx * rows_q * region
+            tiles = b * plan.n_tx * (rows_q + region) * d * e  # query and key patch tiles
+            scores = b * plan.n_tx * rows_q * region * e
+            mask = b * plan.n_tx * rows_q * region  # bool window (+ key) mask
+            fwd_peak = max(fwd_peak, mask + tiles + max(2 * b * d * reg_h * wk * e, scores))
+            saved.append(tiles + scores + mask + b * plan.n_tx * region * cv * e)
+            transient.append(2 * scores + tiles)
+        # backward walks the strips in reverse, freeing each strip's saved tensors after it
+        bwd_peak = max(sum(saved[: i + 1]) + transient[i] for i in range(len(saved)))
         if shape.backward:
-            memory = saved + 2 * strip_peak + output
+            memory = max(sum(saved) + fwd_peak, bwd_peak) + output
             flops = 3 * 2 * b * pairs * (d + cv)
         else:
-            memory = strip_peak + output
+            memory = fwd_peak + output
             flops = 2 * b * pairs * (d + cv)
         return CostEstimate(
             memory_bytes=int(memory),

@@ -120,3 +120,13 @@ def test_real_video_pair_reads_as_a_pair(tmp_path: Path) -> None:
     pair = data.load_pair("video", VIDEO_PAIR / "img1_512.png", VIDEO_PAIR / "img2_512.png")
     assert pair.a.shape == pair.b.shape and pair.a.shape[2] == 3
     assert 0.0 < np.abs(pair.a - pair.b).mean() < 0.5
+
+
+def test_folder_of_pairs_is_split_for_training(tmp_path: Path) -> None:
+    for i in range(5):
+        _save(tmp_path / f"p{i}_a.png", _image(8, 8, i))
+        _save(tmp_path / f"p{i}_b.png", _image(8, 8, i + 10))
+    train = [n for n, *_ in data.user_pair_paths(tmp_path, "train")]
+    test = [n for n, *_ in data.user_pair_paths(tmp_path, "test")]
+    assert train == ["p0", "p1", "p2", "p3"] and test == ["p4"]
+    assert len(data.user_pair_paths(tmp_path)) == 5

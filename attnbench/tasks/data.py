@@ -23,8 +23,11 @@ User data (``--data DIR``), either
 * a DAVIS-style video folder: ``DIR/JPEGImages/<res>/<sequence>/*.jpg`` (``DIR`` may also be
   ``JPEGImages`` itself or one ``<res>`` folder; ``480p`` is preferred when several resolutions
   exist). Pairs are frames ``t`` and ``t + gap`` (gap 10, as the paper), ``t = 0, gap, 2 gap ...``,
-  taken round-robin over the sequences so that a few pairs cover many sequences. The last fifth of
-  the sequences (sorted, at least one) is the test split, the rest the training split.
+  taken round-robin over the sequences so that a few pairs cover many sequences.
+
+Training tasks (colorization) split user data: the last fifth of the sequences (DAVIS) or of the
+pairs (folder of pairs), sorted by name and at least one, is the test split, the rest is trained
+on; a folder with a single pair uses it for both. Reconstruction and inpainting use every pair.
 
 Images are float32 RGB in [0, 1], H x W x 3. Grey images are replicated to RGB and alpha is
 dropped. An unreadable image or a pair whose frames differ in size is a :class:`UserError` that
@@ -244,11 +247,7 @@ def davis_pair_paths(res_folder: Path, split: str, gap: int = DAVIS_GAP) -> list
     sequences = sorted(p for p in res_folder.iterdir() if p.is_dir())
     if not sequences:
         raise UserError(f"{res_folder}: no sequence folders; expected JPEGImages/<res>/<sequence>/*.jpg")
-    n_test = max(1, len(sequences) // 5) if len(sequences) > 1 else 0
-    if split == "train":
-        sequences = sequences[: len(sequences) - n_test] or sequences
-    elif split == "test":
-        sequences = sequences[len(sequences) - n_test :] or sequences
+    sequences = split_entries(sequences, split)
     per_sequence = []
     for seq in sequences:
         frames = _images_in(seq)
@@ -290,11 +289,19 @@ def user_pair_paths(folder: str | Path, split: str = "all") -> list[tuple[str, P
     if not found:
         raise UserError(f"--data {folder}: no image pairs found; expected NAME_a.png + NAME_b.png files, "
                         "sub-folders of two images, or JPEGImages/<res>/<sequence>/*.jpg (DAVIS)")
-    return found
+    return split_entries(found, split)
+
+
+def split_entries(entries: list, split: str) -> list:
+    """The last fifth (at least one) is the test split, the rest training; one entry serves both."""
+    if split == "all" or len(entries) < 2:
+        return entries
+    n_test = max(1, len(entries) // 5)
+    return entries[: len(entries) - n_test] if split == "train" else entries[len(entries) - n_test :]
 
 
 def user_pairs(folder: str | Path, count: int, split: str = "all") -> list[FramePair]:
-    """Read the first ``count`` pairs of a user folder (folder-of-pairs: the same pairs for every split)."""
+    """Read the first ``count`` pairs of ``split`` (``all``, ``train``, ``test``) of a user folder."""
     return [load_pair(*entry) for entry in user_pair_paths(folder, split)[:count]]
 
 
