@@ -108,15 +108,35 @@ inline T patch_cost(const Geometry& g, const T* qpad, const T* kcl, int64_t y, i
   return cost_dispatch(qrow, krow, g.Wp * g.C, g.Wk * g.C, g.p, g.row, dot, bound);
 }
 
-// (B, C, H, W) -> (B, H + 2r, W + 2r, C) replicate-padded, contiguous.
+// Ask the cache for the p rows of a key patch before they are needed.
+template <typename T>
+inline void prefetch_patch(const Geometry& g, const T* kcl, int32_t c) {
+  const char* row = reinterpret_cast<const char*>(kcl + ((c / g.Wk - g.r) * g.Wk + (c % g.Wk - g.r)) * g.C);
+  const int64_t bytes = g.row * (int64_t)sizeof(T), stride = g.Wk * g.C * (int64_t)sizeof(T);
+  for (int64_t dy = 0; dy < g.p; ++dy, row += stride)
+    for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(row + off);
+}
+
+// (1, C, H, W) -> (H + 2r, W + 2r, C) replicate-padded channel-last copy, built in one pass
+// (no intermediate: the search's peak memory is this copy, the key's copy and the heaps).
 at::Tensor padded_channel_last(const at::Tensor& x, int64_t r) {
-  at::Tensor cl = x.permute({0, 2, 3, 1});
-  if (r == 0) return cl.contiguous();
-  const int64_t H = x.size(2), W = x.size(3);
-  auto dev = x.device();
-  at::Tensor ys = at::arange(-r, H + r, at::TensorOptions().dtype(at::kLong).device(dev)).clamp(0, H - 1);
-  at::Tensor xs = at::arange(-r, W + r, at::TensorOptions().dtype(at::kLong).device(dev)).clamp(0, W - 1);
-  return cl.index_select(1, ys).index_select(2, xs).contiguous();
+  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), Hp = H + 2 * r, Wp = W + 2 * r;
+  at::Tensor out = at::empty({Hp, Wp, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "padded_channel_last", [&] {
+    const auto src = x.accessor<scalar_t, 4>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    at::parallel_for(0, Hp, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t py = begin; py < end; ++py) {
+        const int64_t y = std::min(std::max(py - r, int64_t(0)), H - 1);
+        for (int64_t px = 0; px < Wp; ++px) {
+          const int64_t xx = std::min(std::max(px - r, int64_t(0)), W - 1);
+          scalar_t* d = dst + (py * Wp + px) * C;
+          for (int64_t c = 0; c < C; ++c) d[c] = src[0][c][y][xx];
+        }
+      }
+    });
+  });
+  return out;
 }
 
 // Small sorted heap of one query: ascending cost, distinct indices.
@@ -212,18 +232,27 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       int32_t* nj = j_buf[1 - cur].data_ptr<int32_t>();
       at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
         int64_t local = 0;
-        std::vector<int32_t> snap(K);
+        std::vector<int32_t> snap(K), cand(16 * K + levels * K);
+        int64_t nc = 0;
         for (int64_t i = begin; i < end; ++i) {
           const int64_t y = i / g.Wq, x = i % g.Wq;
           Heap<T> h{nd + i * K, nj + i * K, K, K};
           std::copy(pd + i * K, pd + (i + 1) * K, h.d);
           std::copy(pj + i * K, pj + (i + 1) * K, h.j);
-          auto consider = [&](int64_t cy, int64_t cx) {
-            if (!matchable(cy, cx)) return;
-            const int32_t c = (int32_t)(cy * g.Wk + cx);
-            if (h.contains(c)) return;
-            ++local;
-            h.push(patch_cost<T>(g, qp, kp, y, x, cy, cx, dot, h.bound()), c);
+          // Candidates are listed first, then evaluated in order while the next one's key rows
+          // are prefetched (the order, and so the result, is exactly psal.h's).
+          auto add = [&](int64_t cy, int64_t cx) {
+            if (matchable(cy, cx)) cand[nc++] = (int32_t)(cy * g.Wk + cx);
+          };
+          auto evaluate_all = [&]() {
+            for (int64_t t = 0; t < nc; ++t) {
+              if (t + 1 < nc) prefetch_patch(g, kp, cand[t + 1]);
+              const int32_t c = cand[t];
+              if (h.contains(c)) continue;
+              ++local;
+              h.push(patch_cost<T>(g, qp, kp, y, x, c / g.Wk, c % g.Wk, dot, h.bound()), c);
+            }
+            nc = 0;
           };
           // Propagation by jump flooding, reading the previous field only.
           for (int64_t l = 1; l <= 8; l *= 2) {
@@ -232,9 +261,10 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
               const int64_t ny = y + dys[dir], nx = x + dxs[dir];
               if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
               const int32_t* nb = pj + (ny * g.Wq + nx) * K;
-              for (int64_t m = 0; m < K; ++m) consider(nb[m] / g.Wk - dys[dir], nb[m] % g.Wk - dxs[dir]);
+              for (int64_t m = 0; m < K; ++m) add(nb[m] / g.Wk - dys[dir], nb[m] % g.Wk - dxs[dir]);
             }
           }
+          evaluate_all();
           // Random search around the matches found so far, windows halving down to 1.
           std::copy(h.j, h.j + K, snap.begin());
           const int64_t wmax = std::max(g.Hk, g.Wk);
@@ -245,9 +275,10 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
               const uint64_t hsh = psal_hash(seed, b, i, it, level * K + m);
               const int64_t y0 = std::max(g.r, cy - w), y1 = std::min(g.Hk - g.r - 1, cy + w);
               const int64_t x0 = std::max(g.r, cx - w), x1 = std::min(g.Wk - g.r - 1, cx + w);
-              consider(y0 + psal_uniform_hi(hsh, y1 - y0 + 1), x0 + psal_uniform_lo(hsh, x1 - x0 + 1));
+              add(y0 + psal_uniform_hi(hsh, y1 - y0 + 1), x0 + psal_uniform_lo(hsh, x1 - x0 + 1));
             }
           }
+          evaluate_all();
         }
         evals += local;
       });

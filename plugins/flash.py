@@ -134,13 +134,12 @@ def xformers_availability() -> Availability:
 
 
 def xformers_failure_reason(exc: Exception, log: str, device: str) -> str:
-    """One line from xformers' multi-line error and load log: what failed and why."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(": ")
+    """One short line from xformers' multi-line error and load log: why it cannot run here."""
     built_for = [line.strip() for line in log.splitlines() if line.strip().startswith("PyTorch ")]
-    why = ""
     if "can't load C++" in log:
-        why = "; its C++/CUDA extensions did not load" + (f" (built for {built_for[0]})" if built_for else "")
-    return f"xformers memory_efficient_attention fails on {device}: {first}{why}"
+        return "xformers C++/CUDA ops do not load" + (f": built for {built_for[0]}" if built_for else "")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(": ")
+    return f"xformers memory_efficient_attention fails on {device}: {first}"
 
 
 class XFormersAttention(FlashAttention):

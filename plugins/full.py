@@ -76,11 +76,18 @@ def masked_softmax_attend(
     return out
 
 
+def centre_on_keys(qp: torch.Tensor, kp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Subtract the mean key patch from queries and keys: l2 distances are unchanged, while
+    2 q.k - ||q||^2 - ||k||^2 no longer cancels large numbers in float32."""
+    centre = kp.mean(dim=1, keepdim=True)
+    return qp - centre, kp - centre
+
+
 def patch_scores(qp: torch.Tensor, kp: torch.Tensor, similarity: str, temperature: float) -> torch.Tensor:
     """(B, nq, d), (B, nk, d) -> scores / T (B, nq, nk), built in one buffer.
 
     ``l2`` is -||q - k||^2 = 2 q.k - ||q||^2 - ||k||^2 (one ``baddbmm`` and one in-place
-    subtraction), unlike :func:`attnbench.patches.similarity_matrix` which holds three matrices.
+    subtraction; centre the inputs first with :func:`centre_on_keys`), unlike :func:`attnbench.patches.similarity_matrix` which holds three matrices.
     """
     if similarity == "dot":
         scores = torch.bmm(qp, kp.transpose(1, 2))
@@ -100,7 +107,8 @@ class FullAttention(AttentionMechanism):
     remedy that lets Full fit at high resolution); ``stride=1`` uses every key.
 
     Cost, with nk the number of (strided) keys, d = p^2 C, S = B nq nk bytes-per-element:
-    forward peak ~ S (scores, softmax done in place) + patch matrices B (nq + nk) d;
+    forward peak ~ S (scores, softmax done in place) + patch matrices P = B (nq + nk) d (or 2 P
+    while l2 centres the patches, on small maps);
     forward+backward ~ max(3 S + P, S + 3 P) with P = B (nq + nk) d: either the saved weights,
     their gradient and the score gradient beside the saved patches, or (small maps) the patches
     and two gradients of them beside one matrix.
@@ -125,6 +133,8 @@ class FullAttention(AttentionMechanism):
     ) -> torch.Tensor:
         qp = query_patches(q, self.patch_size)
         kp, vals, usable = strided_keys(k, v, key_mask, self.patch_size, self.stride)
+        if self.similarity == "l2":
+            qp, kp = centre_on_keys(qp, kp)
         scores = patch_scores(qp, kp, self.similarity, self.temperature)
         excluded = None if usable is None else ~usable[:, None, :]
         out = masked_softmax_attend(scores, vals, excluded, needs_grad(q, k, v))
@@ -140,7 +150,8 @@ class FullAttention(AttentionMechanism):
             elements = max(3 * matrix + patches, matrix + 3 * patches) + 2 * small
             flops = 3 * 2 * b * nq * nk * (d + cv)
         else:
-            elements = matrix + patches + small
+            centring = 2 * patches if self.similarity == "l2" else 0  # patches and their centred copies
+            elements = max(matrix + patches, centring) + small
             flops = 2 * b * nq * nk * (d + cv)
         return CostEstimate(
             memory_bytes=int(elements * shape.dtype_bytes),

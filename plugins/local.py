@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from attnbench.errors import UnsupportedRequest
 from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 from attnbench.patches import usable_keys, valid_key_grid
-from attnbench_plugins.full import masked_softmax_attend, needs_grad, patch_scores
+from attnbench_plugins.full import centre_on_keys, masked_softmax_attend, needs_grad, patch_scores
 
 
 def window_bounds(n_query: int, n_key: int, window: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +110,8 @@ class LocalAttention(AttentionMechanism):
             del k_strip
             v_strip = v[:, :, k_row0 + r : k_row1 + r, r : wk - r].permute(0, 3, 2, 1)
             vt = v_strip.index_select(1, k_cols).view(b * n_tx, reg_w * reg_h, -1)
+            if self.similarity == "l2":
+                qt, kt = centre_on_keys(qt, kt)
             out = masked_softmax_attend(patch_scores(qt, kt, self.similarity, self.temperature), vt, outside, track_grad)
             del qt, kt, vt, outside
             # (b, n_tx, tile, th, Cv) -> (b, Cv, th, n_tx * tile) -> crop the padding columns
@@ -132,7 +134,8 @@ class LocalAttention(AttentionMechanism):
             tiles = b * plan.n_tx * (rows_q + region) * d * e  # query and key patch tiles
             scores = b * plan.n_tx * rows_q * region * e
             mask = b * plan.n_tx * rows_q * region  # bool window (+ key) mask
-            fwd_peak = max(fwd_peak, mask + tiles + max(2 * b * d * reg_h * wk * e, scores))
+            centred = tiles if self.similarity == "l2" else 0  # centred copies beside the tiles
+            fwd_peak = max(fwd_peak, mask + tiles + max(2 * b * d * reg_h * wk * e, scores, centred))
             saved.append(tiles + scores + mask + b * plan.n_tx * region * cv * e)
             transient.append(2 * scores + tiles)
         # backward walks the strips in reverse, freeing each strip's saved tensors after it

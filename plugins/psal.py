@@ -66,9 +66,10 @@ def _backward_memory(shape: ProblemShape, k_nn: int, needs_qk: bool) -> int:
     padded = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
     inverse = 2 * (nk + 1) * 8 + nq * k_nn * 4
     grad_out = B * Cv * nq * s
-    attend_bwd = nq * Cv * s + nk * Cv * s + nq * s + B * nq * k_nn * s + B * Cv * nk * s + inverse
+    attend_bwd = 2 * nq * Cv * s + nk * Cv * s + nq * s + B * nq * k_nn * s + B * Cv * nk * s + inverse
     similarity_bwd = 2 * padded + nk * C * s + B * C * (nq + nk) * s + inverse if needs_qk else 0
-    return grad_out + max(attend_bwd, similarity_bwd + B * nq * k_nn * s)
+    # grad_v and grad_s stay alive while the similarity backward runs
+    return grad_out + max(attend_bwd, similarity_bwd + B * nq * k_nn * s + B * Cv * nk * s)
 
 
 def _attend_flops(shape: ProblemShape, k_nn: int, aggregation: bool, with_similarity: bool) -> int:
@@ -167,7 +168,7 @@ class PSAL(AttentionMechanism):
         B, C, nq, nk, K = shape.batch, shape.channels, shape.n_queries, shape.n_keys, self.k
         shared = _attend_memory(shape, K)
         heaps = 2 * nq * K * (s + 4)  # double-buffered (cost, int32 index) heaps
-        search = shared["idx"] + B * nq * K * 4 + B * nk + shared["padded_q"] + nk * C * s + heaps + nk * 4
+        search = shared["idx"] + B * nq * K * 4 + B * nk + B * 8 + shared["padded_q"] + nk * C * s + heaps + nk * 4
         forward = shared["idx"] + max(search - shared["idx"], shared["similarity"], shared["attend"])
         with_similarity = not (K == 1 and not self.aggregation)
         memory = forward
@@ -217,7 +218,7 @@ class KnnExact(AttentionMechanism):
             qpad = F.pad(q, (r, r, r, r), mode="replicate") if r else q
             for b in range(B):
                 kp = F.unfold(k[b : b + 1], p)[0]  # (d, n_grid)
-                bias = (kp * kp).sum(0) if self.similarity == "l2" else torch.zeros_like(kp[0])
+                bias = torch.linalg.vector_norm(kp, dim=0) ** 2 if self.similarity == "l2" else torch.zeros_like(kp[0])
                 bias = torch.where(valid[b], -bias, torch.full_like(bias, -math.inf))
                 for y0 in range(0, hq, rows_per_chunk):
                     y1 = min(hq, y0 + rows_per_chunk)
@@ -225,6 +226,7 @@ class KnnExact(AttentionMechanism):
                     scores = torch.addmm(bias, qp, kp, alpha=2.0 if self.similarity == "l2" else 1.0)
                     best = scores.topk(self.k, dim=1).indices
                     idx[b, y0 * wq : y1 * wq] = (best // gw + r) * wk + best % gw + r
+                    del qp, scores, best  # free this chunk before the next one is allocated
         return idx.reshape(B, hq, wq, self.k)
 
     def attend(
@@ -247,7 +249,7 @@ class KnnExact(AttentionMechanism):
         r = shape.patch_size // 2
         shared = _attend_memory(shape, K)
         padded_q = B * shape.channels * (shape.query_hw[0] + 2 * r) * (wq + 2 * r) * s
-        chunk = rows * wq * (d * s + n_grid * s + K * 16)
+        chunk = rows * wq * (2 * d * s + n_grid * s + K * 16)  # patches (+ a contiguous copy), scores, top-k
         search = shared["idx"] + B * shape.n_keys + padded_q + n_grid * (d + 2) * s + chunk
         forward = max(search, shared["idx"] + max(shared["similarity"], shared["attend"]))
         memory = forward

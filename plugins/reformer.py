@@ -86,8 +86,9 @@ class ReformerAttention(AttentionMechanism):
         b, nq, d = qp.shape
         nk = kp.shape[1]
         length = self.padded_length(nq + nk)
-        # The library scales scores by d^-1/2 and normalises keys; undo the scale, apply 1/T.
-        qk = F.pad(torch.cat([qp, kp], dim=1) * (math.sqrt(d) / self.temperature) ** 0.5, (0, 0, 0, length - nq - nk))
+        # The library normalises keys (so scaling the shared sequence only scales queries) and
+        # multiplies scores by d^-1/2: a factor sqrt(d)/T gives scores q.k / (|k| T).
+        qk = F.pad(torch.cat([qp, kp], dim=1) * (math.sqrt(d) / self.temperature), (0, 0, 0, length - nq - nk))
         values = F.pad(vals, (0, d - vals.shape[-1], nq, length - nq - nk))
         present = torch.zeros(b, length, dtype=torch.bool, device=q.device)
         present[:, : nq + nk] = True

@@ -126,17 +126,6 @@ def test_highres_mode_records_full_attentions_estimate() -> None:
     assert m["machine_memory_bytes"] > 0
 
 
-def test_inpainting_refuses_mechanisms_without_masks() -> None:
-    from attnbench.runners.inpainting import run
-
-    for name in ("linear", "performer", "flash"):
-        if available(name) and not attnbench.mechanism(name).supports_mask:
-            with pytest.raises(UnsupportedRequest, match="key_mask"):
-                run(cell("inpainting", name, 32, images=1))
-            return
-    pytest.skip("no mask-less mechanism available")
-
-
 @pytest.mark.parametrize("suite", ["reconstruction", "colorization", "inpainting", "substitution"])
 def test_suite_files_load_with_quick_and_paper_presets(suite: str) -> None:
     loaded = load(suite)

@@ -1,0 +1,250 @@
+"""PSAL and knn-exact as plugins: names, shapes, border and mask rules, gradients, search quality."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnbench.errors import UnsupportedRequest
+from attnbench.interface import ProblemShape
+from attnbench.measure.memory import measure_peak
+from attnbench.patches import key_centre_values, query_patches, key_patches, similarity_matrix, usable_keys
+from attnbench.registry import mechanism
+from attnbench_plugins.psal import PSAL, KnnExact
+
+PAIR = Path("/work/shared/data/video-pair")
+
+
+def _rand(*shape, seed=0, dtype=torch.float64):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def _frozen(module):
+    """Fix the search's field so gradcheck's perturbations only move the differentiable parts."""
+    original = module.search
+
+    def search(q, k, key_mask=None, _cache={}):
+        if "idx" not in _cache:
+            _cache["idx"] = original(q, k, key_mask)
+        return _cache["idx"]
+
+    module.search = search
+    return module
+
+
+# ----------------------------------------------------------------------------- names, params
+@pytest.mark.parametrize(
+    "name, k, aggregation",
+    [("psal-1", 1, False), ("psal-3", 3, False), ("psal-aggreg", 1, True), ("psal-3-aggreg", 3, True), ("psal-15", 15, False)],
+)
+def test_variant_names_resolve(name, k, aggregation):
+    m = mechanism(name)
+    assert isinstance(m, PSAL) and m.k == k and m.aggregation == aggregation
+    assert m.params()["iterations"] == 5 and m.params()["patch_size"] == 7 and m.params()["backend"] in ("native", "reference")
+
+
+def test_parse_variant_rejects_other_suffixes():
+    for suffix in ("x", "0", "aggreg-3", "3-4", ""):
+        with pytest.raises(ValueError):
+            PSAL.parse_variant(suffix)
+
+
+def test_knn_exact_spec_with_parameters():
+    m = mechanism("knn-exact[k=3,similarity=dot]")
+    assert isinstance(m, KnnExact) and m.k == 3 and m.similarity == "dot"
+
+
+def test_differentiable_wrt_depends_on_k_and_aggregation():
+    assert mechanism("psal-1").differentiable_wrt == ("v",)
+    assert mechanism("psal-3").differentiable_wrt == ("q", "k", "v")
+    assert mechanism("psal-aggreg").differentiable_wrt == ("q", "k", "v")
+    q = _rand(1, 2, 9, 9).requires_grad_()
+    with pytest.raises(UnsupportedRequest):
+        mechanism("psal-1", patch_size=3)(q, q.detach(), q.detach())
+
+
+def test_bad_parameters_are_user_errors():
+    for params in ({"k": 0}, {"iterations": -1}, {"aggregation": "yes"}, {"window": 3}):
+        with pytest.raises(UnsupportedRequest):
+            mechanism("psal", **params)
+
+
+# ---------------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("name", ["psal-1", "psal-3", "psal-aggreg", "knn-exact[k=2]"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cross_attention_batch_shapes(name, dtype):
+    q = _rand(2, 3, 17, 21, dtype=dtype)
+    k = _rand(2, 3, 12, 14, seed=1, dtype=dtype)
+    v = _rand(2, 5, 12, 14, seed=2, dtype=dtype)
+    out = mechanism(name, patch_size=5)(q, k, v)
+    assert out.shape == (2, 5, 17, 21) and out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_l2_and_dot_differ_and_both_run():
+    q, k = _rand(1, 3, 16, 16), _rand(1, 3, 16, 16, seed=1)
+    l2 = mechanism("knn-exact", patch_size=3)(q, k, k)
+    dot = mechanism("knn-exact", patch_size=3, similarity="dot")(q, k, k)
+    assert not torch.allclose(l2, dot)
+    for sim in ("l2", "dot"):
+        assert torch.isfinite(mechanism("psal-3", patch_size=3, similarity=sim)(q, k, k)).all()
+
+
+# ---------------------------------------------------------------------- exact reference
+@pytest.mark.parametrize("similarity", ["l2", "dot"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_knn_exact_equals_full_attention_restricted_to_top_k(similarity, masked):
+    p, K, T = 3, 3, 0.5
+    q, k, v = _rand(2, 2, 9, 11), _rand(2, 2, 10, 8, seed=1), _rand(2, 3, 10, 8, seed=2)
+    mask = torch.zeros(2, 1, 10, 8, dtype=torch.bool)
+    if masked:
+        mask[:, :, 2:5, 3:6] = True
+    scores = similarity_matrix(query_patches(q, p), key_patches(k, p), similarity)  # border rule of patches.py
+    if masked:
+        scores = scores.masked_fill(~usable_keys(mask, p)[:, None, :], float("-inf"))
+    top = scores.topk(K, dim=-1)
+    weights = torch.softmax(top.values / T, -1)
+    values = key_centre_values(v, p)  # (B, nk, Cv)
+    picked = torch.gather(values[:, None].expand(-1, top.indices.shape[1], -1, -1), 2, top.indices[..., None].expand(-1, -1, -1, 3))
+    expected = (weights[..., None] * picked).sum(2).transpose(1, 2).reshape(2, 3, 9, 11)
+    got = mechanism("knn-exact", k=K, patch_size=p, similarity=similarity, temperature=T)(q, k, v, mask if masked else None)
+    torch.testing.assert_close(got, expected)
+
+
+def test_psal_with_many_iterations_finds_the_exact_nn_on_a_shifted_image():
+    k = _rand(1, 3, 48, 48, dtype=torch.float32)
+    q = k[:, :, 5:41, 9:45].contiguous()  # every interior query has a zero-cost match
+    p, r = 5, 2
+    idx = mechanism("psal-1", patch_size=p, iterations=12).search(q, k)[0, ..., 0]
+    ys, xs = torch.meshgrid(torch.arange(36), torch.arange(36), indexing="ij")
+    expected = (ys + 5) * 48 + (xs + 9)
+    interior = (slice(r, 36 - r), slice(r, 36 - r))
+    assert (idx[interior] == expected[interior]).float().mean() == 1.0
+
+
+def test_border_rule_keys_inside_queries_clamped():
+    p, r = 5, 2
+    q, k = _rand(1, 2, 12, 12), _rand(1, 2, 14, 10, seed=3)
+    psal = mechanism("psal-3", patch_size=p, iterations=4)
+    idx = psal.search(q, k)
+    cy, cx = idx // 10, idx % 10
+    assert ((cy >= r) & (cy < 14 - r) & (cx >= r) & (cx < 10 - r)).all()  # whole key patch inside
+    # corner queries get real matches: their similarity is the replicate-padded patch's
+    s = torch.ops.attnbench.psal_similarity(q, k, idx, p, False)
+    qp = query_patches(q, p)[0, 0]
+    kp = key_patches(k, p)[0, (cy[0, 0, 0, 0] - r) * (10 - 2 * r) + (cx[0, 0, 0, 0] - r)]
+    torch.testing.assert_close(s[0, 0, 0, 0], -((qp - kp) ** 2).sum())
+
+
+@pytest.mark.parametrize("name", ["psal-3", "psal-aggreg", "knn-exact[k=2]"])
+def test_masked_keys_are_never_matched_nor_copied(name):
+    p = 5
+    q, k = _rand(1, 2, 20, 20), _rand(1, 2, 20, 20, seed=1)
+    mask = torch.zeros(1, 1, 20, 20, dtype=torch.bool)
+    mask[:, :, 4:12, 6:15] = True
+    v = torch.zeros(1, 1, 20, 20, dtype=torch.float64).masked_fill(mask, 1.0)
+    m = mechanism(name, patch_size=p)
+    idx = m.search(q, k, mask)
+    usable = usable_keys(mask, p)[0].reshape(16, 16)
+    cy, cx = idx // 20 - 2, idx % 20 - 2
+    assert usable[cy, cx].all()
+    assert m(q, k, v, mask).abs().max() == 0  # no value from inside the hole ever reaches the output
+
+
+def test_too_few_usable_keys_is_a_clear_error():
+    q = _rand(1, 2, 8, 8)
+    mask = torch.ones(1, 1, 8, 8, dtype=torch.bool)
+    with pytest.raises(UnsupportedRequest, match="key patches"):
+        mechanism("psal-1", patch_size=3)(q, q, q, mask)
+
+
+def test_same_seed_same_output_and_seed_matters():
+    q, k = _rand(1, 3, 30, 30, dtype=torch.float32), _rand(1, 3, 30, 30, seed=1, dtype=torch.float32)
+    a = mechanism("psal-3", seed=1, iterations=2)(q, k, k)
+    b = mechanism("psal-3", seed=1, iterations=2)(q, k, k)
+    c = mechanism("psal-3", seed=2, iterations=2)(q, k, k)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_reference_backend_gives_the_same_output(monkeypatch):
+    q, k, v = _rand(1, 2, 14, 13), _rand(1, 2, 12, 12, seed=1), _rand(1, 2, 12, 12, seed=2)
+    native = mechanism("psal-3-aggreg", patch_size=3, iterations=3)
+    monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "reference")
+    ref = mechanism("psal-3-aggreg", patch_size=3, iterations=3)
+    assert ref.backend == "reference" and ref.params()["backend"] == "reference"
+    out_ref = ref(q, k, v)
+    monkeypatch.delenv("ATTNBENCH_PSAL_BACKEND")
+    if native.backend != "native":
+        pytest.skip("native extension unavailable")
+    torch.testing.assert_close(native(q, k, v), out_ref, rtol=1e-10, atol=1e-10)
+
+
+# -------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("name", ["psal-3", "psal-aggreg", "psal-2-aggreg", "knn-exact[k=3]"])
+@pytest.mark.parametrize("similarity", ["l2", "dot"])
+def test_gradcheck_cross_attention(name, similarity):
+    q = _rand(1, 2, 7, 8).requires_grad_()
+    k = _rand(1, 2, 6, 7, seed=1).requires_grad_()
+    v = _rand(1, 2, 6, 7, seed=2).requires_grad_()
+    m = _frozen(mechanism(name, patch_size=3, similarity=similarity, temperature=0.5))
+    assert torch.autograd.gradcheck(lambda a, b, c: m(a, b, c), (q, k, v), eps=1e-6, atol=1e-6)
+
+
+def test_psal_1_gradient_reaches_v_only_and_trains_in_a_network():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 3, 1).double()
+    q, k = _rand(1, 3, 12, 12), _rand(1, 3, 12, 12, seed=1)
+    psal = mechanism("psal-3", patch_size=3)
+    out = psal(conv(q), conv(k), conv(k))
+    out.square().mean().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+# -------------------------------------------------------------------------------- estimates
+@pytest.mark.parametrize("name", ["psal-3", "psal-aggreg", "knn-exact"])
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_estimate_bounds_measured_peak(name, mode):
+    m = mechanism(name)
+    shape = ProblemShape.square(64, 16, 7, mode=mode)
+    q, k, v = (_rand(1, 16, 64, 64, seed=s, dtype=torch.float32) for s in range(3))
+    if mode == "fwd+bwd" and "q" in m.differentiable_wrt:
+        q, k = q.requires_grad_(), k.requires_grad_()
+    v.requires_grad_(mode == "fwd+bwd")
+
+    def run():
+        out = m(q, k, v)
+        if mode == "fwd+bwd":
+            out.backward(torch.ones_like(out))
+
+    _, peak = measure_peak(run)
+    estimate = m.estimate(shape)
+    assert peak <= estimate.memory_bytes <= 2.5 * peak + (1 << 20)
+    assert estimate.flops > 0
+
+
+def test_psal_estimate_is_small_at_512():
+    shape = ProblemShape.square(512, 16, 7)
+    assert mechanism("psal-3").estimate(shape).memory_bytes < 0.18e9
+    assert mechanism("psal-aggreg").estimate(shape).memory_bytes < 0.18e9
+
+
+# --------------------------------------------------------------------------- search quality
+def test_convergence_report_improves_with_iterations():
+    from attnbench_plugins.psal_quality import convergence
+
+    k = _rand(1, 3, 40, 40, dtype=torch.float32)
+    q = torch.roll(k, shifts=(3, -4), dims=(2, 3))
+    points = convergence(q, k, iterations=(1, 3, 8), patch_size=5)
+    assert [p.iterations for p in points] == [1, 3, 8]
+    assert points[0].recall < points[-1].recall and points[-1].recall > 0.8
+    assert all(p.distance_ratio >= 1 - 1e-6 for p in points) and points[-1].distance_ratio < points[0].distance_ratio
+
+
+@pytest.mark.skipif(not (PAIR / "img1_512.png").exists(), reason="video pair not present")
+def test_psal_1_reconstruction_close_to_exact_1nn_on_the_video_pair():
+    from attnbench_plugins.psal_quality import load_rgb, reconstruction_mse
+
+    q, k = load_rgb(str(PAIR / "img2_512.png"), 96), load_rgb(str(PAIR / "img1_512.png"), 96)
+    psal = reconstruction_mse(mechanism("psal-1", iterations=10)(q, k, k), q, 7)
+    exact = reconstruction_mse(mechanism("knn-exact")(q, k, k), q, 7)
+    assert exact <= psal * (1 + 1e-6) and psal <= 1.10 * exact
