@@ -60,6 +60,10 @@
 //       cand = (y0 + psal_uniform_hi(h, y1 - y0 + 1), x0 + psal_uniform_lo(h, x1 - x0 + 1));
 //       insert(cand).
 //     write heap to the output buffer.
+//   Determinism: same seed, input, build and machine -> bit-identical idx whatever the thread
+//   count (every query's work is independent and summed in a fixed order). The CPU build
+//   carries an AVX2/FMA clone of the cost loop chosen at run time, so the last bit of a cost
+//   (and hence a near-tie) may differ between machines with and without AVX2.
 //   n_evals: (B,) int64, the number of cost evaluations made for each batch element (this is
 //   what the FLOP formula counts: 2 * p * p * C FLOPs per evaluation, the GEMM convention).
 //

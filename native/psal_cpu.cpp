@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -32,22 +33,51 @@ constexpr int64_t kLightGrain = 2048;  // items per task in the cheap gathers
 #define PSAL_CLONES
 #endif
 
-// Sum over a contiguous row of (a - b)^2 (or a * b) with 8 independent accumulators: vectorisable
-// without -ffast-math, and the order of additions is fixed (bit-identical results run to run).
+// 32-byte SIMD vectors (GCC/Clang vector extensions): 8 floats or 4 doubles. The compiler maps
+// them to one AVX2 register in the x86-64-v3 clone and to two SSE registers otherwise.
+typedef float psal_v8f __attribute__((vector_size(32)));
+typedef double psal_v4d __attribute__((vector_size(32)));
+template <typename T>
+struct Simd;
+template <>
+struct Simd<float> {
+  using V = psal_v8f;
+  static constexpr int N = 8;
+};
+template <>
+struct Simd<double> {
+  using V = psal_v4d;
+  static constexpr int N = 4;
+};
+
 template <typename T, bool Dot>
-inline T row_sum(const T* __restrict a, const T* __restrict b, int64_t n) {
-  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+__attribute__((always_inline)) inline typename Simd<T>::V simd_term(const T* a, const T* b) {
+  using V = typename Simd<T>::V;
+  V x, y;
+  std::memcpy(&x, a, sizeof(V));
+  std::memcpy(&y, b, sizeof(V));
+  if (Dot) return x * y;
+  const V d = x - y;
+  return d * d;
+}
+
+// Sum over a contiguous row of (a - b)^2 (or a * b): four independent vector accumulators (so
+// the adds do not wait on each other), then one, then a scalar tail. The order of additions is
+// fixed, so results are bit-identical run to run.
+// always_inline: each target clone of cost_rows_* must get its own copy compiled for its ISA.
+template <typename T, bool Dot>
+__attribute__((always_inline)) inline T row_sum(const T* __restrict a, const T* __restrict b, int64_t n) {
+  using V = typename Simd<T>::V;
+  constexpr int N = Simd<T>::N;
+  V acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) {
-      if (Dot) {
-        acc[l] += a[i + l] * b[i + l];
-      } else {
-        const T d = a[i + l] - b[i + l];
-        acc[l] += d * d;
-      }
-    }
+  for (; i + 4 * N <= n; i += 4 * N) {
+    acc0 += simd_term<T, Dot>(a + i, b + i);
+    acc1 += simd_term<T, Dot>(a + i + N, b + i + N);
+    acc2 += simd_term<T, Dot>(a + i + 2 * N, b + i + 2 * N);
+    acc3 += simd_term<T, Dot>(a + i + 3 * N, b + i + 3 * N);
   }
+  for (; i + N <= n; i += N) acc0 += simd_term<T, Dot>(a + i, b + i);
   T tail = 0;
   for (; i < n; ++i) {
     if (Dot) {
@@ -57,12 +87,15 @@ inline T row_sum(const T* __restrict a, const T* __restrict b, int64_t n) {
       tail += d * d;
     }
   }
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail;
+  const V sum = (acc0 + acc1) + (acc2 + acc3);
+  T total = 0;
+  for (int l = 0; l < N; ++l) total += sum[l];
+  return total + tail;
 }
 
 // Cost of one patch pair: rows of `row` scalars, strides in scalars; l2 stops once >= bound.
 template <typename T>
-inline T cost_rows(const T* q, const T* k, int64_t qstride, int64_t kstride, int64_t rows, int64_t row, bool dot,
+__attribute__((always_inline)) inline T cost_rows(const T* q, const T* k, int64_t qstride, int64_t kstride, int64_t rows, int64_t row, bool dot,
                    T bound) {
   T total = 0;
   if (dot) {
@@ -245,8 +278,10 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
             if (matchable(cy, cx)) cand[nc++] = (int32_t)(cy * g.Wk + cx);
           };
           auto evaluate_all = [&]() {
+            constexpr int64_t kAhead = 3;  // candidates prefetched ahead of the one evaluated
+            for (int64_t t = 0; t < std::min(nc, kAhead); ++t) prefetch_patch(g, kp, cand[t]);
             for (int64_t t = 0; t < nc; ++t) {
-              if (t + 1 < nc) prefetch_patch(g, kp, cand[t + 1]);
+              if (t + kAhead < nc) prefetch_patch(g, kp, cand[t + kAhead]);
               const int32_t c = cand[t];
               if (h.contains(c)) continue;
               ++local;

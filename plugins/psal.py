@@ -66,7 +66,10 @@ def _backward_memory(shape: ProblemShape, k_nn: int, needs_qk: bool) -> int:
     padded = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
     inverse = 2 * (nk + 1) * 8 + nq * k_nn * 4
     grad_out = B * Cv * nq * s
-    attend_bwd = 2 * nq * Cv * s + nk * Cv * s + nq * s + B * nq * k_nn * s + B * Cv * nk * s + inverse
+    # grad_out copied channel-last + grad_v (+ for grad_s: values copied, g.out, g*out, grad_s)
+    attend_bwd = nq * Cv * s + B * Cv * nk * s + inverse
+    if needs_qk:
+        attend_bwd += nq * Cv * s + nk * Cv * s + nq * s + B * nq * k_nn * s
     similarity_bwd = 2 * padded + nk * C * s + B * C * (nq + nk) * s + inverse if needs_qk else 0
     # grad_v and grad_s stay alive while the similarity backward runs
     return grad_out + max(attend_bwd, similarity_bwd + B * nq * k_nn * s + B * Cv * nk * s)

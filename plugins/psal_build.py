@@ -56,7 +56,8 @@ def _with_cuda(src: Path) -> bool:
 def _module_name(sources: list[Path], with_cuda: bool) -> str:
     """Name keyed by the sources' content so an edited kernel never loads a stale build."""
     digest = hashlib.sha1()
-    for path in sources + [path.parent / "psal.h" for path in sources[:1]]:
+    headers = sorted(p for pattern in ("*.h", "*.cuh") for p in sources[0].parent.glob(pattern))
+    for path in sources + headers:
         digest.update(path.read_bytes())
     digest.update(torch.__version__.encode())
     return f"attnbench_psal_{'cuda' if with_cuda else 'cpu'}_{digest.hexdigest()[:10]}"

@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
 def print_table(records: list[dict[str, Any]], suite: str) -> None:
     """The suite's paper-shaped table (from attnbench.report), or a plain listing if absent."""
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a log file or CI: wide enough for a paper-shaped table
     try:
         from ..report.tables import render_rich, suite_table
     except ImportError:

@@ -54,6 +54,10 @@ def _short(reason: str) -> str:
 def status_text(row: pd.Series, estimate: str | None = None) -> str:
     """What a cell that is not ``ok`` shows instead of a figure."""
     status = row["status"]
+    if status == "infeasible" and " s at " in str(row.get("reason", "")):
+        # skipped because it could not finish within the cell's timeout, not for lack of memory
+        seconds = str(row["reason"]).split()[1]
+        return f"too slow (~{seconds} s; est. {estimate})" if estimate else f"too slow (~{seconds} s)"
     if status in ("infeasible", "oom") and estimate:
         return f"{status} (est. {estimate})"
     if status == "unavailable":
