@@ -87,7 +87,15 @@ def _attend_flops(shape: ProblemShape, k_nn: int, aggregation: bool, with_simila
 
 
 class PSAL(AttentionMechanism):
-    """PatchMatch attention: O(n) memory, O(n d N log n) time (paper Section 3)."""
+    """PatchMatch attention: O(n) memory, O(n d N log n) time (paper Section 3).
+
+    Borders: keys are matchable only where their whole patch is inside the key image (and off the
+    hole); border queries use replicate-padded patches, so they get real matches. Aggregation
+    (Eq. 10): query i takes the k matches of every neighbour i + delta in its p x p window,
+    shifted back by delta, with the neighbour's similarity as score; neighbours outside the query
+    image are dropped (a shifted match always lies inside the key image and off the hole, being a
+    pixel of a matchable key patch). Memory stays O(k n): the p^2 k terms are never stored.
+    """
 
     variants = ("psal-1", "psal-3", "psal-aggreg")
     supports_mask = True

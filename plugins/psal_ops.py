@@ -39,10 +39,6 @@ def _opt(t: Optional[Tensor], like: Tensor) -> Tensor:
     return t if t is not None else like.new_empty(_EMPTY)
 
 
-def _none_if_empty(t: Tensor) -> Optional[Tensor]:
-    return None if t.numel() == 0 and t.dim() == 1 else t
-
-
 # ------------------------------------------------------------------------------------ search
 @torch.library.custom_op(f"{NAMESPACE}::psal_search", mutates_args=())
 def psal_search(

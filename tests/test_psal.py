@@ -248,3 +248,29 @@ def test_psal_1_reconstruction_close_to_exact_1nn_on_the_video_pair():
     psal = reconstruction_mse(mechanism("psal-1", iterations=10)(q, k, k), q, 7)
     exact = reconstruction_mse(mechanism("knn-exact")(q, k, k), q, 7)
     assert exact <= psal * (1 + 1e-6) and psal <= 1.10 * exact
+
+
+# ------------------------------------------------------------------------------- backends
+def test_failed_build_falls_back_to_the_reference_and_says_so(monkeypatch):
+    from attnbench_plugins import psal_build
+
+    monkeypatch.delenv("ATTNBENCH_PSAL_BACKEND", raising=False)
+    monkeypatch.setattr(psal_build, "_state", psal_build._BuildState())
+    psal_build._state.tried, psal_build._state.error = True, "PSAL native build failed: no compiler"
+    monkeypatch.setattr(psal_build.native_module, "_warned", False, raising=False)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        m = mechanism("psal-3", patch_size=3)
+    assert m.backend == "reference" and m.params()["backend"] == "reference"
+    q = _rand(1, 2, 10, 10)
+    assert torch.isfinite(m(q, q, q)).all()
+    monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "native")
+    with pytest.raises(RuntimeError, match="no compiler"):
+        mechanism("psal-3")
+
+
+def test_backend_variable_is_validated(monkeypatch):
+    from attnbench.errors import UserError
+
+    monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "gpu-magic")
+    with pytest.raises(UserError, match="ATTNBENCH_PSAL_BACKEND"):
+        mechanism("psal-1")
