@@ -89,7 +89,7 @@ def _summary(record: dict[str, Any]) -> str:
         parts.append(f"{m['flops'] / 1e9:.2f} GFLOP")
     if "time_median_s" in m:
         parts.append(f"{m['time_median_s'] * 1e3:.2f} ms")
-    for q in ("l2", "psnr", "ssim"):
+    for q in ("l2", "psnr", "ssim", "mse_ratio"):
         if q in m:
             parts.append(f"{q} {m[q]:.4g}")
     if record["status"] != "ok":
