@@ -12,7 +12,7 @@ harness can show predictions beside measurements and skip cells that cannot fit.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Optional
 
 import torch

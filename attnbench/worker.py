@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cells import CellSpec
-from .errors import CellOutcome, Infeasible, OutOfMemory, Unavailable, UserError
+from .errors import Infeasible, OutOfMemory, Unavailable, UserError
 
 
 def load_runner(path: str) -> Callable[[CellSpec], dict[str, Any]]:

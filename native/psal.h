@@ -116,6 +116,11 @@ PSAL_HD uint64_t psal_hash(uint64_t seed, uint64_t b, uint64_t i, uint64_t it, u
 PSAL_HD int64_t psal_uniform_hi(uint64_t h, int64_t n) { return (int64_t)(((h >> 32) * (uint64_t)n) >> 32); }
 PSAL_HD int64_t psal_uniform_lo(uint64_t h, int64_t n) { return (int64_t)(((h & 0xFFFFFFFFULL) * (uint64_t)n) >> 32); }
 
+// Search schedules (the `schedule` argument of psal_search_*; see "Search" above).
+#define PSAL_SCHEDULE_JACOBI 0
+#define PSAL_SCHEDULE_WAVEFRONT 1
+#define PSAL_SCHEDULE_DEFAULT PSAL_SCHEDULE_JACOBI
+
 // Radii of the random search: max(Hk, Wk) >> level for level in [0, L).
 PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {
   int64_t m = hk > wk ? hk : wk, levels = 0;
@@ -127,7 +132,7 @@ PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {
 // returns (idx (B, Hq, Wq, K) int64, n_evals (B,) int64)
 std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                   int64_t seed);
+                                                   int64_t seed, int64_t schedule);
 // returns S (B, Hq, Wq, K), dtype of q
 at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
                                bool dot);
@@ -150,7 +155,7 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& gr
 // ---- CUDA (psal_cuda.cu): same signatures and semantics, tensors on one CUDA device --------
 std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                     int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                    int64_t seed);
+                                                    int64_t seed, int64_t schedule);
 at::Tensor psal_similarity_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
                                 bool dot);
 std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cuda(const at::Tensor& grad_s, const at::Tensor& q,

@@ -24,6 +24,7 @@ namespace {
 
 constexpr int64_t kGrain = 64;        // queries per task in the search (heavy items)
 constexpr int64_t kLightGrain = 2048;  // items per task in the cheap gathers
+constexpr int64_t kTile = 16;          // wavefront schedule: queries per tile side (any value gives the same result)
 
 // Runtime-dispatched clones: the compiler vectorises the hot loops for AVX2/FMA when the CPU has
 // them and falls back to the baseline ISA otherwise (no -march=native, so the build is portable).
@@ -202,14 +203,18 @@ struct Heap {
 
 template <typename T>
 void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid, int64_t p, int64_t K,
-                   int64_t iterations, bool dot, int64_t seed, at::Tensor& idx_out, at::Tensor& evals_out) {
+                   int64_t iterations, bool dot, int64_t seed, int64_t schedule, at::Tensor& idx_out,
+                   at::Tensor& evals_out) {
   const int64_t B = q.size(0);
   Geometry g{q.size(1), q.size(2), q.size(3), k.size(2), k.size(3), p, p / 2, q.size(3) + 2 * (p / 2), p * q.size(1)};
   const int64_t nq = g.Hq * g.Wq, nk = g.Hk * g.Wk;
   const int64_t levels = psal_search_levels(g.Hk, g.Wk);
   auto opts = q.options();
-  at::Tensor d_buf[2] = {at::empty({nq * K}, opts), at::empty({nq * K}, opts)};
-  at::Tensor j_buf[2] = {at::empty({nq * K}, opts.dtype(at::kInt)), at::empty({nq * K}, opts.dtype(at::kInt))};
+  // Heaps: double-buffered for the Jacobi schedule, one buffer updated in place for the wavefront.
+  const bool jacobi = schedule == PSAL_SCHEDULE_JACOBI && iterations > 0;
+  at::Tensor d_buf[2] = {at::empty({nq * K}, opts), jacobi ? at::empty({nq * K}, opts) : at::Tensor()};
+  at::Tensor j_buf[2] = {at::empty({nq * K}, opts.dtype(at::kInt)),
+                         jacobi ? at::empty({nq * K}, opts.dtype(at::kInt)) : at::Tensor()};
   at::Tensor usable_t = at::empty({nk}, opts.dtype(at::kInt));
   int64_t* evals_ptr = evals_out.data_ptr<int64_t>();
 
@@ -257,67 +262,109 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       });
     }
 
-    int cur = 0;
-    for (int64_t it = 1; it <= iterations; ++it) {
-      const T* pd = d_buf[cur].data_ptr<T>();
-      const int32_t* pj = j_buf[cur].data_ptr<int32_t>();
-      T* nd = d_buf[1 - cur].data_ptr<T>();
-      int32_t* nj = j_buf[1 - cur].data_ptr<int32_t>();
-      at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
-        int64_t local = 0;
-        std::vector<int32_t> snap(K), cand(16 * K + levels * K);
-        int64_t nc = 0;
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t y = i / g.Wq, x = i % g.Wq;
-          Heap<T> h{nd + i * K, nj + i * K, K, K};
-          std::copy(pd + i * K, pd + (i + 1) * K, h.d);
-          std::copy(pj + i * K, pj + (i + 1) * K, h.j);
-          // Candidates are listed first, then evaluated in order while the next one's key rows
-          // are prefetched (the order, and so the result, is exactly psal.h's).
-          auto add = [&](int64_t cy, int64_t cx) {
-            if (matchable(cy, cx)) cand[nc++] = (int32_t)(cy * g.Wk + cx);
-          };
-          auto evaluate_all = [&]() {
-            constexpr int64_t kAhead = 3;  // candidates prefetched ahead of the one evaluated
-            for (int64_t t = 0; t < std::min(nc, kAhead); ++t) prefetch_patch(g, kp, cand[t]);
-            for (int64_t t = 0; t < nc; ++t) {
-              if (t + kAhead < nc) prefetch_patch(g, kp, cand[t + kAhead]);
-              const int32_t c = cand[t];
-              if (h.contains(c)) continue;
-              ++local;
-              h.push(patch_cost<T>(g, qp, kp, y, x, c / g.Wk, c % g.Wk, dot, h.bound()), c);
-            }
-            nc = 0;
-          };
-          // Propagation by jump flooding, reading the previous field only.
-          for (int64_t l = 1; l <= 8; l *= 2) {
-            const int64_t dys[4] = {-l, l, 0, 0}, dxs[4] = {0, 0, -l, l};
-            for (int dir = 0; dir < 4; ++dir) {
-              const int64_t ny = y + dys[dir], nx = x + dxs[dir];
-              if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
-              const int32_t* nb = pj + (ny * g.Wq + nx) * K;
-              for (int64_t m = 0; m < K; ++m) add(nb[m] / g.Wk - dys[dir], nb[m] % g.Wk - dxs[dir]);
-            }
-          }
-          evaluate_all();
-          // Random search around the matches found so far, windows halving down to 1.
-          std::copy(h.j, h.j + K, snap.begin());
-          const int64_t wmax = std::max(g.Hk, g.Wk);
-          for (int64_t level = 0; level < levels; ++level) {
-            const int64_t w = wmax >> level;
-            for (int64_t m = 0; m < K; ++m) {
-              const int64_t cy = snap[m] / g.Wk, cx = snap[m] % g.Wk;
-              const uint64_t hsh = psal_hash(seed, b, i, it, level * K + m);
-              const int64_t y0 = std::max(g.r, cy - w), y1 = std::min(g.Hk - g.r - 1, cy + w);
-              const int64_t x0 = std::max(g.r, cx - w), x1 = std::min(g.Wk - g.r - 1, cx + w);
-              add(y0 + psal_uniform_hi(hsh, y1 - y0 + 1), x0 + psal_uniform_lo(hsh, x1 - x0 + 1));
-            }
-          }
-          evaluate_all();
+    // One iteration's work for query i: propagation from the neighbours' heaps `pj`, then random
+    // search, on the heap (hd, hj) that already holds the query's heap from before the iteration.
+    // Candidates are listed first, then evaluated in order while the next one's key rows are
+    // prefetched (the order, and so the result, is exactly psal.h's).
+    auto update_query = [&](int64_t i, int64_t it, const int32_t* pj, T* hd, int32_t* hj, int64_t& local,
+                            std::vector<int32_t>& snap, std::vector<int32_t>& cand) {
+      int64_t nc = 0;
+      const int64_t y = i / g.Wq, x = i % g.Wq;
+      Heap<T> h{hd, hj, K, K};
+      auto add = [&](int64_t cy, int64_t cx) {
+        if (matchable(cy, cx)) cand[nc++] = (int32_t)(cy * g.Wk + cx);
+      };
+      auto evaluate_all = [&]() {
+        constexpr int64_t kAhead = 3;  // candidates prefetched ahead of the one evaluated
+        for (int64_t t = 0; t < std::min(nc, kAhead); ++t) prefetch_patch(g, kp, cand[t]);
+        for (int64_t t = 0; t < nc; ++t) {
+          if (t + kAhead < nc) prefetch_patch(g, kp, cand[t + kAhead]);
+          const int32_t c = cand[t];
+          if (h.contains(c)) continue;
+          ++local;
+          h.push(patch_cost<T>(g, qp, kp, y, x, c / g.Wk, c % g.Wk, dot, h.bound()), c);
         }
-        evals += local;
-      });
-      cur = 1 - cur;
+        nc = 0;
+      };
+      // Propagation by jump flooding.
+      for (int64_t l = 1; l <= 8; l *= 2) {
+        const int64_t dys[4] = {-l, l, 0, 0}, dxs[4] = {0, 0, -l, l};
+        for (int dir = 0; dir < 4; ++dir) {
+          const int64_t ny = y + dys[dir], nx = x + dxs[dir];
+          if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
+          const int32_t* nb = pj + (ny * g.Wq + nx) * K;
+          for (int64_t m = 0; m < K; ++m) add(nb[m] / g.Wk - dys[dir], nb[m] % g.Wk - dxs[dir]);
+        }
+      }
+      evaluate_all();
+      // Random search around the matches found so far, windows halving down to 1.
+      std::copy(h.j, h.j + K, snap.begin());
+      const int64_t wmax = std::max(g.Hk, g.Wk);
+      for (int64_t level = 0; level < levels; ++level) {
+        const int64_t w = wmax >> level;
+        for (int64_t m = 0; m < K; ++m) {
+          const int64_t cy = snap[m] / g.Wk, cx = snap[m] % g.Wk;
+          const uint64_t hsh = psal_hash(seed, b, i, it, level * K + m);
+          const int64_t y0 = std::max(g.r, cy - w), y1 = std::min(g.Hk - g.r - 1, cy + w);
+          const int64_t x0 = std::max(g.r, cx - w), x1 = std::min(g.Wk - g.r - 1, cx + w);
+          add(y0 + psal_uniform_hi(hsh, y1 - y0 + 1), x0 + psal_uniform_lo(hsh, x1 - x0 + 1));
+        }
+      }
+      evaluate_all();
+    };
+
+    int cur = 0;
+    if (schedule == PSAL_SCHEDULE_WAVEFRONT) {
+      // In place, in tiles of kTile x kTile queries: tiles on one anti-diagonal (ty + tx) run in
+      // parallel, anti-diagonals one after the other, queries inside a tile in (reversed)
+      // row-major order. Every query then runs after the queries before it in its row and
+      // column and before those after it (in sweep order), which is all psal.h's sequential
+      // sweep depends on: tiles running at the same time share no row or column, so the result
+      // is the sequential sweep's, whatever the tile size and thread count.
+      T* dd = d_buf[0].data_ptr<T>();
+      int32_t* jj = j_buf[0].data_ptr<int32_t>();
+      const int64_t nty = (g.Hq + kTile - 1) / kTile, ntx = (g.Wq + kTile - 1) / kTile;
+      for (int64_t it = 1; it <= iterations; ++it) {
+        const bool forward = (it % 2) == 1;
+        for (int64_t s = 0; s < nty + ntx - 1; ++s) {
+          const int64_t D = forward ? s : nty + ntx - 2 - s;
+          const int64_t ty0 = std::max<int64_t>(0, D - (ntx - 1)), ty1 = std::min(nty - 1, D);
+          at::parallel_for(ty0, ty1 + 1, 1, [&](int64_t begin, int64_t end) {
+            int64_t local = 0;
+            std::vector<int32_t> snap(K), cand(16 * K + levels * K);
+            for (int64_t ty = begin; ty < end; ++ty) {
+              const int64_t tx = D - ty;
+              const int64_t ya = ty * kTile, yb = std::min(g.Hq, ya + kTile);
+              const int64_t xa = tx * kTile, xb = std::min(g.Wq, xa + kTile);
+              for (int64_t t = 0; t < (yb - ya) * (xb - xa); ++t) {
+                const int64_t u = forward ? t : (yb - ya) * (xb - xa) - 1 - t;
+                const int64_t i = (ya + u / (xb - xa)) * g.Wq + xa + u % (xb - xa);
+                update_query(i, it, jj, dd + i * K, jj + i * K, local, snap, cand);
+              }
+            }
+            evals += local;
+          });
+        }
+      }
+    } else {
+      for (int64_t it = 1; it <= iterations; ++it) {
+        // Jacobi: every query reads its neighbours' heaps from the previous iteration.
+        const T* pd = d_buf[cur].data_ptr<T>();
+        const int32_t* pj = j_buf[cur].data_ptr<int32_t>();
+        T* nd = d_buf[1 - cur].data_ptr<T>();
+        int32_t* nj = j_buf[1 - cur].data_ptr<int32_t>();
+        at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
+          int64_t local = 0;
+          std::vector<int32_t> snap(K), cand(16 * K + levels * K);
+          for (int64_t i = begin; i < end; ++i) {
+            std::copy(pd + i * K, pd + (i + 1) * K, nd + i * K);
+            std::copy(pj + i * K, pj + (i + 1) * K, nj + i * K);
+            update_query(i, it, pj, nd + i * K, nj + i * K, local, snap, cand);
+          }
+          evals += local;
+        });
+        cur = 1 - cur;
+      }
     }
     idx_out.select(0, b).view({nq * K}).copy_(j_buf[cur]);
     evals_ptr[b] = evals.load();
@@ -350,9 +397,12 @@ void inverse_index(const int64_t* idx, int64_t n_entries, int64_t nk, std::vecto
 
 std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                   int64_t seed) {
+                                                   int64_t seed, int64_t schedule) {
   check_common(q, k, patch_size);
   TORCH_CHECK(k_nn >= 1, "psal_search: k must be >= 1");
+  TORCH_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT,
+              "psal_search: schedule must be ", PSAL_SCHEDULE_JACOBI, " (jacobi) or ", PSAL_SCHEDULE_WAVEFRONT,
+              " (wavefront), got ", schedule);
   TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == k.size(0) &&
                   valid.size(1) == k.size(2) && valid.size(2) == k.size(3),
               "psal_search: valid must be (B, Hk, Wk) bool");
@@ -361,7 +411,7 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at
   at::Tensor evals = at::zeros({q.size(0)}, q.options().dtype(at::kLong));
   at::Tensor idx32 = at::empty({q.size(0), q.size(2), q.size(3), k_nn}, q.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "psal_search_cpu", [&] {
-    search_kernel<scalar_t>(q, k, validc, patch_size, k_nn, iterations, dot, seed, idx32, evals);
+    search_kernel<scalar_t>(q, k, validc, patch_size, k_nn, iterations, dot, seed, schedule, idx32, evals);
   });
   idx.copy_(idx32);
   return {idx, evals};
@@ -659,14 +709,19 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& gr
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "PSAL kernels (see psal.h for the contract)";
-  m.def("psal_search_cpu", &psal_search_cpu);
+  m.def("psal_search_cpu", &psal_search_cpu, py::arg("q"), py::arg("k"), py::arg("valid"), py::arg("patch_size"),
+        py::arg("k_nn"), py::arg("iterations"), py::arg("dot"), py::arg("seed"),
+        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT);
   m.def("psal_similarity_cpu", &psal_similarity_cpu);
   m.def("psal_similarity_backward_cpu", &psal_similarity_backward_cpu);
   m.def("psal_attend_cpu", &psal_attend_cpu);
   m.def("psal_attend_backward_cpu", &psal_attend_backward_cpu);
   m.def("num_threads", [] { return at::get_num_threads(); });
+  m.attr("SCHEDULE_DEFAULT") = PSAL_SCHEDULE_DEFAULT;
 #ifdef WITH_CUDA
-  m.def("psal_search_cuda", &psal_search_cuda);
+  m.def("psal_search_cuda", &psal_search_cuda, py::arg("q"), py::arg("k"), py::arg("valid"), py::arg("patch_size"),
+        py::arg("k_nn"), py::arg("iterations"), py::arg("dot"), py::arg("seed"),
+        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT);
   m.def("psal_similarity_cuda", &psal_similarity_cuda);
   m.def("psal_similarity_backward_cuda", &psal_similarity_backward_cuda);
   m.def("psal_attend_cuda", &psal_attend_cuda);

@@ -5,7 +5,7 @@ extension is loaded (else the pure-PyTorch reference, on any device); when the e
 built with CUDA, :func:`prepare` registers its ``*_cuda`` functions as the ops' "cuda" kernels.
 
 Ops (semantics in native/psal.h):
-  psal_search(q, k, valid, patch_size, k_nn, iterations, dot, seed) -> (idx, n_evals)
+  psal_search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=0) -> (idx, n_evals)
   psal_similarity(q, k, idx, patch_size, dot) -> S                       (autograd: q, k)
   psal_attend(S, idx, v, patch_size, aggregation, temperature) -> (out, lse)  (autograd: S, v)
 and their backward ops. ``FlopCounterMode`` counts the search by the evaluations the kernel
@@ -42,17 +42,27 @@ def _opt(t: Optional[Tensor], like: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------ search
 @torch.library.custom_op(f"{NAMESPACE}::psal_search", mutates_args=())
 def psal_search(
-    q: Tensor, k: Tensor, valid: Tensor, patch_size: int, k_nn: int, iterations: int, dot: bool, seed: int
+    q: Tensor,
+    k: Tensor,
+    valid: Tensor,
+    patch_size: int,
+    k_nn: int,
+    iterations: int,
+    dot: bool,
+    seed: int,
+    schedule: int = reference.SCHEDULE_DEFAULT,
 ) -> tuple[Tensor, Tensor]:
-    """PatchMatch k-NN search: (idx (B, Hq, Wq, K) int64 key-centre indices, n_evals (B,) int64)."""
+    """PatchMatch k-NN search: (idx (B, Hq, Wq, K) int64 key-centre indices, n_evals (B,) int64).
+
+    ``schedule``: 0 = jacobi, 1 = wavefront (psal.h PSAL_SCHEDULE_*, reference.SCHEDULES)."""
     fn = _kernel("psal_search", q.device.type)
     if fn is not None:
-        return fn(q, k, valid, patch_size, k_nn, iterations, dot, seed)
-    return reference.search(q, k, valid, patch_size, k_nn, iterations, dot, seed)
+        return fn(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule)
+    return reference.search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule)
 
 
 @psal_search.register_fake
-def _(q, k, valid, patch_size, k_nn, iterations, dot, seed):
+def _(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=reference.SCHEDULE_DEFAULT):
     idx = q.new_empty((q.shape[0], q.shape[2], q.shape[3], k_nn), dtype=torch.long)
     return idx, q.new_empty((q.shape[0],), dtype=torch.long)
 
@@ -215,7 +225,7 @@ def _register_flops() -> None:
         return
 
     @register_flop_formula(ops.psal_search, get_raw=True)
-    def _search_flops(q, k, valid, patch_size, k_nn, iterations, dot, seed, out_val=None, **kwargs) -> int:
+    def _search_flops(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=None, out_val=None, **kwargs) -> int:
         evals = out_val[1] if out_val is not None else None
         d = patch_size**2 * q.shape[1]
         if _is_real(evals):
@@ -264,7 +274,10 @@ def prepare() -> str:
     backend = psal_build.active_backend()
     if backend == "native" and not _cuda_registered and psal_build.has_device_kernels("cuda"):
         module = psal_build.native_module()
-        psal_search.register_kernel("cuda")(module.psal_search_cuda)
+        @psal_search.register_kernel("cuda")
+        def _search_cuda(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=reference.SCHEDULE_DEFAULT):
+            return module.psal_search_cuda(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule)
+
         psal_similarity.register_kernel("cuda")(module.psal_similarity_cuda)
         psal_attend.register_kernel("cuda")(module.psal_attend_cuda)
 

@@ -18,6 +18,12 @@ _MIX_M1 = 0xBF58476D1CE4E5B9
 _MIX_M2 = 0x94D049BB133111EB
 _INIT_TRIALS_PER_K = 64
 _PROPAGATION_STEPS = (1, 2, 4, 8)
+#: search schedules (psal.h PSAL_SCHEDULE_*): "jacobi" reads the neighbours' heaps of the previous
+#: iteration; "wavefront" sweeps in place (scan order, reversed on even iterations)
+SCHEDULE_JACOBI = 0
+SCHEDULE_WAVEFRONT = 1
+SCHEDULES = {"jacobi": SCHEDULE_JACOBI, "wavefront": SCHEDULE_WAVEFRONT}
+SCHEDULE_DEFAULT = SCHEDULE_JACOBI
 
 
 def _signed(c: int) -> int:
@@ -104,9 +110,19 @@ def _insert(D: torch.Tensor, J: torch.Tensor, rows: torch.Tensor, cost: torch.Te
 
 
 def search(
-    q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, patch_size: int, k_nn: int, iterations: int, dot: bool, seed: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    valid: torch.Tensor,
+    patch_size: int,
+    k_nn: int,
+    iterations: int,
+    dot: bool,
+    seed: int,
+    schedule: int = SCHEDULE_DEFAULT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PatchMatch search as specified in psal.h -> (idx (B, Hq, Wq, K) int64, n_evals (B,) int64)."""
+    if schedule not in SCHEDULES.values():
+        raise ValueError(f"psal_search: schedule must be one of {sorted(SCHEDULES.values())}, got {schedule}")
     B, _, hq, wq = q.shape
     hk, wk = k.shape[2], k.shape[3]
     r, K = patch_size // 2, k_nn
@@ -134,16 +150,19 @@ def search(
             J = torch.full((nq, K), -1, dtype=torch.long, device=dev)
             count = 0
 
-            def consider(cy: torch.Tensor, cx: torch.Tensor, active: torch.Tensor) -> None:
+            def consider(cy: torch.Tensor, cx: torch.Tensor, active: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+                """insert() of candidate (cy, cx)[t] into the heap of query rows[t] (all when None)."""
                 nonlocal count
                 inside = (cy >= r) & (cy < hk - r) & (cx >= r) & (cx < wk - r)
                 cand = (cy.clamp(0, hk - 1) * wk + cx.clamp(0, wk - 1))
-                ok = active & inside & vflat[cand] & ~(J == cand[:, None]).any(1)
-                rows = ok.nonzero()[:, 0]
-                if rows.numel() == 0:
+                heaps = J if rows is None else J[rows]
+                ok = active & inside & vflat[cand] & ~(heaps == cand[:, None]).any(1)
+                sel = ok.nonzero()[:, 0]
+                if sel.numel() == 0:
                     return
-                count += rows.numel()
-                _insert(D, J, rows, cost_of(rows, cand[rows]), cand[rows])
+                count += sel.numel()
+                target = sel if rows is None else rows[sel]
+                _insert(D, J, target, cost_of(target, cand[sel]), cand[sel])
 
             # Initialisation (it = 0): distinct random usable centres.
             for trial in range(_INIT_TRIALS_PER_K * K):
@@ -162,29 +181,45 @@ def search(
                     c = usable[(start + s) % n_usable]
                     consider(c // wk, c % wk, need)
 
-            everyone = torch.ones(nq, dtype=torch.bool, device=dev)
-            for it in range(1, iterations + 1):
-                prev_j = J.clone()
-                # Jump flooding: neighbours' matches from the previous iteration, shifted back.
+            wmax = max(hk, wk)
+
+            def update(rows: torch.Tensor, it: int, neighbour_j: torch.Tensor) -> None:
+                """One iteration for the queries `rows`: propagation from `neighbour_j`, random search."""
+                everyone = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
+                ry, rx = ys[rows], xs[rows]
+                # Jump flooding: neighbours' matches, shifted back.
                 for step in _PROPAGATION_STEPS:
                     for dy, dx in ((-step, 0), (step, 0), (0, -step), (0, step)):
-                        ny, nx = ys + dy, xs + dx
+                        ny, nx = ry + dy, rx + dx
                         inside = (ny >= 0) & (ny < hq) & (nx >= 0) & (nx < wq)
                         n = ny.clamp(0, hq - 1) * wq + nx.clamp(0, wq - 1)
                         for m in range(K):
-                            j = prev_j[n, m]
-                            consider(j // wk - dy, j % wk - dx, inside)
+                            j = neighbour_j[n, m]
+                            consider(j // wk - dy, j % wk - dx, inside, rows)
                 # Random search around a snapshot of the current matches.
-                snap = J.clone()
-                wmax = max(hk, wk)
+                snap = J[rows].clone()
                 for level in range(levels):
                     w = wmax >> level
                     for m in range(K):
                         cy, cx = snap[:, m] // wk, snap[:, m] % wk
-                        h = rng_hash(seed, b, qi, it, level * K + m)
+                        h = rng_hash(seed, b, rows, it, level * K + m)
                         y0, y1 = (cy - w).clamp(min=r), (cy + w).clamp(max=hk - r - 1)
                         x0, x1 = (cx - w).clamp(min=r), (cx + w).clamp(max=wk - r - 1)
-                        consider(y0 + uniform_hi(h, y1 - y0 + 1), x0 + uniform_lo(h, x1 - x0 + 1), everyone)
+                        consider(y0 + uniform_hi(h, y1 - y0 + 1), x0 + uniform_lo(h, x1 - x0 + 1), everyone, rows)
+
+            if schedule == SCHEDULE_WAVEFRONT:
+                # In place, one anti-diagonal y + x at a time (its queries share no row or column,
+                # so processing them together is the sequential sweep of psal.h).
+                diagonal = ys + xs
+                order = torch.argsort(diagonal, stable=True)
+                counts = torch.bincount(diagonal, minlength=hq + wq - 1).tolist()
+                groups = list(torch.split(order, counts))
+                for it in range(1, iterations + 1):
+                    for rows in groups if it % 2 == 1 else reversed(groups):
+                        update(rows, it, J)
+            else:
+                for it in range(1, iterations + 1):
+                    update(qi, it, J.clone())
             idx_out[b] = J.reshape(hq, wq, K)
             evals[b] = count
     return idx_out, evals

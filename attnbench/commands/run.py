@@ -159,20 +159,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_table(records: list[dict[str, Any]], suite: str) -> None:
-    """The suite's paper-shaped table (from attnbench.report), or a plain listing if absent."""
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # a log file or CI: wide enough for a paper-shaped table
-    try:
-        from ..report.tables import render_rich, suite_table
-    except ImportError:
-        from rich.table import Table
+    """The suite's paper-shaped table, as `attnbench report` shows it."""
+    from ..report.tables import render_rich, suite_table, wide_console
 
-        table = Table(title=suite)
-        for col in ("mechanism", "size", "mode", "status", "summary"):
-            table.add_column(col)
-        for r in records:
-            table.add_row(r["mechanism"], str(r["size"]), r["mode"], r["status"], _summary(r))
-        console.print(table)
-        return
-    console.print(render_rich(suite_table(records, suite), f"{suite}: measured (estimate)"))
+    table = suite_table(records, suite)
+    wide_console().print(render_rich(table, table.attrs.get("title") or suite))

@@ -7,6 +7,7 @@ is labelled by its mechanism plus whatever else varies among the rows being show
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
@@ -175,3 +176,12 @@ def environments(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         out["suites"] = out["suites"].map(lambda s: ", ".join(sorted(map(str, s))))
         out = out.rename(columns={"memory_total_bytes": "memory"}).dropna(axis=1, how="all")
     return out
+
+
+def number(value: Any) -> float | None:
+    """A metric as a float, or None when it is missing, not numeric or NaN."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x

@@ -26,7 +26,7 @@ from scipy.stats import mannwhitneyu
 
 from ..errors import UserError
 from .analysis import HIGHER_IS_BETTER
-from .frame import is_reference, reference_values, row_label, to_frame
+from .frame import is_reference, number, reference_values, row_label, to_frame
 
 #: the time metric is judged through this derived metric, never on its own
 TIME_RATIO = "time_ratio"
@@ -134,14 +134,6 @@ def _relative_change(baseline: float, current: float, higher_is_better: bool) ->
     return -change if higher_is_better else change
 
 
-def _num(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
-
-
 def _match(base: pd.DataFrame, cur: pd.DataFrame) -> list[tuple[int, int | None]]:
     """Pairs (baseline row, current row or None): by key, else by the loose identity when unique."""
     by_key = {k: i for i, k in zip(cur.index, cur["key"])}
@@ -239,7 +231,7 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
         for metric in sorted(set(b.index) & set(c.index)):
             if metric in NOT_GATED or metric not in tol or metric == TIME_RATIO:
                 continue
-            bv, cv = _num(b[metric]), _num(c[metric])
+            bv, cv = number(b[metric]), number(c[metric])
             if bv is None:
                 continue
             if cv is None:
@@ -251,7 +243,7 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
                 result.findings.append(Finding("regression", cell, metric, bv, cv, change, tol[metric]))
             elif change < -tol[metric]:
                 result.findings.append(Finding("improvement", cell, metric, bv, cv, change, tol[metric]))
-        bt, ct = _num(b.get("time_median_s")), _num(c.get("time_median_s"))
+        bt, ct = number(b.get("time_median_s")), number(c.get("time_median_s"))
         ref = ref_of(b["suite"])
         if bt is None or is_reference(base.loc[[i]], ref).iloc[0]:
             continue

@@ -19,8 +19,8 @@ from rich.text import Text
 from ..errors import UserError
 from . import paper
 from .analysis import QUALITY_METRICS, fit_exponent
-from .frame import ROW_FIELDS, metric_columns, reference_values, row_label, to_frame, varying
-from .style import GIB, gib, seconds, sig
+from .frame import ROW_FIELDS, metric_columns, number, reference_values, row_label, to_frame, varying
+from .style import gib, seconds, sig
 
 #: metrics that are costs or bookkeeping, not quality
 COST_METRICS: frozenset[str] = frozenset({
@@ -36,14 +36,6 @@ def _numeric(column: pd.Series) -> bool:
     values = column.dropna()
     return bool(len(values)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 _REASON_CHARS = 48
-
-
-def _num(value: Any) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
 
 
 def _short(reason: str) -> str:
@@ -74,21 +66,21 @@ def _note(row: pd.Series, where: str) -> str | None:
 
 
 def _memory_cell(row: pd.Series) -> str:
-    est = _num(row.get("estimated_memory_bytes"))
+    est = number(row.get("estimated_memory_bytes"))
     est_text = f"{gib(est)} GiB" if est is not None else None
     if row["status"] != "ok":
         return status_text(row, est_text)
-    peak = _num(row.get("peak_memory_bytes"))
+    peak = number(row.get("peak_memory_bytes"))
     measured = gib(peak) if peak is not None else "—"
     return f"{measured} (est. {gib(est)})" if est is not None else measured
 
 
 def _flops_cell(row: pd.Series) -> str:
-    est = _num(row.get("estimated_flops"))
+    est = number(row.get("estimated_flops"))
     est_text = f"{sig(est / 1e9)} GFLOPs" if est is not None else None
     if row["status"] != "ok":
         return status_text(row, est_text)
-    flops = _num(row.get("flops"))
+    flops = number(row.get("flops"))
     measured = sig(flops / 1e9) if flops is not None else "—"
     if row.get("uncounted_ops"):
         measured += "*"
@@ -115,7 +107,7 @@ def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_
         if note:
             notes.append(note)
         if scaling_metric:
-            value = _num(row.get(scaling_metric)) if row["status"] == "ok" else None
+            value = number(row.get(scaling_metric)) if row["status"] == "ok" else None
             xs, ys = fits.setdefault(name, ([], []))
             if value is not None:
                 xs.append(float(row["size"]) ** 2)
@@ -157,14 +149,14 @@ def speed_table(df: pd.DataFrame, reference: str = "flash") -> pd.DataFrame:
     def cell(row: pd.Series) -> str:
         if row["status"] != "ok":
             return status_text(row)
-        med, iqr = _num(row.get("time_median_s")), _num(row.get("time_iqr_s"))
+        med, iqr = number(row.get("time_median_s")), number(row.get("time_iqr_s"))
         return f"{seconds(med)} (IQR {seconds(iqr)})" if iqr is not None else seconds(med)
 
     out, notes = _grid(df, "speed", cell, None, "time_median_s")
     ratio_col = {}
     extra = varying(df, ROW_FIELDS)
     for idx, row in df.iterrows():
-        med = _num(row.get("time_median_s")) if row["status"] == "ok" else None
+        med = number(row.get("time_median_s")) if row["status"] == "ok" else None
         ref = ref_median.loc[idx]
         if med is not None and not math.isnan(ref) and ref > 0:
             ratio_col[(f"{row_label(row, extra)} {row['mode']}", f"{int(row['size'])} px / {reference}")] = \
@@ -209,23 +201,23 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
                 cells[column + PAPER_SUFFIX] = fig.text + (f" {fig.unit}" if fig.unit in ("%", "dB") else "")
 
         for m in quality:
-            beside(m, sig(_num(row.get(m))) if ok else "—", m)
-        flops = _num(row.get("flops")) if ok else None
+            beside(m, sig(number(row.get(m))) if ok else "—", m)
+        flops = number(row.get("flops")) if ok else None
         if flops is None:
-            flops = _num(row.get("estimated_flops"))
+            flops = number(row.get("estimated_flops"))
             flops_text = f"est. {sig(flops / 1e9)}" if flops is not None else "—"
         else:
             flops_text = sig(flops / 1e9)
         beside("gflops", flops_text, "GFLOPs")
-        mem = _num(row.get("peak_memory_bytes")) if ok else None
+        mem = number(row.get("peak_memory_bytes")) if ok else None
         if mem is None:
-            mem = _num(row.get("estimated_memory_bytes"))
+            mem = number(row.get("estimated_memory_bytes"))
             mem_text = f"est. {gib(mem)}" if mem is not None else "—"
         else:
             mem_text = gib(mem)
         beside("memory_gb", mem_text, "memory GiB")
         if "time_median_s" in df.columns:
-            cells["time"] = seconds(_num(row.get("time_median_s"))) if ok else "—"
+            cells["time"] = seconds(number(row.get("time_median_s"))) if ok else "—"
         while name in rows:
             name += "'"
         rows[name] = cells

@@ -27,7 +27,7 @@ the hole pixels only and the coarse fill's figures for reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
