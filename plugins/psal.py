@@ -24,7 +24,7 @@ from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 
 from . import psal_ops
 from .psal_cost import expected_evaluations
-from .psal_reference import matchable_map
+from .psal_reference import SCHEDULE_DEFAULT, SCHEDULE_JACOBI, SCHEDULES, matchable_map
 
 _INDEX_BYTES = 8
 
@@ -111,11 +111,18 @@ class PSAL(AttentionMechanism):
         patch_size: int = 7,
         similarity: str = "l2",
         temperature: float = 1.0,
+        schedule: Optional[str] = None,
         **params: Any,
     ):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
         self.k = _check_positive_int("k", k, 1)
         self.iterations = _check_positive_int("iterations", iterations, 0)
+        if schedule is None:
+            schedule = next(name for name, code in SCHEDULES.items() if code == SCHEDULE_DEFAULT)
+        if schedule not in SCHEDULES:
+            raise UnsupportedRequest(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        #: search schedule (psal.h): "wavefront" (in-place sweeps) or "jacobi" (double-buffered)
+        self.schedule = schedule
         if not isinstance(aggregation, bool):
             raise UnsupportedRequest(f"aggregation must be true or false, got {aggregation!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -150,6 +157,7 @@ class PSAL(AttentionMechanism):
             "aggregation": self.aggregation,
             "iterations": self.iterations,
             "seed": self.seed,
+            "schedule": self.schedule,
             "backend": self.backend,
         }
 
@@ -157,7 +165,15 @@ class PSAL(AttentionMechanism):
         """The k-NN field alone: (B, Hq, Wq, k) flat key-image indices of the matched centres."""
         valid = _valid_keys(k, key_mask, self.patch_size, self.k, self.name or "psal")
         idx, evaluations = torch.ops.attnbench.psal_search(
-            q.detach(), k.detach(), valid, self.patch_size, self.k, self.iterations, self.similarity == "dot", self.seed
+            q.detach(),
+            k.detach(),
+            valid,
+            self.patch_size,
+            self.k,
+            self.iterations,
+            self.similarity == "dot",
+            self.seed,
+            SCHEDULES[self.schedule],
         )
         self.last_evaluations = evaluations
         return idx
@@ -178,7 +194,8 @@ class PSAL(AttentionMechanism):
         s = shape.dtype_bytes
         B, C, nq, nk, K = shape.batch, shape.channels, shape.n_queries, shape.n_keys, self.k
         shared = _attend_memory(shape, K)
-        heaps = 2 * nq * K * (s + 4)  # double-buffered (cost, int32 index) heaps
+        # (cost, int32 index) heaps: double-buffered (jacobi) or updated in place (wavefront)
+        heaps = (2 if SCHEDULES[self.schedule] == SCHEDULE_JACOBI and self.iterations > 0 else 1) * nq * K * (s + 4)
         search = shared["idx"] + B * nq * K * 4 + B * nk + B * 8 + shared["padded_q"] + nk * C * s + heaps + nk * 4
         forward = shared["idx"] + max(search - shared["idx"], shared["similarity"], shared["attend"])
         with_similarity = not (K == 1 and not self.aggregation)

@@ -274,10 +274,7 @@ def prepare() -> str:
     backend = psal_build.active_backend()
     if backend == "native" and not _cuda_registered and psal_build.has_device_kernels("cuda"):
         module = psal_build.native_module()
-        @psal_search.register_kernel("cuda")
-        def _search_cuda(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=reference.SCHEDULE_DEFAULT):
-            return module.psal_search_cuda(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule)
-
+        psal_search.register_kernel("cuda")(module.psal_search_cuda)
         psal_similarity.register_kernel("cuda")(module.psal_similarity_cuda)
         psal_attend.register_kernel("cuda")(module.psal_attend_cuda)
 
