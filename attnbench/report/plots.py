@@ -154,10 +154,15 @@ def quality_metric(df: pd.DataFrame) -> str | None:
 
 
 def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
-    """The paper's Figure 5: ``metric`` vs memory and vs GFLOPs, the Pareto front dashed."""
+    """The paper's Figure 5: ``metric`` vs memory and vs GFLOPs, the Pareto front dashed.
+
+    Costs only compare at one resolution, so the plot shows the largest size that has results.
+    """
     ok = df[df["status"] == "ok"]
     if ok.empty or metric not in ok.columns:
         return None
+    size = int(ok["size"].max())
+    ok, df = ok[ok["size"] == size], df[df["size"] == size]
     extra = [f for f in varying(ok, ("size", "mode") + ROW_FIELDS)
              if not (f == "options" and (ok["trained_with"] != "").any())]
     labels = [row_label(r, extra) + (f" ← {r['trained_with']}" if r.get("trained_with") else "")
@@ -186,6 +191,9 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
             ax.scatter(cost[front], quality[front], s=160, facecolor="none", edgecolor="grey", zorder=2,
                        label=None if len(front) > 1 else "Pareto front")
         ax.set_xscale("log")
+        finite = quality[np.isfinite(quality) & (quality > 0)]
+        if finite.size and finite.max() > 10 * finite.min():
+            ax.set_yscale("log")  # quality spanning decades: keep the good ones apart
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.25)
         ax.set_xlabel(axis.label)
@@ -193,7 +201,7 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
         ax.legend(fontsize=8, loc="best")
     axes[0][0].set_ylabel(f"{metric} ({better} is better)")
     legend = " — labels: tested ← trained with" if (ok["trained_with"] != "").any() else ""
-    fig.suptitle(f"{suite}: {metric} vs cost (as the paper's Figure 5){legend}", fontsize=10)
+    fig.suptitle(f"{suite} at {size} px: {metric} vs cost (as the paper's Figure 5){legend}", fontsize=10)
     fig.tight_layout()
     _not_plotted(fig, df, shown)
     return fig
