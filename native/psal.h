@@ -45,13 +45,12 @@
 //     again). After 64 * K trials without filling the heap, the remaining entries are taken
 //     from usable in order, starting at usable[psal_uniform_hi(psal_hash(seed,b,i,0,64K), n)]
 //     and skipping duplicates. Requires n_usable >= K (Python checks first).
-//   it = 1 .. iterations: (double-buffered: "prev" = heaps after it - 1; every read of a
-//     NEIGHBOUR's heap uses prev, so thread order never matters)
-//     heap <- prev heap of i
+//   it = 1 .. iterations: update(i, it) for every query i, in the order set by `schedule`:
+//     update(i, it): starting from i's current heap,
 //     propagation (jump flooding): for l in 1, 2, 4, 8; for (dy, dx) in (-l,0), (l,0), (0,-l),
-//       (0,l): if n = (y+dy, x+dx) is inside the query image: for m in 0..K-1 (prev order, best
-//       first): j = prev_idx[n][m]; insert((jy - dy) * Wk + (jx - dx)) when 0<=jy-dy<Hk and
-//       0<=jx-dx<Wk (then the matchable test applies).
+//       (0,l): if n = (y+dy, x+dx) is inside the query image: for m in 0..K-1 (best first in the
+//       heap of n that the schedule says i sees): j = idx[n][m]; insert((jy - dy) * Wk + (jx - dx))
+//       when 0<=jy-dy<Hk and 0<=jx-dx<Wk (then the matchable test applies).
 //     random search: snapshot the K centres (cy, cx) of the heap after propagation (best
 //       first); for level = 0, 1, ..., L-1 with radius w_level = max(Hk, Wk) >> level and
 //       L = floor(log2(max(Hk, Wk))) + 1 (so the last radius is 1): for m in 0..K-1:
@@ -59,11 +58,24 @@
 //       y0 = max(r, cy_m - w), y1 = min(Hk - r - 1, cy_m + w) (same for x with Wk);
 //       cand = (y0 + psal_uniform_hi(h, y1 - y0 + 1), x0 + psal_uniform_lo(h, x1 - x0 + 1));
 //       insert(cand).
-//     write heap to the output buffer.
+//   schedule (PSAL_SCHEDULE_* below):
+//     JACOBI (0): double-buffered: every query starts from its heap after it - 1 and every read
+//       of a NEIGHBOUR's heap sees the heaps after it - 1 ("prev"); the new heaps replace the old
+//       ones at the end of the iteration. A good match travels at most 15 px per iteration.
+//     WAVEFRONT (1): in place, as one sequential sweep over the queries: odd iterations (1, 3,
+//       ...) in row-major order (i = 0, 1, ..., nq - 1), even iterations in reverse row-major
+//       order; a neighbour's heap is read as it is at that point of the sweep (already updated in
+//       this iteration if the neighbour comes earlier in the sweep, else its heap after it - 1),
+//       so good matches cross the whole image in one sweep (classic PatchMatch propagation).
+//       Since update(i) reads only the heaps of queries in i's row and column, any order in which
+//       every query follows the queries before it in its row and column gives the same result;
+//       kernels run the anti-diagonals y + x (CUDA: one launch per diagonal, reversed on even
+//       iterations) or diagonals of 16 x 16 tiles (CPU) in parallel, each exactly this sweep.
 //   Determinism: same seed, input, build and machine -> bit-identical idx whatever the thread
-//   count (every query's work is independent and summed in a fixed order). The CPU build
-//   carries an AVX2/FMA clone of the cost loop chosen at run time, so the last bit of a cost
-//   (and hence a near-tie) may differ between machines with and without AVX2.
+//   count (every query's work depends only on the heaps the schedule fixes and is summed in a
+//   fixed order). The CPU build carries an AVX2/FMA clone of the cost loop chosen at run time, so
+//   the last bit of a cost (and hence a near-tie) may differ between machines with and without
+//   AVX2.
 //   n_evals: (B,) int64, the number of cost evaluations made for each batch element (this is
 //   what the FLOP formula counts: 2 * p * p * C FLOPs per evaluation, the GEMM convention).
 //

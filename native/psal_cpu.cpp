@@ -211,7 +211,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   const int64_t levels = psal_search_levels(g.Hk, g.Wk);
   auto opts = q.options();
   // Heaps: double-buffered for the Jacobi schedule, one buffer updated in place for the wavefront.
-  const bool jacobi = (schedule & 1) == PSAL_SCHEDULE_JACOBI && iterations > 0;
+  const bool jacobi = schedule == PSAL_SCHEDULE_JACOBI && iterations > 0;
   at::Tensor d_buf[2] = {at::empty({nq * K}, opts), jacobi ? at::empty({nq * K}, opts) : at::Tensor()};
   at::Tensor j_buf[2] = {at::empty({nq * K}, opts.dtype(at::kInt)),
                          jacobi ? at::empty({nq * K}, opts.dtype(at::kInt)) : at::Tensor()};
@@ -302,7 +302,6 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       const int64_t wmax = std::max(g.Hk, g.Wk);
       for (int64_t level = 0; level < levels; ++level) {
         const int64_t w = wmax >> level;
-        if (recentre && level > 0) { evaluate_all(); std::copy(h.j, h.j + K, snap.begin()); }
         for (int64_t m = 0; m < K; ++m) {
           const int64_t cy = snap[m] / g.Wk, cx = snap[m] % g.Wk;
           const uint64_t hsh = psal_hash(seed, b, i, it, level * K + m);
@@ -315,8 +314,6 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     };
 
     int cur = 0;
-    const bool recentre = (schedule & 2) != 0;
-    schedule &= 1;
     if (schedule == PSAL_SCHEDULE_WAVEFRONT) {
       // In place, in tiles of kTile x kTile queries: tiles on one anti-diagonal (ty + tx) run in
       // parallel, anti-diagonals one after the other, queries inside a tile in (reversed)
@@ -403,7 +400,7 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at
                                                    int64_t seed, int64_t schedule) {
   check_common(q, k, patch_size);
   TORCH_CHECK(k_nn >= 1, "psal_search: k must be >= 1");
-  TORCH_CHECK(schedule >= 0 && schedule < 4,
+  TORCH_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT,
               "psal_search: schedule must be ", PSAL_SCHEDULE_JACOBI, " (jacobi) or ", PSAL_SCHEDULE_WAVEFRONT,
               " (wavefront), got ", schedule);
   TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == k.size(0) &&

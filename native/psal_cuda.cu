@@ -23,10 +23,13 @@
 // so near-ties may resolve differently; the search quality is the same.
 //
 // Design:
-//   * Search: one launch for the initialisation and one per iteration, each over the whole batch
-//     (blockIdx.y walks the batch). Heaps are double-buffered in global memory (prev -> next), so a
-//     thread only ever reads its neighbours' heaps from the previous iteration (jump flooding
-//     without races). Inside a thread the heap lives in local memory when k <= 32 (k is a runtime
+//   * Search: one launch for the initialisation, then per iteration one launch (Jacobi schedule)
+//     or one per anti-diagonal y + x of the query image (wavefront schedule), each over the whole
+//     batch (blockIdx.y walks the batch). Jacobi: heaps double-buffered in global memory
+//     (prev -> next), a thread reads its neighbours' heaps from the previous iteration. Wavefront:
+//     heaps updated in place; the queries of one launch (one diagonal) share no row or column, so
+//     no thread reads a heap written in the same launch (no races), and the launch order is the
+//     sweep order of psal.h. Inside a thread the heap lives in local memory when k <= 32 (k is a runtime
 //     value; the array capacity is a template bucket: 4 or 32) and directly in global scratch for
 //     k > 32 (any k). The patch size is a runtime value (any odd p <= min(Hk, Wk)).
 //   * Evaluations are counted per thread, reduced per warp and added to n_evals[b] with one
@@ -224,23 +227,32 @@ __global__ void __launch_bounds__(kSearchThreads)
   }
 }
 
-// Search, it >= 1: propagation by jump flooding (reading the previous heaps only) then random
-// search around the heap's entries after propagation (psal.h).
+// Search, it >= 1: propagation by jump flooding then random search around the heap's entries
+// after propagation (psal.h).
+//   Jacobi schedule (diag < 0): one thread per query; neighbours' heaps are read from prev_*
+//     (the previous iteration), the result is written to next_*.
+//   Wavefront schedule (diag >= 0): one thread per query of the anti-diagonal y + x = diag
+//     (y = diag_y0 + thread, diag_n queries); prev_* == next_* (heaps updated in place: the
+//     queries of one diagonal share no row or column, so no thread reads a heap another thread of
+//     this launch writes; the launches run one diagonal after the other in sweep order).
+// prev_* and next_* may alias, hence no __restrict__ on them.
 template <typename scalar_t, typename acc_t, int CAP>
 __global__ void __launch_bounds__(kSearchThreads)
     psal_iterate_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const bool* __restrict__ valid,
-                        Geom g, int K, bool dot, uint64_t seed, int it, const acc_t* __restrict__ prev_d,
-                        const int64_t* __restrict__ prev_i, acc_t* __restrict__ next_d, int64_t* __restrict__ next_i,
+                        Geom g, int K, bool dot, uint64_t seed, int it, int diag, int diag_y0, int diag_n,
+                        const acc_t* prev_d, const int64_t* prev_i, acc_t* next_d, int64_t* next_i,
                         int32_t* __restrict__ scratch_i, int32_t* __restrict__ scratch_snap,
                         unsigned long long* __restrict__ n_evals) {
   const int64_t nq = g.nq();
   const int levels = (int)psal_search_levels(g.Hk, g.Wk);
   const int wmax = g.Hk > g.Wk ? g.Hk : g.Wk;
   for (int b = blockIdx.y; b < g.B; b += gridDim.y) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const bool active = diag < 0 ? t < nq : t < diag_n;
+    const int64_t i = diag < 0 ? t : (int64_t)(diag_y0 + t) * g.Wq + (diag - (diag_y0 + t));
     SearchCtx<scalar_t, acc_t> ctx{q + (int64_t)b * nq * g.C, k + (int64_t)b * g.nk() * g.C, valid + (int64_t)b * g.nk(),
                                    g, 0, 0, dot, 0};
-    if (i < nq) {
+    if (active) {
       const int y = (int)(i / g.Wq), x = (int)(i % g.Wq);
       ctx.y = y;
       ctx.x = x;
@@ -677,14 +689,16 @@ std::tuple<at::Tensor, at::Tensor> inverse_index(const at::Tensor& idx, const Ge
 template <typename scalar_t, typename acc_t, int CAP>
 void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& valid, const at::Tensor& usable,
                    const at::Tensor& usable_off, const Geom& g, int K, int64_t iterations, bool dot, uint64_t seed,
-                   at::Tensor& idx_out, at::Tensor& n_evals) {
+                   int64_t schedule, at::Tensor& idx_out, at::Tensor& n_evals) {
   auto stream = PSAL_STREAM();
   const int64_t rows = (int64_t)g.B * g.nq() * K;
   const auto acc_dtype = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
   auto fopt = qc.options().dtype(acc_dtype);
   auto lopt = qc.options().dtype(at::kLong);
-  at::Tensor d[2] = {at::empty({rows}, fopt), at::empty({rows}, fopt)};
-  at::Tensor ids[2] = {at::empty({rows}, lopt), at::empty({rows}, lopt)};
+  // Heaps: double-buffered (Jacobi) or one buffer updated in place (wavefront).
+  const bool jacobi = schedule == PSAL_SCHEDULE_JACOBI && iterations > 0;
+  at::Tensor d[2] = {at::empty({rows}, fopt), jacobi ? at::empty({rows}, fopt) : at::Tensor()};
+  at::Tensor ids[2] = {at::empty({rows}, lopt), jacobi ? at::empty({rows}, lopt) : at::Tensor()};
   at::Tensor scratch_i, scratch_snap;  // k > 32: the heap lives in global memory
   if (CAP == 0) {
     scratch_i = at::empty({rows}, qc.options().dtype(at::kInt));
@@ -699,13 +713,31 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
       usable_off.data_ptr<int64_t>(), g, K, dot, seed, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), si, ne);
   PSAL_LAUNCH_CHECK();
   int cur = 0;
-  for (int64_t it = 1; it <= iterations; ++it) {
-    PSAL_LAUNCH(grid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
-        qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it,
-        d[cur].data_ptr<acc_t>(), ids[cur].data_ptr<int64_t>(), d[1 - cur].data_ptr<acc_t>(),
-        ids[1 - cur].data_ptr<int64_t>(), si, ss, ne);
-    PSAL_LAUNCH_CHECK();
-    cur = 1 - cur;
+  if (schedule == PSAL_SCHEDULE_WAVEFRONT) {
+    // One launch per anti-diagonal, in sweep order (increasing y + x on odd iterations).
+    const int n_diag = g.Hq + g.Wq - 1;
+    for (int64_t it = 1; it <= iterations; ++it) {
+      for (int s = 0; s < n_diag; ++s) {
+        const int diag = it % 2 == 1 ? s : n_diag - 1 - s;
+        const int y0 = std::max(0, diag - (g.Wq - 1)), y1 = std::min(g.Hq - 1, diag);
+        const int n = y1 - y0 + 1;
+        const dim3 dgrid(blocks_for(n, kSearchThreads), (unsigned)std::min(g.B, kMaxGridY));
+        PSAL_LAUNCH(dgrid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
+            qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, diag,
+            y0, n, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), d[0].data_ptr<acc_t>(),
+            ids[0].data_ptr<int64_t>(), si, ss, ne);
+        PSAL_LAUNCH_CHECK();
+      }
+    }
+  } else {
+    for (int64_t it = 1; it <= iterations; ++it) {
+      PSAL_LAUNCH(grid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
+          qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, -1, 0,
+          0, d[cur].data_ptr<acc_t>(), ids[cur].data_ptr<int64_t>(), d[1 - cur].data_ptr<acc_t>(),
+          ids[1 - cur].data_ptr<int64_t>(), si, ss, ne);
+      PSAL_LAUNCH_CHECK();
+      cur = 1 - cur;
+    }
   }
   idx_out = ids[cur].view({g.B, g.Hq, g.Wq, K});
 }
@@ -717,12 +749,14 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                     int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                    int64_t seed) {
+                                                    int64_t seed, int64_t schedule) {
   check_cuda_float(q, "q", q);
   check_cuda_float(k, "k", q);
   const Geom g = make_geom(q, k, patch_size);
   TORCH_CHECK(k_nn >= 1 && k_nn <= (int64_t)1 << 20, "psal (cuda): k must be >= 1, got ", k_nn);
   TORCH_CHECK(iterations >= 0, "psal (cuda): iterations must be >= 0, got ", iterations);
+  TORCH_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT, "psal (cuda): schedule must be ",
+              PSAL_SCHEDULE_JACOBI, " (jacobi) or ", PSAL_SCHEDULE_WAVEFRONT, " (wavefront), got ", schedule);
   TORCH_CHECK(PSAL_ON_DEVICE(valid) && valid.device() == q.device(), "psal (cuda): valid must be on ", q.device());
   TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == g.B && valid.size(1) == g.Hk &&
                   valid.size(2) == g.Wk,
@@ -754,11 +788,11 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "psal_search_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     if (K <= 4)
-      launch_search<scalar_t, acc_t, 4>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, idx, n_evals);
+      launch_search<scalar_t, acc_t, 4>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, schedule, idx, n_evals);
     else if (K <= 32)
-      launch_search<scalar_t, acc_t, 32>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, idx, n_evals);
+      launch_search<scalar_t, acc_t, 32>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, schedule, idx, n_evals);
     else
-      launch_search<scalar_t, acc_t, 0>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, idx, n_evals);
+      launch_search<scalar_t, acc_t, 0>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, schedule, idx, n_evals);
   });
   return {idx, n_evals};
 }

@@ -7,7 +7,8 @@
 // as plain C++ and every launch runs serially on the CPU: each (blockIdx, threadIdx) of the grid
 // calls the kernel function once, in order, on CPU tensors. The kernels of psal_cuda.cu never
 // communicate between threads inside one launch except through the per-warp evaluation count
-// (replaced by a plain add here), and the search reads only the previous launch's buffers, so the
+// (replaced by a plain add here), and no search thread reads what another thread of the same
+// launch writes (Jacobi: previous launch's buffers; wavefront: heaps of other diagonals), so the
 // serial run computes what the GPU computes (up to floating-point contraction, e.g. FMA).
 // tests/test_psal_cuda.py builds psal_cpu.cpp + psal_cuda.cu this way to test the CUDA kernels'
 // logic against the CPU kernels on machines without a GPU. Never used in production builds.

@@ -135,3 +135,8 @@ def has_device_kernels(device_type: str) -> bool:
     """Whether the loaded extension carries kernels for ``device_type`` (``cpu`` or ``cuda``)."""
     module = _state.module
     return module is not None and hasattr(module, f"psal_search_{device_type}")
+
+
+if __name__ == "__main__":  # `python -m attnbench_plugins.psal_build`: build once, up front
+    module = load_extension(verbose=False)
+    print(f"PSAL native kernel ready: {module.__file__}")

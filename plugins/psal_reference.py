@@ -22,7 +22,7 @@ _PROPAGATION_STEPS = (1, 2, 4, 8)
 #: iteration; "wavefront" sweeps in place (scan order, reversed on even iterations)
 SCHEDULE_JACOBI = 0
 SCHEDULE_WAVEFRONT = 1
-SCHEDULES = {"jacobi": SCHEDULE_JACOBI, "wavefront": SCHEDULE_WAVEFRONT, "jrc": 2, "wrc": 3}
+SCHEDULES = {"jacobi": SCHEDULE_JACOBI, "wavefront": SCHEDULE_WAVEFRONT}
 SCHEDULE_DEFAULT = SCHEDULE_JACOBI
 
 

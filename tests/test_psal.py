@@ -65,7 +65,7 @@ def test_differentiable_wrt_depends_on_k_and_aggregation():
 
 
 def test_bad_parameters_are_user_errors():
-    for params in ({"k": 0}, {"iterations": -1}, {"aggregation": "yes"}, {"window": 3}):
+    for params in ({"k": 0}, {"iterations": -1}, {"aggregation": "yes"}, {"window": 3}, {"schedule": "random"}):
         with pytest.raises(UnsupportedRequest):
             mechanism("psal", **params)
 
@@ -166,11 +166,13 @@ def test_same_seed_same_output_and_seed_matters():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_reference_backend_gives_the_same_output(monkeypatch):
+@pytest.mark.parametrize("schedule", ["jacobi", "wavefront"])
+def test_reference_backend_gives_the_same_output(monkeypatch, schedule):
     q, k, v = _rand(1, 2, 14, 13), _rand(1, 2, 12, 12, seed=1), _rand(1, 2, 12, 12, seed=2)
-    native = mechanism("psal-3-aggreg", patch_size=3, iterations=3)
+    native = mechanism("psal-3-aggreg", patch_size=3, iterations=3, schedule=schedule)
+    assert native.params()["schedule"] == schedule
     monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "reference")
-    ref = mechanism("psal-3-aggreg", patch_size=3, iterations=3)
+    ref = mechanism("psal-3-aggreg", patch_size=3, iterations=3, schedule=schedule)
     assert ref.backend == "reference" and ref.params()["backend"] == "reference"
     out_ref = ref(q, k, v)
     monkeypatch.delenv("ATTNBENCH_PSAL_BACKEND")

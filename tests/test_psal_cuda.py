@@ -124,8 +124,8 @@ class Kernels:
         return t.to(self.device)
 
     # the CUDA kernels (inputs moved to the device, outputs back to the CPU)
-    def search(self, q, k, valid, p, K, iters, dot, seed):
-        idx, ev = self.mod.psal_search_cuda(self.dev(q), self.dev(k), self.dev(valid), p, K, iters, dot, seed)
+    def search(self, q, k, valid, p, K, iters, dot, seed, *schedule):
+        idx, ev = self.mod.psal_search_cuda(self.dev(q), self.dev(k), self.dev(valid), p, K, iters, dot, seed, *schedule)
         assert idx.device.type == self.device and ev.device.type == self.device
         return idx.cpu(), ev.cpu()
 
@@ -226,23 +226,25 @@ SEARCH_CASES = [
     (1, 2, 8, 9, 14, 15, 3, 31, 1, False, False),  # k = 31
     (1, 1, 7, 6, 13, 12, 1, 40, 2, True, False),  # k > 32: heap in global memory
     (1, 2, 10, 10, 11, 11, 3, 2, 0, False, False),  # initialisation only
+    (2, 2, 37, 41, 19, 23, 3, 2, 3, False, True),  # several CPU wavefront tiles (16 x 16)
 ]
 
 
+@pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
 @pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: f"B{c[0]}p{c[6]}k{c[7]}it{c[8]}{'dot' if c[9] else 'l2'}{'-hole' if c[10] else ''}")
-def test_search_matches_cpu_exactly(kern: Kernels, case) -> None:
+def test_search_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
     B, C, hq, wq, hk, wk, p, K, iters, dot, hole = case
     q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
     valid = _valid(B, hk, wk, p, hole)
-    idx_c, ev_c = kern.mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234)
-    idx_g, ev_g = kern.search(q, k, valid, p, K, iters, dot, 1234)
+    idx_c, ev_c = kern.mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule)
+    idx_g, ev_g = kern.search(q, k, valid, p, K, iters, dot, 1234, schedule)
     assert idx_g.dtype == torch.long and idx_g.shape == (B, hq, wq, K)
     _check_heaps(idx_g, valid)
     assert torch.equal(idx_g, idx_c), f"{(idx_g != idx_c).sum().item()} entries differ from the CPU kernel"
     assert torch.equal(ev_g, ev_c), (ev_g, ev_c)
     # a different seed gives a different search
-    idx_2, _ = kern.search(q, k, valid, p, K, max(iters, 1), dot, 99)
-    idx_1, _ = kern.search(q, k, valid, p, K, max(iters, 1), dot, 1234)
+    idx_2, _ = kern.search(q, k, valid, p, K, max(iters, 1), dot, 99, schedule)
+    idx_1, _ = kern.search(q, k, valid, p, K, max(iters, 1), dot, 1234, schedule)
     assert not torch.equal(idx_1, idx_2)
 
 

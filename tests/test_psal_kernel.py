@@ -103,6 +103,43 @@ def test_backward_kernels_match_reference_autograd(ext, dot, aggregation):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("dot", [False, True])
+@pytest.mark.parametrize("k_nn", [1, 3])
+def test_wavefront_search_matches_reference_exactly_across_tiles(ext, dot, k_nn):
+    # 37 x 41 queries: several 16 x 16 tiles of the CPU schedule vs the reference's diagonals.
+    q, k, _ = _inputs(seed=3, b=2, q_hw=(37, 41), k_hw=(19, 23))
+    valid = reference.matchable_map((19, 23), 3, _hole((19, 23)), 2, q.device)
+    idx_n, ev_n = ext.psal_search_cpu(q, k, valid, 3, k_nn, 3, dot, 11, reference.SCHEDULE_WAVEFRONT)
+    idx_r, ev_r = reference.search(q, k, valid, 3, k_nn, 3, dot, 11, reference.SCHEDULE_WAVEFRONT)
+    assert torch.equal(idx_n, idx_r) and torch.equal(ev_n, ev_r)
+    jacobi, _ = ext.psal_search_cpu(q, k, valid, 3, k_nn, 3, dot, 11, reference.SCHEDULE_JACOBI)
+    assert not torch.equal(idx_n, jacobi)  # the schedule is really different
+
+
+@pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
+def test_search_schedules_are_bit_identical_across_thread_counts(ext, schedule):
+    q, k, _ = _inputs(dtype=torch.float32, b=2, c=4, q_hw=(70, 53), k_hw=(41, 66))
+    valid = reference.matchable_map(tuple(k.shape[2:]), 5, None, 2, q.device)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n in (2, 1, 3, 2):
+            torch.set_num_threads(n)
+            runs.append(ext.psal_search_cpu(q, k, valid, 5, 3, 4, False, 5, schedule))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(runs[0][0], r[0]) and torch.equal(runs[0][1], r[1]) for r in runs[1:])
+
+
+def test_unknown_schedule_is_an_error(ext):
+    q, k, _ = _inputs(b=1)
+    valid = reference.matchable_map(tuple(k.shape[2:]), 3, None, 1, q.device)
+    with pytest.raises(RuntimeError, match="schedule"):
+        ext.psal_search_cpu(q, k, valid, 3, 1, 1, False, 0, 7)
+    with pytest.raises(ValueError, match="schedule"):
+        reference.search(q, k, valid, 3, 1, 1, False, 0, 7)
+
+
 def test_native_search_is_bit_identical_across_runs_and_thread_counts(ext):
     q, k, _ = _inputs(dtype=torch.float32, b=1, q_hw=(40, 37), k_hw=(33, 41))
     valid = reference.matchable_map(tuple(k.shape[2:]), 5, None, 1, q.device)
