@@ -8,7 +8,7 @@ import numpy as np
 #: quality metrics where a larger value is better (every other metric: smaller is better)
 HIGHER_IS_BETTER: frozenset[str] = frozenset({"psnr", "ssim", "accuracy"})
 #: quality metrics in the order tables show them
-QUALITY_METRICS: tuple[str, ...] = ("l2", "l1", "psnr", "ssim", "tv")
+QUALITY_METRICS: tuple[str, ...] = ("l2", "l1", "psnr", "ssim", "tv", "mse", "mse_ratio")
 
 
 def fit_exponent(n: Sequence[float], values: Sequence[float]) -> float | None:

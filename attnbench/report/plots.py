@@ -25,7 +25,6 @@ from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: 
 from .analysis import HIGHER_IS_BETTER, QUALITY_METRICS, fit_exponent, pareto_front  # noqa: E402
 from .frame import ROW_FIELDS, metric_columns, row_label, to_frame, varying  # noqa: E402
 from .style import GIB, colour, order_key  # noqa: E402
-from .tables import COST_METRICS  # noqa: E402
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "*")
 
@@ -149,8 +148,7 @@ def quality_metric(df: pd.DataFrame) -> str | None:
     for m in QUALITY_METRICS:
         if m in metrics and pd.to_numeric(df[m], errors="coerce").notna().any():
             return m
-    others = [m for m in metrics if m not in COST_METRICS and pd.to_numeric(df[m], errors="coerce").notna().any()]
-    return others[0] if others else None
+    return None  # timing and bookkeeping metrics are not a quality axis
 
 
 def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
