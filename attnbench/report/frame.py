@@ -119,8 +119,8 @@ def row_label(row: pd.Series, extra_fields: Sequence[str]) -> str:
     parts = [str(row["label"])]
     for f in extra_fields:
         v = row.get(f)
-        if f == "options":
-            v = ",".join(f"{k}={x}" for k, x in sorted((row.get("options") or {}).items())) or "-"
+        if f == "options":  # runner options differ between presets: the preset names them briefly
+            v = row.get("preset") or ",".join(f"{k}={x}" for k, x in sorted((row.get("options") or {}).items())) or "-"
         parts.append({"channels": f"C{v}", "batch": f"B{v}", "patch_size": f"p{v}", "seed": f"seed {v}",
                       "size": f"{v}px"}.get(f, str(v)))
     return " ".join(parts)

@@ -198,7 +198,7 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
             cells[column] = text
             fig = paper.lookup(suite, paper_metric, row["mechanism"], row["params"], size, row["trained_with"])
             if fig is not None:
-                cells[column + PAPER_SUFFIX] = fig.text + (f" {fig.unit}" if fig.unit in ("%", "dB") else "")
+                cells[column + PAPER_SUFFIX] = fig.text + (" dB" if fig.unit == "dB" else "")  # text carries %
 
         for m in quality:
             beside(m, sig(number(row.get(m))) if ok else "—", m)
