@@ -182,12 +182,8 @@ class PSAL(AttentionMechanism):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         idx = self.search(q, k, key_mask)
-        if self.k == 1 and not self.aggregation:
-            s = q.new_zeros(idx.shape)  # one term per query: its weight is 1 whatever S is
-        else:
-            s = torch.ops.attnbench.psal_similarity(q, k, idx, self.patch_size, self.similarity == "dot")
-        out, _ = torch.ops.attnbench.psal_attend(s, idx, v, self.patch_size, self.aggregation, self.temperature)
-        return out
+        return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", self.aggregation,
+                                          self.temperature, with_similarity=self.k > 1 or self.aggregation)
 
     def estimate(self, shape: ProblemShape) -> CostEstimate:
         """Native kernel: peak bytes (net of inputs) and FLOPs (evaluation model of psal_cost)."""
@@ -261,12 +257,8 @@ class KnnExact(AttentionMechanism):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         idx = self.search(q, k, key_mask)
-        if self.k == 1:
-            s = q.new_zeros(idx.shape)
-        else:
-            s = torch.ops.attnbench.psal_similarity(q, k, idx, self.patch_size, self.similarity == "dot")
-        out, _ = torch.ops.attnbench.psal_attend(s, idx, v, self.patch_size, False, self.temperature)
-        return out
+        return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", False,
+                                          self.temperature, with_similarity=self.k > 1)
 
     def estimate(self, shape: ProblemShape) -> CostEstimate:
         s = shape.dtype_bytes

@@ -83,6 +83,13 @@ def _(q, k, idx, patch_size, dot):
     return q.new_empty(idx.shape)
 
 
+def _no_backward_kernel(name: str, device_type: str) -> RuntimeError:
+    # custom-op bodies run below autograd, so the reference cannot be differentiated in here;
+    # without a native kernel, matched_attention() differentiates the reference directly instead
+    return RuntimeError(f"{name}: no native kernel for {device_type}; use matched_attention(), which "
+                        "falls back to plain autograd through the reference")
+
+
 @torch.library.custom_op(f"{NAMESPACE}::psal_similarity_backward", mutates_args=())
 def psal_similarity_backward(
     grad_s: Tensor, q: Tensor, k: Tensor, idx: Tensor, patch_size: int, dot: bool, need_q: bool, need_k: bool
@@ -92,13 +99,7 @@ def psal_similarity_backward(
     if fn is not None:
         gq, gk = fn(grad_s, q, k, idx, patch_size, dot, need_q, need_k)
     else:
-        with torch.enable_grad():
-            qq, kk = q.detach().requires_grad_(need_q), k.detach().requires_grad_(need_k)
-            s = reference.similarity(qq, kk, idx, patch_size, dot)
-            wanted = [t for t, need in ((qq, need_q), (kk, need_k)) if need]
-            grads = list(torch.autograd.grad(s, wanted, grad_s)) if wanted else []
-        gq = grads.pop(0) if need_q else None
-        gk = grads.pop(0) if need_k else None
+        raise _no_backward_kernel("psal_similarity_backward", q.device.type)
     return _opt(gq, q), _opt(gk, k)
 
 
@@ -161,13 +162,7 @@ def psal_attend_backward(
     if fn is not None:
         gs, gv = fn(grad_out.contiguous(), s, idx, v, out, lse, patch_size, aggregation, temperature, need_s, need_v)
     else:
-        with torch.enable_grad():
-            ss, vv = s.detach().requires_grad_(need_s), v.detach().requires_grad_(need_v)
-            o, _ = reference.attend(ss, idx, vv, patch_size, aggregation, temperature)
-            wanted = [t for t, need in ((ss, need_s), (vv, need_v)) if need]
-            grads = list(torch.autograd.grad(o, wanted, grad_out)) if wanted else []
-        gs = grads.pop(0) if need_s else None
-        gv = grads.pop(0) if need_v else None
+        raise _no_backward_kernel("psal_attend_backward", v.device.type)
     return _opt(gs, s), _opt(gv, v)
 
 
@@ -292,3 +287,18 @@ def prepare() -> str:
 
         _cuda_registered = True
     return backend
+
+
+def matched_attention(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, patch_size: int, dot: bool,
+                      aggregation: bool, temperature: float, with_similarity: bool) -> Tensor:
+    """Softmax attention over the matched keys ``idx`` (B, Hq, Wq, K): the custom ops where a
+    native kernel exists for the device, else plain autograd through the reference.
+
+    Without ``with_similarity`` (one term per query, PSAL-1), every weight is 1 whatever S is.
+    """
+    if _kernel("psal_attend", v.device.type) is None:
+        s = reference.similarity(q, k, idx, patch_size, dot) if with_similarity else q.new_zeros(idx.shape)
+        return reference.attend(s, idx, v, patch_size, aggregation, temperature)[0]
+    ops = torch.ops.attnbench
+    s = ops.psal_similarity(q, k, idx, patch_size, dot) if with_similarity else q.new_zeros(idx.shape)
+    return ops.psal_attend(s, idx, v, patch_size, aggregation, temperature)[0]
