@@ -141,6 +141,17 @@ class Availability:
     def __str__(self) -> str:
         return "available" if self.ok else f"unavailable: {self.reason}"
 
+    @classmethod
+    def importable(cls, module: str, attr: str, package: str) -> "Availability":
+        """Available when ``from module import attr`` works; else why not (shown by `attnbench list`)."""
+        import importlib
+
+        try:
+            getattr(importlib.import_module(module), attr)
+        except Exception as exc:  # a broken install raises anything, and must not break the others
+            return cls(False, f"{package} not importable: {type(exc).__name__}: {exc}".splitlines()[0])
+        return cls(True)
+
 
 class AttentionMechanism(nn.Module):
     """Base class of every mechanism plugin.

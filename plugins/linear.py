@@ -91,11 +91,7 @@ class EfficientAttention(_KernelisedAttention):
 
     @classmethod
     def availability(cls) -> Availability:
-        try:
-            from linear_attention_transformer.linear_attention_transformer import linear_attn  # noqa: F401
-        except Exception as exc:
-            return Availability(False, f"linear-attention-transformer not importable: {type(exc).__name__}: {exc}".splitlines()[0])
-        return Availability(True)
+        return Availability.importable("linear_attention_transformer.linear_attention_transformer", "linear_attn", "linear-attention-transformer")
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
@@ -114,7 +110,7 @@ class EfficientAttention(_KernelisedAttention):
         return fold_queries(out[:, 0, :, : v.shape[1]], (q.shape[2], q.shape[3]))
 
     def estimate(self, shape: ProblemShape) -> CostEstimate:
-        b, nq, nk, d, cv = shape.batch, shape.n_queries, shape.n_valid_keys, shape.patch_dim, shape.value_channels
+        b, nq, nk, d = shape.batch, shape.n_queries, shape.n_valid_keys, shape.patch_dim
         if shape.backward:
             elements = b * (3 * (nq + nk) * d + 2 * nq * d)
             flops = 3 * 2 * b * d * d * (nk + nq)

@@ -53,11 +53,7 @@ class PerformerAttention(AttentionMechanism):
 
     @classmethod
     def availability(cls) -> Availability:
-        try:
-            from performer_pytorch import FastAttention  # noqa: F401
-        except Exception as exc:
-            return Availability(False, f"performer-pytorch not importable: {type(exc).__name__}: {exc}".splitlines()[0])
-        return Availability(True)
+        return Availability.importable("performer_pytorch", "FastAttention", "performer-pytorch")
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "nb_features": self.nb_features, "seed": self.seed}

@@ -62,11 +62,7 @@ class ReformerAttention(AttentionMechanism):
 
     @classmethod
     def availability(cls) -> Availability:
-        try:
-            from reformer_pytorch import LSHAttention  # noqa: F401
-        except Exception as exc:
-            return Availability(False, f"reformer-pytorch not importable: {type(exc).__name__}: {exc}".splitlines()[0])
-        return Availability(True)
+        return Availability.importable("reformer_pytorch", "LSHAttention", "reformer-pytorch")
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "bucket_size": self.bucket_size, "n_hashes": self.n_hashes, "seed": self.seed}
