@@ -28,6 +28,14 @@ from .psal_reference import SCHEDULE_DEFAULT, SCHEDULE_JACOBI, SCHEDULES, matcha
 
 _INDEX_BYTES = 8
 
+#: Matches the search keeps per query when ``search_k`` is not given: ``max(k, DEFAULT_SEARCH_K)``.
+#: A one-entry heap converges slowly on large images: PSAL-1's reconstruction of the 512^2 video
+#: pair (10 iterations) is 1.157x the exact 1-NN's MSE with one entry and 1.090x with two, at
+#: twice the evaluations (20 iterations with one entry, same evaluations: 1.124). The second
+#: entry carries a second hypothesis through propagation and random search. See
+#: ``attnbench run search --preset video-pair`` and the README of results/.
+DEFAULT_SEARCH_K = 2
+
 
 def _check_positive_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -35,13 +43,13 @@ def _check_positive_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _valid_keys(k: torch.Tensor, key_mask: Optional[torch.Tensor], patch_size: int, k_nn: int, who: str) -> torch.Tensor:
-    """Matchable key centres (B, Hk, Wk); refuse when a batch element has fewer than k of them."""
+def _valid_keys(k: torch.Tensor, key_mask: Optional[torch.Tensor], patch_size: int, k_nn: int, who: str) -> tuple[torch.Tensor, int]:
+    """Matchable key centres (B, Hk, Wk) and the fewest of any batch element; refuse fewer than k."""
     valid = matchable_map((k.shape[2], k.shape[3]), patch_size, key_mask, k.shape[0], k.device)
     fewest = int(valid.flatten(1).sum(1).min())
     if fewest < k_nn:
         raise UnsupportedRequest(f"{who}: only {fewest} key patches avoid the border and the mask; k = {k_nn} needs more")
-    return valid
+    return valid, fewest
 
 
 def _attend_memory(shape: ProblemShape, k_nn: int) -> dict[str, int]:
@@ -112,10 +120,13 @@ class PSAL(AttentionMechanism):
         similarity: str = "l2",
         temperature: float = 1.0,
         schedule: Optional[str] = None,
+        search_k: Optional[int] = None,
         **params: Any,
     ):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
         self.k = _check_positive_int("k", k, 1)
+        #: matches the search keeps per query (its heap); the attention uses the best k of them
+        self.search_k = max(self.k, DEFAULT_SEARCH_K) if search_k is None else _check_positive_int("search_k", search_k, self.k)
         self.iterations = _check_positive_int("iterations", iterations, 0)
         if schedule is None:
             schedule = next(name for name, code in SCHEDULES.items() if code == SCHEDULE_DEFAULT)
@@ -158,25 +169,31 @@ class PSAL(AttentionMechanism):
             "iterations": self.iterations,
             "seed": self.seed,
             "schedule": self.schedule,
+            "search_k": self.search_k,
             "backend": self.backend,
         }
 
     def search(self, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The k-NN field alone: (B, Hq, Wq, k) flat key-image indices of the matched centres."""
-        valid = _valid_keys(k, key_mask, self.patch_size, self.k, self.name or "psal")
+        """The k-NN field alone: (B, Hq, Wq, k) flat key-image indices of the matched centres.
+
+        The search keeps ``search_k`` matches per query (fewer when fewer keys are matchable);
+        its heaps are sorted best first, so the best k are its first k entries.
+        """
+        valid, fewest = _valid_keys(k, key_mask, self.patch_size, self.k, self.name or "psal")
+        width = min(self.search_k, fewest)
         idx, evaluations = torch.ops.attnbench.psal_search(
             q.detach(),
             k.detach(),
             valid,
             self.patch_size,
-            self.k,
+            width,
             self.iterations,
             self.similarity == "dot",
             self.seed,
             SCHEDULES[self.schedule],
         )
         self.last_evaluations = evaluations
-        return idx
+        return idx if width == self.k else idx[..., : self.k].contiguous()
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
@@ -189,17 +206,20 @@ class PSAL(AttentionMechanism):
         """Native kernel: peak bytes (net of inputs) and FLOPs (evaluation model of psal_cost)."""
         s = shape.dtype_bytes
         B, C, nq, nk, K = shape.batch, shape.channels, shape.n_queries, shape.n_keys, self.k
+        width = min(self.search_k, max(shape.n_valid_keys, K))
         shared = _attend_memory(shape, K)
+        searched = B * nq * width * _INDEX_BYTES  # the search's output, before keeping the best k
         # (cost, int32 index) heaps: double-buffered (jacobi) or updated in place (wavefront)
-        heaps = (2 if SCHEDULES[self.schedule] == SCHEDULE_JACOBI and self.iterations > 0 else 1) * nq * K * (s + 4)
-        search = shared["idx"] + B * nq * K * 4 + B * nk + B * 8 + shared["padded_q"] + nk * C * s + heaps + nk * 4
-        forward = shared["idx"] + max(search - shared["idx"], shared["similarity"], shared["attend"])
+        heaps = (2 if SCHEDULES[self.schedule] == SCHEDULE_JACOBI and self.iterations > 0 else 1) * nq * width * (s + 4)
+        search = searched + B * nq * width * 4 + B * nk + B * 8 + shared["padded_q"] + nk * C * s + heaps + nk * 4
+        best_k_copy = searched + shared["idx"] if width > K else 0
+        forward = max(search, best_k_copy, shared["idx"] + max(shared["similarity"], shared["attend"]))
         with_similarity = not (K == 1 and not self.aggregation)
         memory = forward
         if shape.backward:
             saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
             memory = max(forward, saved + _backward_memory(shape, K, with_similarity))
-        evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, K, self.iterations)
+        evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
         flops = int(B * evals * psal_ops.FLOPS_PER_ELEMENT * shape.patch_dim)
         flops += _attend_flops(shape, K, self.aggregation, with_similarity)
         return CostEstimate(
@@ -235,7 +255,7 @@ class KnnExact(AttentionMechanism):
         B, C, hq, wq = q.shape
         hk, wk = k.shape[2], k.shape[3]
         gw = wk - 2 * r
-        valid = _valid_keys(k, key_mask, p, self.k, self.name or "knn-exact")[:, r : hk - r, r : wk - r].flatten(1)
+        valid = _valid_keys(k, key_mask, p, self.k, self.name or "knn-exact")[0][:, r : hk - r, r : wk - r].flatten(1)
         idx = torch.empty(B, hq * wq, self.k, dtype=torch.long, device=q.device)
         rows_per_chunk = max(1, self.chunk_elements // max(valid.shape[1] * wq, 1))
         with torch.no_grad():

@@ -65,7 +65,8 @@ def test_differentiable_wrt_depends_on_k_and_aggregation():
 
 
 def test_bad_parameters_are_user_errors():
-    for params in ({"k": 0}, {"iterations": -1}, {"aggregation": "yes"}, {"window": 3}, {"schedule": "random"}):
+    for params in ({"k": 0}, {"iterations": -1}, {"aggregation": "yes"}, {"window": 3}, {"schedule": "random"},
+                   {"k": 3, "search_k": 2}, {"search_k": "2"}):
         with pytest.raises(UnsupportedRequest):
             mechanism("psal", **params)
 
@@ -203,7 +204,7 @@ def test_psal_1_gradient_reaches_v_only_and_trains_in_a_network():
 
 
 # -------------------------------------------------------------------------------- estimates
-@pytest.mark.parametrize("name", ["psal-3", "psal-aggreg", "knn-exact"])
+@pytest.mark.parametrize("name", ["psal-1", "psal-3", "psal-aggreg", "knn-exact"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_estimate_bounds_measured_peak(name, mode):
     m = mechanism(name)
@@ -231,6 +232,36 @@ def test_psal_estimate_is_small_at_512():
 
 
 # --------------------------------------------------------------------------- search quality
+def test_search_keeps_search_k_matches_and_attends_to_the_best_k():
+    q, k = _rand(1, 3, 24, 24, dtype=torch.float32), _rand(1, 3, 24, 24, seed=1, dtype=torch.float32)
+    valid = torch.zeros(1, 24, 24, dtype=torch.bool)
+    valid[:, 2:22, 2:22] = True
+    wide, _ = torch.ops.attnbench.psal_search(q, k, valid, 5, 2, 4, False, 0, 0)
+    narrow, _ = torch.ops.attnbench.psal_search(q, k, valid, 5, 1, 4, False, 0, 0)
+    default = mechanism("psal-1", patch_size=5, iterations=4)
+    assert default.search_k == 2 and default.params()["search_k"] == 2
+    assert torch.equal(default.search(q, k), wide[..., :1])
+    assert torch.equal(mechanism("psal-1[search_k=1]", patch_size=5, iterations=4).search(q, k), narrow)
+    assert mechanism("psal-3").search_k == 3 and mechanism("psal-3[search_k=5]").search_k == 5
+
+
+def test_wider_search_finds_better_matches_for_the_same_iterations():
+    from attnbench_plugins.psal_quality import _best_cost
+
+    q, k = _rand(1, 3, 64, 64, dtype=torch.float32), _rand(1, 3, 64, 64, seed=1, dtype=torch.float32)
+    costs = [float(_best_cost(q, k, mechanism("psal-1", iterations=3, search_k=w).search(q, k), 7, False).mean())
+             for w in (1, 2, 4)]
+    assert costs[0] > costs[1] > costs[2]
+
+
+def test_search_width_shrinks_to_the_keys_there_are():
+    q = _rand(1, 2, 9, 9)
+    k = _rand(1, 2, 7, 7, seed=1)  # p = 7: a single matchable key centre
+    psal = mechanism("psal-1", patch_size=7)
+    assert torch.equal(psal.search(q, k), torch.full((1, 9, 9, 1), 3 * 7 + 3))
+    assert psal(q, k, k).shape == (1, 2, 9, 9)
+
+
 def test_convergence_report_improves_with_iterations():
     from attnbench_plugins.psal_quality import convergence
 
