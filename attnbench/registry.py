@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import inspect
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Optional
@@ -128,13 +129,20 @@ def resolve(name: str) -> tuple[PluginInfo, dict[str, Any]]:
     raise UserError(f"unknown mechanism {name!r}; valid: {valid} (see `attnbench list`)")
 
 
-def mechanism(spec: str, **params: Any) -> AttentionMechanism:
-    """Build a mechanism by name: ``mechanism("local", window=50)`` or ``mechanism("psal-3")``."""
+def mechanism(spec: str, *, default_seed: Optional[int] = None, **params: Any) -> AttentionMechanism:
+    """Build a mechanism by name: ``mechanism("local", window=50)`` or ``mechanism("psal-3")``.
+
+    ``default_seed`` (a cell's seed) reaches mechanisms that take a ``seed`` (stochastic ones,
+    e.g. PSAL) unless the spec or ``params`` set one, so ``attnbench run --seed`` re-draws them.
+    """
     name, spec_params = split_spec(spec)
     info, implied = resolve(name)
     if not info.availability.ok or info.cls is None:
         raise Unavailable(f"{name}: {info.availability}")
-    module = info.cls(**{**implied, **spec_params, **params})
+    chosen = {**implied, **spec_params, **params}
+    if default_seed is not None and "seed" not in chosen and "seed" in inspect.signature(info.cls).parameters:
+        chosen["seed"] = default_seed
+    module = info.cls(**chosen)
     module.registry_name = name  # the name it was asked for, recorded in results
     return module
 

@@ -64,6 +64,12 @@ def test_differentiable_wrt_depends_on_k_and_aggregation():
         mechanism("psal-1", patch_size=3)(q, q.detach(), q.detach())
 
 
+def test_cell_seed_reaches_stochastic_mechanisms_unless_the_spec_sets_one():
+    assert mechanism("psal-1", default_seed=5).seed == 5
+    assert mechanism("psal-1[seed=3]", default_seed=5).seed == 3
+    assert mechanism("knn-exact", default_seed=5).params().get("seed") is None  # takes no seed: none passed
+
+
 def test_bad_parameters_are_user_errors():
     for params in ({"k": 0}, {"iterations": -1}, {"aggregation": "yes"}, {"window": 3}, {"schedule": "random"},
                    {"k": 3, "search_k": 2}, {"search_k": "2"}):

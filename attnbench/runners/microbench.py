@@ -54,7 +54,7 @@ def make_call(module: AttentionMechanism, spec: CellSpec, size: int) -> Callable
 def run(spec: CellSpec) -> dict[str, Any]:
     opts = spec.options
     wanted = set(opts.get("metrics", ["memory", "flops"]))
-    module = mechanism(spec.mechanism, patch_size=spec.patch_size, **spec.params).to(spec.device)
+    module = mechanism(spec.mechanism, patch_size=spec.patch_size, default_seed=spec.seed, **spec.params).to(spec.device)
     dtype = dtype_from_name(spec.dtype)
     shape = ProblemShape.square(spec.size, spec.channels, spec.patch_size, spec.batch,
                                 dtype_bytes=torch.empty((), dtype=dtype).element_size(), mode=spec.mode)

@@ -95,12 +95,12 @@ def run(spec: CellSpec) -> dict[str, Any]:
 
     metrics: dict[str, Any] = {"exact_mse": exact_mse, "exact_time_s": exact_time, "rows_sampled": len(rows),
                                "row_step": step, "convergence": []}
-    base = mechanism(spec.mechanism, patch_size=p, **spec.params)
+    base = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **spec.params)
     target_iterations = base.params().get("iterations")
     counts = sorted(set(opts.get("iterations", [])) | ({target_iterations} if target_iterations else set()))
     for iterations in counts or [None]:
         extra = {} if iterations is None else {"iterations": iterations}
-        module = mechanism(spec.mechanism, patch_size=p, **{**spec.params, **extra})
+        module = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **{**spec.params, **extra})
         t0 = time.perf_counter()
         with torch.no_grad():
             out = module(q, k, values)[0]
