@@ -202,8 +202,30 @@ class PSAL(AttentionMechanism):
         return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", self.aggregation,
                                           self.temperature, with_similarity=self.k > 1 or self.aggregation)
 
+    def _reference_memory(self, shape: ProblemShape, width: int, with_similarity: bool) -> int:
+        """Peak bytes of the pure-PyTorch reference (psal_reference.py), which unrolls patches.
+
+        Search (one batch element at a time): all query and key patches, plus the query patches,
+        the candidates' key patches, their difference and its square gathered for every query
+        at once. Similarity: query and key patches, the k matched key patches, difference and
+        square (backward keeps about 3/4 of a matched set more). Attend: scores, pixels, values and
+        products per term (backward keeps scores, weights and pixels). Each phase adds index and
+        RNG temporaries (64 int64 per query). Calibrated on measured peaks (tests bound them).
+        """
+        s, d = shape.dtype_bytes, shape.patch_dim
+        B, nq, n_grid, K, cv = shape.batch, shape.n_queries, shape.n_valid_keys, self.k, shape.value_channels
+        temporaries = 64 * nq * 8
+        search = B * nq * width * _INDEX_BYTES + (5 * nq + n_grid) * d * s + nq * width * (2 * _INDEX_BYTES + s) + temporaries
+        terms = B * nq * K * (shape.patch_size**2 if self.aggregation else 1)
+        attend = terms * (2 * _INDEX_BYTES + 3 * s + 2 * cv * s) + temporaries
+        similarity = B * (nq + n_grid + 3 * nq * K) * d * s + temporaries if with_similarity else 0
+        if not shape.backward:
+            return max(search, similarity, attend)
+        kept = (3 * B * nq * K * d * s) // 4 if with_similarity else 0
+        return max(search, similarity + kept + terms * (_INDEX_BYTES + 3 * s), attend)
+
     def estimate(self, shape: ProblemShape) -> CostEstimate:
-        """Native kernel: peak bytes (net of inputs) and FLOPs (evaluation model of psal_cost)."""
+        """Peak bytes (net of inputs) of the backend in use and FLOPs (evaluation model of psal_cost)."""
         s = shape.dtype_bytes
         B, C, nq, nk, K = shape.batch, shape.channels, shape.n_queries, shape.n_keys, self.k
         width = min(self.search_k, max(shape.n_valid_keys, K))
@@ -219,6 +241,8 @@ class PSAL(AttentionMechanism):
         if shape.backward:
             saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
             memory = max(forward, saved + _backward_memory(shape, K, with_similarity))
+        if self.backend == "reference":
+            memory = self._reference_memory(shape, width, with_similarity)
         evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
         flops = int(B * evals * psal_ops.FLOPS_PER_ELEMENT * shape.patch_dim)
         flops += _attend_flops(shape, K, self.aggregation, with_similarity)

@@ -232,6 +232,8 @@ def test_estimate_bounds_measured_peak(name, mode):
 
 
 def test_psal_estimate_is_small_at_512():
+    if mechanism("psal-3").backend != "native":
+        pytest.skip("the 0.18 GB figure is the native kernel's; the reference backend unrolls patches (GBs at 512^2)")
     shape = ProblemShape.square(512, 16, 7)
     assert mechanism("psal-3").estimate(shape).memory_bytes < 0.18e9
     assert mechanism("psal-aggreg").estimate(shape).memory_bytes < 0.18e9
