@@ -90,6 +90,19 @@ def test_colorization_trains_then_hits_the_cache_and_beats_grey() -> None:
     assert again["weights_cached"] and again["l2"] == pytest.approx(first["l2"])
 
 
+def test_colorization_cache_key_follows_resolved_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnbench_plugins.psal as psal
+    from attnbench.tasks.colorization import ColorizationSetup, training_config
+    from attnbench.tasks.training import config_key
+
+    spec = cell("colorization", "psal-1", 24, steps=30, crop=16)
+    setup = ColorizationSetup.from_spec(spec)
+    config = training_config(spec, setup)
+    assert config["resolved"]["search_k"] == 2 and "backend" not in config["resolved"]
+    monkeypatch.setattr(psal, "DEFAULT_SEARCH_K", 1)  # a changed default must not reuse the old weights
+    assert config_key(training_config(spec, setup)) != config_key(config)
+
+
 def test_substitution_evaluates_own_and_swapped_attention() -> None:
     from attnbench.runners.colorization import run as colorize
     from attnbench.runners.substitution import run

@@ -201,7 +201,8 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
                 cells[column + PAPER_SUFFIX] = fig.text + (" dB" if fig.unit == "dB" else "")  # text carries %
 
         for m in quality:
-            beside(m, sig(number(row.get(m))) if ok else "—", m)
+            # ratios sit near 1 and are read against targets like 1.10: one more digit
+            beside(m, sig(number(row.get(m)), 4 if m.endswith("_ratio") else 3) if ok else "—", m)
         flops = number(row.get("flops")) if ok else None
         if flops is None:
             flops = number(row.get("estimated_flops"))

@@ -85,7 +85,12 @@ class CropSampler:
 
 def training_config(spec: CellSpec, setup: ColorizationSetup) -> dict[str, Any]:
     """Everything that changes the trained weights (the cache key); no suite or preset name."""
+    # the resolved parameters, defaults included, so a changed default retrains (backend excluded:
+    # native and reference kernels compute the same layer)
+    resolved = build(spec.mechanism, spec.patch_size, dict(spec.params), "cpu").params()
+    resolved.pop("backend", None)
     return {"task": "colorization", "mechanism": spec.mechanism, "params": dict(sorted(spec.params.items())),
+            "resolved": dict(sorted(resolved.items())),
             "patch_size": spec.patch_size, "size": setup.size, "crop": setup.crop, "features": setup.features,
             "train_pairs": setup.train_pairs, "batch": setup.batch, "device": spec.device, "dtype": spec.dtype,
             "data": data_identity(spec.options)}
