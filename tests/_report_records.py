@@ -90,7 +90,8 @@ def colorization_records() -> list[dict[str, Any]]:
 def substitution_records() -> list[dict[str, Any]]:
     """As the substitution runner writes them: mechanism = the training one, PSAL-1's figures prefixed."""
     out = []
-    for trained, own_l2, swapped_l2, own_flops in (("full", 0.0025, 0.0026, 1.1e12), ("psal-3", 0.0023, 0.0024, 3.6e10)):
+    for trained, own_l2, swapped_l2, own_flops in (("full", 0.0025, 0.0026, 1.1e12), ("psal-3", 0.0023, 0.0024, 3.6e10),
+                                                   ("psal-1", 0.0030, 0.0030, 3e10)):
         metrics = {"l2": own_l2, "flops": own_flops, "peak_memory_bytes": 5e8, "substitute": "psal-1",
                    "substituted_l2": swapped_l2, "substituted_flops": 3e10, "substituted_peak_memory_bytes": 5e7,
                    "train_steps": 300, "weights_cached": True}

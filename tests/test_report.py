@@ -64,6 +64,8 @@ def test_task_tables_show_quality_cost_and_paper_beside() -> None:
     assert sub.loc["psal-1 (trained with full)", "GFLOPs paper"] == "30"
     assert sub.loc["full (trained with full)", "GFLOPs paper"] == "1173"
     assert sub.loc["local (trained with local)", "status"] == "timeout"
+    # PSAL-1 swapped into the network trained with PSAL-1 is that network: one row, not two
+    assert [name for name in sub.index if name.startswith("psal-1 (trained with psal-1)")] == ["psal-1 (trained with psal-1)"]
     assert "train_steps" not in sub.columns and "weights_cached" not in sub.columns
 
 

@@ -69,8 +69,11 @@ def expand_substitution(records: Sequence[dict[str, Any]]) -> list[dict[str, Any
         own = {k: v for k, v in metrics.items() if not k.startswith(SUBSTITUTED_PREFIX)}
         swapped = {k[len(SUBSTITUTED_PREFIX):]: v for k, v in metrics.items() if k.startswith(SUBSTITUTED_PREFIX)}
         out.append(dict(rec, metrics=own, options=options))
+        swapped_params = metrics.get("substituted_params_requested", {})
+        if str(substitute) == rec["mechanism"] and swapped_params == (rec.get("params") or {}):
+            continue  # X swapped into a network trained with X is the network itself: one row
         out.append(dict(rec, key=f"{rec['key']}:{substitute}", mechanism=str(substitute),
-                        params=metrics.get("substituted_params_requested", {}), metrics=swapped, options=options))
+                        params=swapped_params, metrics=swapped, options=options))
     return out
 
 
