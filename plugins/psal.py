@@ -103,6 +103,8 @@ class PSAL(AttentionMechanism):
     shifted back by delta, with the neighbour's similarity as score; neighbours outside the query
     image are dropped (a shifted match always lies inside the key image and off the hole, being a
     pixel of a matchable key patch). Memory stays O(k n): the p^2 k terms are never stored.
+    Search width: the search keeps ``search_k`` (default ``max(k, 2)``, see ``DEFAULT_SEARCH_K``)
+    matches per query and the attention uses the best k; ``search_k=1`` is the paper's PSAL-1.
     """
 
     variants = ("psal-1", "psal-3", "psal-aggreg")
