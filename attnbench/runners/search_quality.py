@@ -96,6 +96,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
     metrics: dict[str, Any] = {"exact_mse": exact_mse, "exact_time_s": exact_time, "rows_sampled": len(rows),
                                "row_step": step, "convergence": []}
     base = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **spec.params)
+    metrics["resolved_params"] = base.params()  # defaults included (search_k, seed, backend...)
     target_iterations = base.params().get("iterations")
     counts = sorted(set(opts.get("iterations", [])) | ({target_iterations} if target_iterations else set()))
     for iterations in counts or [None]:
