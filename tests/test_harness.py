@@ -80,6 +80,17 @@ def test_resume_skips_finished_cells_and_a_fresh_run_starts_over(tmp_path: Path,
     assert list(tmp_path.glob("out.jsonl.*.prev"))
 
 
+def test_resume_recognises_cells_whose_run_measured_the_yardstick(tmp_path: Path) -> None:
+    # time_margin makes the run measure a matmul rate and add it to every cell's options
+    argv = ["run", "memory", "--preset", "ci", "--mechanisms", "psal-1", "--sizes", "32", "--mode", "fwd",
+            "--no-table", "--out", str(tmp_path / "m.jsonl")]
+    assert run_cli(*argv) == 0
+    (first,) = schema.read(tmp_path / "m.jsonl")
+    assert "flops_per_s" in first["options"] and first["key"] == load("memory").cells("ci", mechanisms=["psal-1"], sizes=[32], modes=["fwd"])[0].key
+    assert run_cli(*argv, "--resume") == 0
+    assert len(schema.read(tmp_path / "m.jsonl")) == 1  # nothing re-run
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["run", "memory", "--mechanisms", "nope"], "unknown mechanism 'nope'; valid:"),
     (["run", "nosuchsuite"], "unknown suite 'nosuchsuite'; valid:"),
