@@ -227,11 +227,10 @@ class PSAL(AttentionMechanism):
         kept = (3 * B * nq * K * d * s) // 4 if with_similarity else 0
         return max(search, similarity + kept + terms * (_INDEX_BYTES + 3 * s), attend)
 
-    def estimate(self, shape: ProblemShape) -> CostEstimate:
-        """Peak bytes (net of inputs) of the backend in use and FLOPs (evaluation model of psal_cost)."""
+    def _native_memory(self, shape: ProblemShape, width: int, with_similarity: bool) -> int:
+        """Peak bytes of the native kernels: heaps, channel-last copies, O(k n) indices."""
         s = shape.dtype_bytes
         B, C, nq, nk, K = shape.batch, shape.channels, shape.n_queries, shape.n_keys, self.k
-        width = min(self.search_k, max(shape.n_valid_keys, K))
         shared = _attend_memory(shape, K)
         searched = B * nq * width * _INDEX_BYTES  # the search's output, before keeping the best k
         # (cost, int32 index) heaps: double-buffered (jacobi) or updated in place (wavefront)
@@ -239,21 +238,24 @@ class PSAL(AttentionMechanism):
         search = searched + B * nq * width * 4 + B * nk + B * 8 + shared["padded_q"] + nk * C * s + heaps + nk * 4
         best_k_copy = searched + shared["idx"] if width > K else 0
         forward = max(search, best_k_copy, shared["idx"] + max(shared["similarity"], shared["attend"]))
-        with_similarity = not (K == 1 and not self.aggregation)
-        memory = forward
-        if shape.backward:
-            saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
-            memory = max(forward, saved + _backward_memory(shape, K, with_similarity))
-        if self.backend == "reference":
-            memory = self._reference_memory(shape, width, with_similarity)
+        if not shape.backward:
+            return forward
+        saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
+        return max(forward, saved + _backward_memory(shape, K, with_similarity))
+
+    def estimate(self, shape: ProblemShape) -> CostEstimate:
+        """Peak bytes (net of inputs) of the backend in use and FLOPs (evaluation model of psal_cost)."""
+        width = min(self.search_k, max(shape.n_valid_keys, self.k))
+        with_similarity = not (self.k == 1 and not self.aggregation)
+        memory_of = self._reference_memory if self.backend == "reference" else self._native_memory
         evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
-        flops = int(B * evals * psal_ops.FLOPS_PER_ELEMENT * shape.patch_dim)
-        flops += _attend_flops(shape, K, self.aggregation, with_similarity)
+        flops = int(shape.batch * evals * psal_ops.FLOPS_PER_ELEMENT * shape.patch_dim)
+        flops += _attend_flops(shape, self.k, self.aggregation, with_similarity)
         return CostEstimate(
-            memory_bytes=int(memory),
+            memory_bytes=int(memory_of(shape, width, with_similarity)),
             flops=int(flops),
             formula=self.complexity,
-            notes=f"{evals / max(nq, 1):.0f} evaluations per query; backend {self.backend}",
+            notes=f"{evals / max(shape.n_queries, 1):.0f} evaluations per query; backend {self.backend}",
         )
 
 

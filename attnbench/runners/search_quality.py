@@ -97,7 +97,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
                                "row_step": step, "convergence": []}
     base = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **spec.params)
     metrics["resolved_params"] = base.params()  # defaults included (search_k, seed, backend...)
-    target_iterations = base.params().get("iterations")
+    target_iterations = metrics["resolved_params"].get("iterations")
     counts = sorted(set(opts.get("iterations", [])) | ({target_iterations} if target_iterations else set()))
     for iterations in counts or [None]:
         extra = {} if iterations is None else {"iterations": iterations}
