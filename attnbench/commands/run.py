@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help=f"results folder or .jsonl file (default {DEFAULT_OUT}/)")
     parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already in it")
     parser.add_argument("--no-table", action="store_true", help="do not print the summary table at the end")
+    from ..executors import add_executor_arguments
+
+    add_executor_arguments(parser)
 
 
 def _int_arg(flag: str, allow_zero: bool = False):  # type: ignore[no-untyped-def]
@@ -99,7 +102,7 @@ def _summary(record: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .. import schema
-    from ..executor import LocalProcessExecutor
+    from ..executors import make_executor
     from ..registry import split_specs
     from ..suites import load
 
@@ -137,19 +140,23 @@ def run(args: argparse.Namespace) -> int:
         todo = [c.__class__(**{**c.to_dict(), "options": {**c.options, "flops_per_s": rate}}) for c in todo]
         console.print(f"matmul yardstick: {rate / 1e9:.1f} GFLOP/s (used only to skip cells that cannot finish)")
 
-    executor = LocalProcessExecutor()
+    executor = make_executor(args)
     counts: dict[str, int] = {}
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         task = progress.add_task("starting", total=len(todo))
-        for cell in todo:
-            progress.update(task, description=cell.label)
-            record = executor.run(cell)
-            schema.append(out, record)
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-            style = STATUS_STYLE.get(record["status"], "white")
-            progress.console.print(f"[{style}]{record['status']:>11}[/] {cell.label}: {_summary(record)}")
-            progress.advance(task)
+        by_key = {c.key: c for c in todo}
+        try:
+            records = executor.run_cells(todo)
+            for record in records:
+                schema.append(out, record)
+                counts[record["status"]] = counts.get(record["status"], 0) + 1
+                style = STATUS_STYLE.get(record["status"], "white")
+                label = by_key[record["key"]].label if record.get("key") in by_key else record.get("key", "")
+                progress.console.print(f"[{style}]{record['status']:>11}[/] {label}: {_summary(record)}")
+                progress.advance(task)
+        finally:
+            executor.close()
         progress.update(task, description="done")
 
     console.print("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out}")

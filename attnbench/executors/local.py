@@ -1,9 +1,4 @@
-"""Executors turn a CellSpec into a record. The local one runs each cell in a fresh process.
-
-Any object with ``run(spec) -> record`` is an executor, so a distributed engine (Ray tasks,
-Slurm jobs through submitit) can replace :class:`LocalProcessExecutor` without touching suites:
-specs and records are plain JSON.
-"""
+"""The local executor: each cell in a fresh worker process on this machine, one at a time."""
 from __future__ import annotations
 
 import json
@@ -13,14 +8,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+import argparse
+from typing import Any, Iterable, Iterator
 
-from .cells import CellSpec
-from .schema import make_record
-
-
-class Executor(Protocol):
-    def run(self, spec: CellSpec) -> dict[str, Any]: ...
+from ..cells import CellSpec
+from ..schema import make_record
 
 
 def _tail(text: str, lines: int = 3) -> str:
@@ -35,9 +27,29 @@ class LocalProcessExecutor:
     the whole process group, and a SIGKILL with no record is read as the kernel's OOM killer.
     """
 
+    name = "local"
+
     def __init__(self, python: str = sys.executable, env: dict[str, str] | None = None):
         self.python = python
         self.env = {**os.environ, **(env or {})}
+        self._running: subprocess.Popen | None = None
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:  # noqa: SLF001 -- argparse's own type
+        pass
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "LocalProcessExecutor":
+        return cls()
+
+    def run_cells(self, specs: Iterable[CellSpec]) -> Iterator[dict[str, Any]]:
+        for spec in specs:
+            yield self.run(spec)
+
+    def close(self) -> None:
+        if self._running is not None and self._running.poll() is None:
+            _kill_group(self._running)
+        self._running = None
 
     def run(self, spec: CellSpec) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="attnbench-cell-") as tmp:
@@ -49,6 +61,7 @@ class LocalProcessExecutor:
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env=self.env, start_new_session=True,
                 )
+                self._running = proc
                 try:
                     code = proc.wait(timeout=spec.timeout_s)
                 except subprocess.TimeoutExpired:
