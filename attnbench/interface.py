@@ -207,6 +207,13 @@ class AttentionMechanism(nn.Module):
         """
         raise ValueError(suffix)
 
+    @classmethod
+    def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
+        """Parameters under which this mechanism computes exact softmax attention over all
+        ``usable_keys`` valid keys of ``shape`` (``attnbench check`` compares that setting with
+        Full), or None when no setting is exact (approximations by design, e.g. Linear)."""
+        return None
+
     def params(self) -> dict[str, Any]:
         """The parameters that define this instance (recorded with every result)."""
         return {"patch_size": self.patch_size, "similarity": self.similarity, "temperature": self.temperature}

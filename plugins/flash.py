@@ -13,7 +13,7 @@ import functools
 import io
 import logging
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,10 @@ class FlashAttention(AttentionMechanism):
     summary = "Flash attention (SDPA fused kernel): exact softmax over patch vectors at O(n) memory"
     complexity = "O(n) memory, O(n^2) time"
     supports_mask = True
+
+    @classmethod
+    def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
+        return {}
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None

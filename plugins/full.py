@@ -125,6 +125,10 @@ class FullAttention(AttentionMechanism):
             raise UnsupportedRequest(f"full: stride must be a positive integer, got {stride!r}")
         self.stride = stride
 
+    @classmethod
+    def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
+        return {"stride": 1}
+
     def params(self) -> dict[str, Any]:
         return {**super().params(), "stride": self.stride}
 

@@ -65,6 +65,11 @@ class LocalAttention(AttentionMechanism):
         self.window = window
         self.block = block
 
+    @classmethod
+    def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
+        """A window wider than twice the key image covers every key from every query."""
+        return {"window": 2 * max(shape.key_hw) + 1}
+
     def params(self) -> dict[str, Any]:
         return {**super().params(), "window": self.window, "block": self.block}
 

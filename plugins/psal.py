@@ -164,6 +164,11 @@ class PSAL(AttentionMechanism):
             raise ValueError(suffix)
         return params
 
+    @classmethod
+    def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
+        """A heap as wide as the usable keys holds every key: the sparse softmax is the full one."""
+        return {"k": usable_keys, "search_k": usable_keys}
+
     def params(self) -> dict[str, Any]:
         return {
             **super().params(),
@@ -274,6 +279,10 @@ class KnnExact(AttentionMechanism):
         self.k = _check_positive_int("k", k, 1)
         self.differentiable_wrt = ("v",) if self.k == 1 else ("q", "k", "v")
         psal_ops.prepare()
+
+    @classmethod
+    def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
+        return {"k": usable_keys}
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "k": self.k}

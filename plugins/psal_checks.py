@@ -1,0 +1,222 @@
+"""PSAL's contribution to ``attnbench check`` (entry point group ``attnbench.checks``).
+
+What a user must be able to trust before reading a PSAL figure: that the native kernel built
+(and which backend each op runs on, and why), that the native CPU search makes exactly the
+PyTorch reference's decisions, and on a GPU that the CUDA kernels make exactly the CPU kernel's
+decisions (native/psal.h: same RNG, candidate order and tie rule). Exactness is checkable
+because on small-integer images every patch cost is an exact integer in any summation order:
+identical indices and identical evaluation counts are required, not "close".
+"""
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Callable, Iterator
+
+import torch
+
+from attnbench.selfcheck import Check, CheckSkipped
+
+OPS = ("psal_search", "psal_similarity", "psal_similarity_backward", "psal_attend", "psal_attend_backward")
+
+#: (B, C, hq, wq, hk, wk, p, K, iterations, dot, hole): batch > 1, cross-attention, masks,
+#: heap widths on both sides of the CUDA kernel's local-heap limit (32), p = 1 and 13 included
+SEARCH_CASES = (
+    (2, 3, 13, 11, 15, 17, 3, 1, 2, False, False),
+    (2, 3, 13, 11, 15, 17, 5, 3, 3, False, True),
+    (1, 2, 12, 14, 12, 14, 7, 3, 2, True, False),
+    (2, 2, 9, 10, 16, 13, 3, 7, 2, False, True),
+    (1, 2, 8, 9, 14, 15, 3, 31, 1, False, False),
+    (1, 1, 7, 6, 13, 12, 1, 40, 2, True, False),
+    (2, 2, 37, 41, 19, 23, 3, 2, 3, False, True),
+    (1, 2, 9, 10, 30, 31, 13, 2, 2, False, False),
+)
+
+
+def _valid(B: int, hk: int, wk: int, p: int, hole: bool) -> torch.Tensor:
+    """(B, Hk, Wk) matchable centres: whole patch inside the image and, with a hole, off it."""
+    r = p // 2
+    valid = torch.zeros(B, hk, wk, dtype=torch.bool)
+    valid[:, r : hk - r, r : wk - r] = True
+    if hole:
+        mask = torch.zeros(B, 1, hk, wk)
+        mask[:, :, hk // 4 : hk // 2 + 1, wk // 3 : (2 * wk) // 3] = 1
+        mask[1:, :, 1:3, 1:4] = 1  # a different hole per batch element
+        touched = torch.nn.functional.max_pool2d(mask, p, stride=1)[:, 0] > 0
+        valid[:, r : hk - r, r : wk - r] &= ~touched
+    return valid
+
+
+def _int_images(B: int, C: int, hq: int, wq: int, hk: int, wk: int, seed: int,
+                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small-integer images (exact costs in any summation order); k holds a shifted copy of q."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(0, 4, (B, C, hq, wq), generator=g).to(dtype)
+    k = torch.randint(0, 4, (B, C, hk, wk), generator=g).to(dtype)
+    h, w = min(hq, hk - 2), min(wq, wk - 1)
+    k[:, :, 2 : 2 + h, 1 : 1 + w] = q[:, :, :h, :w]
+    return q, k
+
+
+def _module() -> ModuleType:
+    from attnbench_plugins import psal_build
+
+    try:
+        return psal_build.load_extension()
+    except RuntimeError as exc:
+        raise CheckSkipped(f"native kernel not built: {exc}") from None
+
+
+def _build_check() -> str:
+    from attnbench_plugins import psal_build
+
+    forced = os.environ.get(psal_build.BACKEND_ENV, "")
+    module = psal_build.load_extension()  # a failed build fails this check, with the compiler's reason
+    kernels = [d for d in ("cpu", "cuda") if psal_build.has_device_kernels(d)]
+    where = f"{module.__file__}; kernels for {', '.join(kernels)}"
+    return where + (f"; {psal_build.BACKEND_ENV}={forced}" if forced else "")
+
+
+def _backend_check(device: str) -> str:
+    """Which implementation each registered op runs on ``device``, and why."""
+    from attnbench_plugins import psal_build, psal_ops
+
+    backend = psal_ops.prepare()
+    dev = device.split(":")[0]
+    if backend == "reference":
+        forced = psal_build.requested_backend() == "reference"
+        why = f"{psal_build.BACKEND_ENV}=reference" if forced else "the native kernel could not be built"
+        return f"all ops: PyTorch reference ({why})"
+    module = psal_build.native_module()
+    missing = [op for op in OPS if not hasattr(module, f"{op}_{dev}")]
+    if missing:
+        hint = " (extension built without CUDA: is nvcc on PATH / CUDA_HOME set?)" if dev == "cuda" else ""
+        raise AssertionError(f"no native {dev} kernel for {', '.join(missing)}{hint}")
+    if dev == "cuda":
+        q = torch.zeros(1, 1, 6, 6, device=device)
+        idx, ev = torch.ops.attnbench.psal_search(q, q, _valid(1, 6, 6, 3, False).to(device), 3, 1, 1, False, 0)
+        if not (idx.is_cuda and ev.is_cuda):
+            raise AssertionError("psal_search on CUDA tensors did not run on the GPU")
+    return f"all ops: native {dev} kernels ({', '.join(OPS)})"
+
+
+def _reference_search_check(quick: bool) -> str:
+    """Native CPU search = PyTorch reference search: identical matches and evaluation counts."""
+    from attnbench_plugins import psal_reference
+
+    mod = _module()
+    cases = SEARCH_CASES[:4] if quick else SEARCH_CASES
+    for B, C, hq, wq, hk, wk, p, K, iters, dot, hole in cases:
+        q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
+        valid = _valid(B, hk, wk, p, hole)
+        for schedule in (0, 1):
+            idx_n, ev_n = mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule)
+            idx_r, ev_r = psal_reference.search(q, k, valid, p, K, iters, dot, 1234, schedule)
+            if not torch.equal(idx_n, idx_r):
+                raise AssertionError(f"p={p} K={K} schedule {schedule}: {(idx_n != idx_r).sum().item()} matches differ")
+            if not torch.equal(ev_n, ev_r):
+                raise AssertionError(f"p={p} K={K} schedule {schedule}: evaluations {ev_n.tolist()} vs {ev_r.tolist()}")
+    return f"{len(cases)} cases x 2 schedules (batch 2, cross-attention, holes, K up to 40): identical"
+
+
+def _cuda_search_check(device: str, quick: bool) -> str:
+    """CUDA search = CPU search: identical matches and evaluation counts, every case and schedule."""
+    mod = _module()
+    if not hasattr(mod, "psal_search_cuda"):
+        raise AssertionError("the extension has no CUDA kernels")
+    cases = SEARCH_CASES[:4] if quick else SEARCH_CASES
+    for B, C, hq, wq, hk, wk, p, K, iters, dot, hole in cases:
+        q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
+        valid = _valid(B, hk, wk, p, hole)
+        for schedule in (0, 1):
+            idx_c, ev_c = mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule)
+            idx_g, ev_g = mod.psal_search_cuda(q.to(device), k.to(device), valid.to(device), p, K, iters, dot, 1234,
+                                               schedule)
+            if not torch.equal(idx_g.cpu(), idx_c):
+                raise AssertionError(f"p={p} K={K} schedule {schedule}: {(idx_g.cpu() != idx_c).sum().item()} matches differ")
+            if not torch.equal(ev_g.cpu(), ev_c):
+                raise AssertionError(f"p={p} K={K} schedule {schedule}: evaluations {ev_g.tolist()} vs {ev_c.tolist()}")
+    return f"{len(cases)} cases x 2 schedules (batch 2, cross-attention, holes, K up to 40): identical"
+
+
+def _cuda_patch_sizes_check(device: str, quick: bool) -> str:
+    """Every odd patch size the kernels dispatch runs, and agrees exactly with the CPU kernel."""
+    mod = _module()
+    sizes = (1, 3, 7, 13) if quick else tuple(range(1, 24, 2))
+    for p in sizes:
+        q, k = _int_images(1, 2, 9, 10, 26, 27, seed=p)
+        valid = _valid(1, 26, 27, p, False)
+        idx_c, ev_c = mod.psal_search_cpu(q, k, valid, p, 2, 2, False, 7)
+        idx_g, ev_g = mod.psal_search_cuda(q.to(device), k.to(device), valid.to(device), p, 2, 2, False, 7)
+        if not (torch.equal(idx_g.cpu(), idx_c) and torch.equal(ev_g.cpu(), ev_c)):
+            raise AssertionError(f"p={p}: the CUDA search differs from the CPU search")
+        s_g = mod.psal_similarity_cuda(q.to(device), k.to(device), idx_g, p, False).cpu()
+        if not torch.equal(s_g, mod.psal_similarity_cpu(q, k, idx_c, p, False)):
+            raise AssertionError(f"p={p}: CUDA similarities differ from the CPU ones")
+    return "p = " + ", ".join(map(str, sizes)) + ": identical matches, counts and similarities"
+
+
+def _cuda_ops_check(device: str) -> str:
+    """Similarity and attend, forward and backward, CUDA = CPU in float64 (aggregation and dot too)."""
+    mod = _module()
+    g = torch.Generator().manual_seed(3)
+    B, C, hq, wq, hk, wk, Cv, p, K = 2, 3, 9, 8, 11, 12, 4, 3, 3
+    q = torch.randn(B, C, hq, wq, generator=g, dtype=torch.float64)
+    k = torch.randn(B, C, hk, wk, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Cv, hk, wk, generator=g, dtype=torch.float64)
+    worst = 0.0
+    for dot in (False, True):
+        idx, _ = mod.psal_search_cpu(q, k, _valid(B, hk, wk, p, False), p, K, 2, dot, 5, 0)
+        s_c = mod.psal_similarity_cpu(q, k, idx, p, dot)
+        s_g = mod.psal_similarity_cuda(q.to(device), k.to(device), idx.to(device), p, dot).cpu()
+        gs = torch.randn_like(s_c)
+        gq_c, gk_c = mod.psal_similarity_backward_cpu(gs, q, k, idx, p, dot, True, True)
+        gq_g, gk_g = mod.psal_similarity_backward_cuda(gs.to(device), q.to(device), k.to(device), idx.to(device), p, dot,
+                                                       True, True)
+        pairs = [(s_c, s_g), (gq_c, gq_g.cpu()), (gk_c, gk_g.cpu())]
+        for agg in (False, True):
+            out_c, lse_c = mod.psal_attend_cpu(s_c, idx, v, p, agg, 0.5)
+            out_g, lse_g = mod.psal_attend_cuda(s_c.to(device), idx.to(device), v.to(device), p, agg, 0.5)
+            go = torch.randn_like(out_c)
+            gsa_c, gv_c = mod.psal_attend_backward_cpu(go, s_c, idx, v, out_c, lse_c, p, agg, 0.5, True, True)
+            gsa_g, gv_g = mod.psal_attend_backward_cuda(go.to(device), s_c.to(device), idx.to(device), v.to(device),
+                                                        out_g, lse_g, p, agg, 0.5, True, True)
+            pairs += [(out_c, out_g.cpu()), (gsa_c, gsa_g.cpu()), (gv_c, gv_g.cpu())]
+        for a, b in pairs:
+            worst = max(worst, (a - b).abs().max().item())
+    if worst > 1e-9:
+        raise AssertionError(f"CUDA and CPU ops differ by up to {worst:.3g} in float64")
+    return f"similarity, attend (plain and aggregated) and their backwards: max difference {worst:.1e}"
+
+
+def _cuda_reduced_precision_check(device: str) -> str:
+    """float16 / bfloat16 inputs accumulate in float32: on integer data, the float32 search."""
+    mod = _module()
+    q, k = _int_images(1, 3, 12, 12, 14, 15, seed=11)
+    valid = _valid(1, 14, 15, 5, False).to(device)
+    idx32, ev32 = mod.psal_search_cuda(q.to(device), k.to(device), valid, 5, 3, 3, False, 1, 0)
+    for dtype in (torch.float16, torch.bfloat16):
+        idx, ev = mod.psal_search_cuda(q.to(device, dtype), k.to(device, dtype), valid, 5, 3, 3, False, 1, 0)
+        if not (torch.equal(idx, idx32) and torch.equal(ev, ev32)):
+            raise AssertionError(f"{dtype} search differs from float32 on integer data")
+    return "float16 and bfloat16 searches = float32 search"
+
+
+def checks(device: str, quick: bool) -> Iterator[Check]:
+    """PSAL's checks for ``attnbench check`` on ``device``."""
+    group = "plugin psal"
+    yield Check(group, "native kernel builds (or loads from cache)", _build_check)
+    yield Check(group, f"backend of each op on {device}", lambda: _backend_check(device))
+    yield Check(group, "native CPU search = PyTorch reference (matches, evaluation counts)",
+                lambda: _reference_search_check(quick))
+    cuda_checks: list[tuple[str, Callable[[], str]]] = [
+        ("CUDA search = CPU search (matches, evaluation counts)", lambda: _cuda_search_check(device, quick)),
+        ("CUDA: every odd patch size", lambda: _cuda_patch_sizes_check(device, quick)),
+        ("CUDA ops (forward, backward) = CPU ops, float64", lambda: _cuda_ops_check(device)),
+        ("CUDA: float16 / bfloat16 search", lambda: _cuda_reduced_precision_check(device)),
+    ]
+    for name, fn in cuda_checks:
+        if device.startswith("cuda"):
+            yield Check(group, name, fn)
+        else:
+            yield Check(group, name, lambda: (_ for _ in ()).throw(CheckSkipped("needs --device cuda")))
