@@ -36,7 +36,7 @@ step "build the PSAL kernels (CUDA arch ${TORCH_CUDA_ARCH_LIST:-none})"
 time timeout 300 "$PY" -m attnbench_plugins.psal_build >>"$LOG" 2>&1 || step "FAILED: kernel build"
 
 step "attnbench check --device $DEVICE"
-timeout 240 "$AB" check --device "$DEVICE" --json >"$OUT/check-$DEVICE.json" 2>>"$LOG"
+timeout 300 "$AB" check --device "$DEVICE" --json >"$OUT/check-$DEVICE.json" 2>>"$LOG"
 step "check exit status $?"
 
 step "memory suite on the GPU: fwd and fwd+bwd, one process per mechanism in parallel (memory is per process)"
