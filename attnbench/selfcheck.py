@@ -18,6 +18,7 @@ only when no check that could run failed.
 """
 from __future__ import annotations
 
+import statistics
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -120,9 +121,21 @@ def _timing_check(device: str) -> str:
         known = start.elapsed_time(end) / 1e3
         fn: Callable[[], Any] = lambda: torch.cuda._sleep(cycles)  # noqa: E731
     else:
-        known = 0.02
-        fn = lambda: time.sleep(known)  # noqa: E731
+        # A 20 ms busy wait that also measures itself: the harness's timer must report the wall
+        # time the calls really took (a stopwatch inside the call), whatever else loads the machine.
+        inside: list[float] = []
+
+        def fn() -> None:
+            t0 = time.perf_counter()
+            while time.perf_counter() < t0 + 0.02:
+                pass
+            inside.append(time.perf_counter() - t0)
+
     timing = time_call(fn, torch.device(device), min_run_time=0.3, max_repeats=10)
+    if not device.startswith("cuda"):
+        if not inside:
+            raise AssertionError("the timer never called the function it timed")
+        known = statistics.median(inside)
     error = abs(timing.median_s - known) / known
     if error > TIMING_TOLERANCE:
         raise AssertionError(f"a {known * 1e3:.2f} ms call was timed {timing.median_s * 1e3:.2f} ms ({error:.1%} off)")
@@ -254,7 +267,10 @@ def _exact_check(name: str, device: str, dtype: torch.dtype) -> str:
         q, k, v, mask = problem.tensors(device, dtype)
         ref_dtype = dtype if dtype in reference.dtypes else torch.float32
         expected = reference(q.to(ref_dtype), k.to(ref_dtype), v.to(ref_dtype), mask).to(dtype)
-        got = _check_output(layer(q, k, v, mask), q, v, name)
+        try:
+            got = _check_output(layer(q, k, v, mask), q, v, name)
+        except UnsupportedRequest as exc:
+            raise CheckSkipped(f"unsupported here: {exc}") from None
         err = (got.double() - expected.double()).abs().max().item()
         scale = max(expected.double().abs().max().item(), 1.0)
         if not err <= _tolerance(dtype) * scale:
@@ -283,8 +299,11 @@ def _gradcheck(name: str, device: str) -> str:
         args = dict(inputs, **dict(zip(wrt, xs)))
         return layer(args["q"], args["k"], args["v"])
 
-    ok = torch.autograd.gradcheck(f, tuple(inputs[n].clone().requires_grad_() for n in wrt), eps=1e-6, atol=1e-5,
-                                  rtol=1e-4)
+    try:
+        ok = torch.autograd.gradcheck(f, tuple(inputs[n].clone().requires_grad_() for n in wrt), eps=1e-6, atol=1e-5,
+                                      rtol=1e-4)
+    except UnsupportedRequest as exc:
+        raise CheckSkipped(f"unsupported here: {exc}") from None
     if not ok:
         raise AssertionError("gradcheck returned False")
     return f"gradcheck w.r.t. {', '.join(wrt)} with {params}"

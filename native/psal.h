@@ -100,6 +100,36 @@
 
 #include <cstdint>
 #include <tuple>
+#include <string>
+#include <type_traits>
+
+// Error messages are built without iostreams. In the extension (nvcc-built above all), the weak template
+// instantiations of std::ostream taken from the host compiler's headers need not match the
+// runtime's libstdc++: formatting a number into TORCH_CHECK's message crashed the process
+// (seen on an H200, CUDA 13, torch 2.11: SIGSEGV in ostream::_M_insert<long> while reporting
+// "only 2 matchable key patches"), turning a clear error into a segfault. PSAL_CHECK hands
+// TORCH_CHECK a single std::string, which it passes through without a stream.
+namespace psal_message {
+inline std::string piece(const char* s) { return s; }
+inline std::string piece(const std::string& s) { return s; }
+inline std::string piece(bool v) { return v ? "true" : "false"; }
+template <typename T, std::enable_if_t<std::is_integral_v<T> || std::is_floating_point_v<T>, int> = 0>
+inline std::string piece(T v) { return std::to_string(v); }
+inline std::string piece(at::IntArrayRef sizes) {
+  std::string out = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) out += (i ? ", " : "") + std::to_string(sizes[i]);
+  return out + "]";
+}
+inline std::string piece(at::ScalarType t) { return c10::toString(t); }
+inline std::string piece(const at::Device& d) { return d.str(); }
+template <typename... Parts>
+std::string join(const Parts&... parts) {
+  std::string out;
+  ((out += piece(parts)), ...);
+  return out;
+}
+}  // namespace psal_message
+#define PSAL_CHECK(cond, ...) TORCH_CHECK((cond), psal_message::join(__VA_ARGS__))
 
 #if defined(__CUDACC__)
 #define PSAL_HD __host__ __device__ __forceinline__

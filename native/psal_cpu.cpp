@@ -229,7 +229,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     for (int64_t cy = g.r; cy < g.Hk - g.r; ++cy)
       for (int64_t cx = g.r; cx < g.Wk - g.r; ++cx)
         if (vmap[cy * g.Wk + cx]) usable[n_usable++] = (int32_t)(cy * g.Wk + cx);
-    TORCH_CHECK(n_usable >= K, "psal_search: only ", n_usable, " matchable key patches for k = ", K);
+    PSAL_CHECK(n_usable >= K, "psal_search: only ", n_usable, " matchable key patches for k = ", K);
 
     auto matchable = [&](int64_t cy, int64_t cx) {
       return cy >= g.r && cy < g.Hk - g.r && cx >= g.r && cx < g.Wk - g.r && vmap[cy * g.Wk + cx];
@@ -372,13 +372,13 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 }
 
 void check_common(const at::Tensor& q, const at::Tensor& k, int64_t p) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "psal: q and k must be 4-D (B, C, H, W)");
-  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1), "psal: q and k batch/channels differ");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "psal: q and k dtypes differ");
-  TORCH_CHECK(p >= 1 && p % 2 == 1, "psal: patch_size must be odd");
-  TORCH_CHECK(k.size(2) >= p && k.size(3) >= p, "psal: key image smaller than the patch");
-  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu(), "psal_*_cpu: tensors must be on the CPU");
-  TORCH_CHECK(k.size(2) * k.size(3) < (int64_t(1) << 31), "psal: key image too large for int32 indices");
+  PSAL_CHECK(q.dim() == 4 && k.dim() == 4, "psal: q and k must be 4-D (B, C, H, W)");
+  PSAL_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1), "psal: q and k batch/channels differ");
+  PSAL_CHECK(q.scalar_type() == k.scalar_type(), "psal: q and k dtypes differ");
+  PSAL_CHECK(p >= 1 && p % 2 == 1, "psal: patch_size must be odd");
+  PSAL_CHECK(k.size(2) >= p && k.size(3) >= p, "psal: key image smaller than the patch");
+  PSAL_CHECK(q.device().is_cpu() && k.device().is_cpu(), "psal_*_cpu: tensors must be on the CPU");
+  PSAL_CHECK(k.size(2) * k.size(3) < (int64_t(1) << 31), "psal: key image too large for int32 indices");
 }
 
 // Inverse index of idx (B fixed): for each key pixel, the flat (query * K + m) entries that
@@ -399,11 +399,11 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at
                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
                                                    int64_t seed, int64_t schedule) {
   check_common(q, k, patch_size);
-  TORCH_CHECK(k_nn >= 1, "psal_search: k must be >= 1");
-  TORCH_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT,
+  PSAL_CHECK(k_nn >= 1, "psal_search: k must be >= 1");
+  PSAL_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT,
               "psal_search: schedule must be ", PSAL_SCHEDULE_JACOBI, " (jacobi) or ", PSAL_SCHEDULE_WAVEFRONT,
               " (wavefront), got ", schedule);
-  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == k.size(0) &&
+  PSAL_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == k.size(0) &&
                   valid.size(1) == k.size(2) && valid.size(2) == k.size(3),
               "psal_search: valid must be (B, Hk, Wk) bool");
   at::Tensor validc = valid.contiguous();
@@ -575,9 +575,9 @@ inline void for_each_term(int64_t y, int64_t x, int64_t Hq, int64_t Wq, int64_t 
 
 std::tuple<at::Tensor, at::Tensor> psal_attend_cpu(const at::Tensor& s, const at::Tensor& idx, const at::Tensor& v,
                                                    int64_t patch_size, bool aggregation, double temperature) {
-  TORCH_CHECK(s.dim() == 4 && idx.sizes() == s.sizes(), "psal_attend: s and idx must be (B, Hq, Wq, K)");
-  TORCH_CHECK(v.dim() == 4 && v.size(0) == s.size(0), "psal_attend: v must be (B, Cv, Hk, Wk)");
-  TORCH_CHECK(s.scalar_type() == v.scalar_type(), "psal_attend: s and v dtypes differ");
+  PSAL_CHECK(s.dim() == 4 && idx.sizes() == s.sizes(), "psal_attend: s and idx must be (B, Hq, Wq, K)");
+  PSAL_CHECK(v.dim() == 4 && v.size(0) == s.size(0), "psal_attend: v must be (B, Cv, Hk, Wk)");
+  PSAL_CHECK(s.scalar_type() == v.scalar_type(), "psal_attend: s and v dtypes differ");
   const int64_t B = s.size(0), Hq = s.size(1), Wq = s.size(2), K = s.size(3);
   const int64_t Cv = v.size(1), Hk = v.size(2), Wk = v.size(3), r = patch_size / 2, nq = Hq * Wq;
   at::Tensor sc = s.contiguous(), idxc = idx.contiguous();

@@ -633,25 +633,25 @@ inline unsigned blocks_for(int64_t n, int threads) {
 inline at::Tensor channels_last(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
 
 void check_cuda_float(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.defined(), "psal (cuda): ", name, " is undefined");
-  TORCH_CHECK(PSAL_ON_DEVICE(t), "psal (cuda): ", name, " must be a " PSAL_DEVICE_NAME " tensor");
-  TORCH_CHECK(t.device() == like.device(), "psal (cuda): ", name, " is on ", t.device(), ", expected ", like.device());
-  TORCH_CHECK(t.scalar_type() == like.scalar_type(), "psal (cuda): ", name, " has dtype ", t.scalar_type(),
+  PSAL_CHECK(t.defined(), "psal (cuda): ", name, " is undefined");
+  PSAL_CHECK(PSAL_ON_DEVICE(t), "psal (cuda): ", name, " must be a " PSAL_DEVICE_NAME " tensor");
+  PSAL_CHECK(t.device() == like.device(), "psal (cuda): ", name, " is on ", t.device(), ", expected ", like.device());
+  PSAL_CHECK(t.scalar_type() == like.scalar_type(), "psal (cuda): ", name, " has dtype ", t.scalar_type(),
               ", expected ", like.scalar_type());
   const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+  PSAL_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
               "psal (cuda): unsupported dtype ", st, " (float32, float64, float16, bfloat16)");
 }
 
 Geom make_geom(const at::Tensor& q, const at::Tensor& k, int64_t patch_size) {
-  TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "psal (cuda): q and k must be 4-D (B, C, H, W)");
-  TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1), "psal (cuda): q ", q.sizes(), " and k ", k.sizes(),
+  PSAL_CHECK(q.dim() == 4 && k.dim() == 4, "psal (cuda): q and k must be 4-D (B, C, H, W)");
+  PSAL_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1), "psal (cuda): q ", q.sizes(), " and k ", k.sizes(),
               " differ in batch or channels");
-  TORCH_CHECK(patch_size >= 1 && patch_size % 2 == 1, "psal (cuda): patch_size must be odd and >= 1, got ",
+  PSAL_CHECK(patch_size >= 1 && patch_size % 2 == 1, "psal (cuda): patch_size must be odd and >= 1, got ",
               patch_size);
-  TORCH_CHECK(k.size(2) >= patch_size && k.size(3) >= patch_size, "psal (cuda): key image ", k.size(2), "x",
+  PSAL_CHECK(k.size(2) >= patch_size && k.size(3) >= patch_size, "psal (cuda): key image ", k.size(2), "x",
               k.size(3), " is smaller than the patch size ", patch_size);
-  TORCH_CHECK(k.size(2) * k.size(3) < ((int64_t)1 << 31) && q.size(2) * q.size(3) < ((int64_t)1 << 31),
+  PSAL_CHECK(k.size(2) * k.size(3) < ((int64_t)1 << 31) && q.size(2) * q.size(3) < ((int64_t)1 << 31),
               "psal (cuda): images must have fewer than 2^31 pixels");
   Geom g;
   g.B = (int)q.size(0);
@@ -666,9 +666,9 @@ Geom make_geom(const at::Tensor& q, const at::Tensor& k, int64_t patch_size) {
 }
 
 at::Tensor check_idx(const at::Tensor& idx, const Geom& g, const at::Tensor& like) {
-  TORCH_CHECK(PSAL_ON_DEVICE(idx) && idx.device() == like.device(), "psal (cuda): idx must be on ", like.device());
-  TORCH_CHECK(idx.scalar_type() == at::kLong, "psal (cuda): idx must be int64");
-  TORCH_CHECK(idx.dim() == 4 && idx.size(0) == g.B && idx.size(1) == g.Hq && idx.size(2) == g.Wq && idx.size(3) >= 1,
+  PSAL_CHECK(PSAL_ON_DEVICE(idx) && idx.device() == like.device(), "psal (cuda): idx must be on ", like.device());
+  PSAL_CHECK(idx.scalar_type() == at::kLong, "psal (cuda): idx must be int64");
+  PSAL_CHECK(idx.dim() == 4 && idx.size(0) == g.B && idx.size(1) == g.Hq && idx.size(2) == g.Wq && idx.size(3) >= 1,
               "psal (cuda): idx must be (B, Hq, Wq, K), got ", idx.sizes());
   return idx.contiguous();
 }
@@ -753,12 +753,12 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
   check_cuda_float(q, "q", q);
   check_cuda_float(k, "k", q);
   const Geom g = make_geom(q, k, patch_size);
-  TORCH_CHECK(k_nn >= 1 && k_nn <= (int64_t)1 << 20, "psal (cuda): k must be >= 1, got ", k_nn);
-  TORCH_CHECK(iterations >= 0, "psal (cuda): iterations must be >= 0, got ", iterations);
-  TORCH_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT, "psal (cuda): schedule must be ",
+  PSAL_CHECK(k_nn >= 1 && k_nn <= (int64_t)1 << 20, "psal (cuda): k must be >= 1, got ", k_nn);
+  PSAL_CHECK(iterations >= 0, "psal (cuda): iterations must be >= 0, got ", iterations);
+  PSAL_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT, "psal (cuda): schedule must be ",
               PSAL_SCHEDULE_JACOBI, " (jacobi) or ", PSAL_SCHEDULE_WAVEFRONT, " (wavefront), got ", schedule);
-  TORCH_CHECK(PSAL_ON_DEVICE(valid) && valid.device() == q.device(), "psal (cuda): valid must be on ", q.device());
-  TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == g.B && valid.size(1) == g.Hk &&
+  PSAL_CHECK(PSAL_ON_DEVICE(valid) && valid.device() == q.device(), "psal (cuda): valid must be on ", q.device());
+  PSAL_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == g.B && valid.size(1) == g.Hk &&
                   valid.size(2) == g.Wk,
               "psal (cuda): valid must be a (B, Hk, Wk) bool tensor, got ", valid.sizes(), " ", valid.scalar_type());
   PSAL_DEVICE_GUARD(q);
@@ -777,7 +777,7 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
   auto usable_off = at::zeros({g.B + 1}, counts.options());
   usable_off.slice(0, 1).copy_(counts.cumsum(0));
   const int64_t min_count = counts.min().item<int64_t>();
-  TORCH_CHECK(min_count >= k_nn, "psal (cuda): only ", min_count, " matchable key patches in some batch element, fewer than k = ",
+  PSAL_CHECK(min_count >= k_nn, "psal (cuda): only ", min_count, " matchable key patches in some batch element, fewer than k = ",
               k_nn);
 
   auto qc = channels_last(q);
@@ -830,7 +830,7 @@ std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cuda(const at::Tenso
   const Geom g = make_geom(q, k, patch_size);
   auto ic = check_idx(idx, g, q);
   const int K = (int)ic.size(3);
-  TORCH_CHECK(grad_s.sizes() == ic.sizes(), "psal (cuda): grad_s ", grad_s.sizes(), " must match idx ", ic.sizes());
+  PSAL_CHECK(grad_s.sizes() == ic.sizes(), "psal (cuda): grad_s ", grad_s.sizes(), " must match idx ", ic.sizes());
   PSAL_DEVICE_GUARD(q);
   auto gs = grad_s.contiguous();
   auto qc = channels_last(q);
@@ -871,10 +871,10 @@ std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cuda(const at::Tenso
 
 namespace {
 Geom attend_geom(const at::Tensor& s, const at::Tensor& idx, const at::Tensor& v, int64_t patch_size) {
-  TORCH_CHECK(v.dim() == 4, "psal (cuda): v must be 4-D (B, Cv, Hk, Wk)");
-  TORCH_CHECK(s.dim() == 4 && s.sizes() == idx.sizes(), "psal (cuda): s ", s.sizes(), " must match idx ", idx.sizes());
-  TORCH_CHECK(patch_size >= 1 && patch_size % 2 == 1, "psal (cuda): patch_size must be odd and >= 1");
-  TORCH_CHECK(s.size(0) == v.size(0), "psal (cuda): batch of s and v differ");
+  PSAL_CHECK(v.dim() == 4, "psal (cuda): v must be 4-D (B, Cv, Hk, Wk)");
+  PSAL_CHECK(s.dim() == 4 && s.sizes() == idx.sizes(), "psal (cuda): s ", s.sizes(), " must match idx ", idx.sizes());
+  PSAL_CHECK(patch_size >= 1 && patch_size % 2 == 1, "psal (cuda): patch_size must be odd and >= 1");
+  PSAL_CHECK(s.size(0) == v.size(0), "psal (cuda): batch of s and v differ");
   Geom g;
   g.B = (int)s.size(0);
   g.C = 0;
@@ -892,7 +892,7 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_cuda(const at::Tensor& s, const a
                                                     int64_t patch_size, bool aggregation, double temperature) {
   check_cuda_float(v, "v", v);
   check_cuda_float(s, "s", v);
-  TORCH_CHECK(temperature > 0, "psal (cuda): temperature must be > 0");
+  PSAL_CHECK(temperature > 0, "psal (cuda): temperature must be > 0");
   const Geom g = attend_geom(s, idx, v, patch_size);
   auto ic = check_idx(idx, g, v);
   PSAL_DEVICE_GUARD(v);
@@ -924,15 +924,15 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cuda(const at::Tensor& g
   check_cuda_float(grad_out, "grad_out", v);
   check_cuda_float(out, "out", v);
   check_cuda_float(lse, "lse", v);
-  TORCH_CHECK(temperature > 0, "psal (cuda): temperature must be > 0");
+  PSAL_CHECK(temperature > 0, "psal (cuda): temperature must be > 0");
   const Geom g = attend_geom(s, idx, v, patch_size);
   auto ic = check_idx(idx, g, v);
   const int K = (int)ic.size(3), Cv = (int)v.size(1), R = aggregation ? g.r : 0;
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.B && grad_out.size(1) == Cv && grad_out.size(2) == g.Hq &&
+  PSAL_CHECK(grad_out.dim() == 4 && grad_out.size(0) == g.B && grad_out.size(1) == Cv && grad_out.size(2) == g.Hq &&
                   grad_out.size(3) == g.Wq,
               "psal (cuda): grad_out must be (B, Cv, Hq, Wq), got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == grad_out.sizes(), "psal (cuda): out must match grad_out");
-  TORCH_CHECK(lse.dim() == 3 && lse.size(0) == g.B && lse.size(1) == g.Hq && lse.size(2) == g.Wq,
+  PSAL_CHECK(out.sizes() == grad_out.sizes(), "psal (cuda): out must match grad_out");
+  PSAL_CHECK(lse.dim() == 3 && lse.size(0) == g.B && lse.size(1) == g.Hq && lse.size(2) == g.Wq,
               "psal (cuda): lse must be (B, Hq, Wq)");
   PSAL_DEVICE_GUARD(v);
   auto stream = PSAL_STREAM();

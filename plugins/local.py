@@ -90,7 +90,8 @@ class LocalAttention(AttentionMechanism):
         q_pad = F.pad(q, (r, r, r, r), mode="replicate")
         usable = usable_keys(key_mask, p)
         usable = None if usable is None else usable.view(b, *plan.grid)
-        q_cols, k_cols = plan.q_cols.flatten(), plan.k_cols.flatten()
+        # the plan is built on the CPU (small index tensors); its indices go where the data is
+        q_cols, k_cols = plan.q_cols.flatten().to(q.device), plan.k_cols.flatten().to(q.device)
 
         strips = []
         for y0, y1, k_row0, k_row1 in plan.strips:
@@ -100,7 +101,7 @@ class LocalAttention(AttentionMechanism):
                 continue
             # Layout (b, n_tx, ...): queries ordered (column, row) inside a tile, keys (column, row)
             # inside a region; index_select on column-major strips gives that order without copies.
-            outside = plan.outside(y0, y1, k_row0, k_row1)  # (n_tx, tile*th, reg_w*reg_h)
+            outside = plan.outside(y0, y1, k_row0, k_row1).to(q.device)  # (n_tx, tile*th, reg_w*reg_h)
             if usable is not None:
                 cols = usable[:, k_row0:k_row1].transpose(1, 2).index_select(1, k_cols)
                 outside = outside | ~cols.reshape(b, n_tx, 1, reg_w * reg_h)

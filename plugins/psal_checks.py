@@ -10,6 +10,9 @@ identical indices and identical evaluation counts are required, not "close".
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from types import ModuleType
 from typing import Callable, Iterator
 
@@ -202,11 +205,47 @@ def _cuda_reduced_precision_check(device: str) -> str:
     return "float16 and bfloat16 searches = float32 search"
 
 
+_ERROR_PATH_PROBE = """
+import sys, torch
+from attnbench_plugins import psal_build
+mod = psal_build.load_extension()
+dev = sys.argv[1]
+search = getattr(mod, "psal_search_" + dev.split(":")[0])
+q = torch.randint(0, 4, (2, 3, 20, 22)).float().to(dev)
+few = torch.zeros(2, 20, 22, dtype=torch.bool)
+few[:, 5, 5:7] = True
+try:
+    search(q, q, few.to(dev), 5, 3, 1, False, 0, 0)
+except RuntimeError as exc:
+    print("raised:", str(exc).splitlines()[0])
+else:
+    print("no error")
+"""
+
+
+def _error_path_check(device: str) -> str:
+    """A refused request (fewer matchable keys than k) is a Python error, not a crash.
+
+    Run in a child process: on an H200 the CUDA kernel's error message itself segfaulted
+    (iostreams in the nvcc-built extension, see PSAL_CHECK in psal.h), which would take this
+    command down with it.
+    """
+    _module()
+    res = subprocess.run([sys.executable, "-c", _ERROR_PATH_PROBE, device], capture_output=True, text=True, timeout=300)
+    if res.returncode < 0:
+        raise AssertionError(f"the kernel crashed with {signal.Signals(-res.returncode).name} instead of raising")
+    line = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr.strip()[-200:]
+    if res.returncode != 0 or not line.startswith("raised:") or "matchable" not in line:
+        raise AssertionError(f"expected a 'matchable' error, got: {line}")
+    return line
+
+
 def checks(device: str, quick: bool) -> Iterator[Check]:
     """PSAL's checks for ``attnbench check`` on ``device``."""
     group = "plugin psal"
     yield Check(group, "native kernel builds (or loads from cache)", _build_check)
     yield Check(group, f"backend of each op on {device}", lambda: _backend_check(device))
+    yield Check(group, f"a refused request on {device} raises (no crash)", lambda: _error_path_check(device))
     yield Check(group, "native CPU search = PyTorch reference (matches, evaluation counts)",
                 lambda: _reference_search_check(quick))
     cuda_checks: list[tuple[str, Callable[[], str]]] = [
