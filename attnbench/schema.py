@@ -11,18 +11,23 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     device, dtype str
     seed          int
     options       dict      suite-specific settings of the cell
-    status        str       ok | oom | timeout | error | unavailable | infeasible
+    status        str       ok | oom | timeout | killed | error | unavailable | infeasible
     reason        str       why, when status is not ok
     metrics       dict      peak_memory_bytes, estimated_memory_bytes, flops, estimated_flops,
                             uncounted_ops, time_median_s, time_iqr_s, time_repeats, and quality
                             metrics of task suites (l2, psnr, ssim, ...); absent = not measured
     env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
+    calibration   dict      values the run measured once for every cell (flops_per_s: the matmul
+                            yardstick); not part of the key
+Every record has env, started_at and duration_s, whoever wrote it (the worker, or the executor
+for a timeout, a kill or a crash).
 """
 from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -44,6 +49,21 @@ def make_record(spec: CellSpec, status: str, reason: str = "", metrics: dict[str
     rec.update(status=status, reason=reason, metrics=dict(metrics or {}), env=dict(env or {}))
     rec.update(extra)
     return rec
+
+
+def now_iso() -> str:
+    """The ``started_at`` format of records: ISO 8601, UTC, seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def outside_record(spec: CellSpec, status: str, reason: str, *, started_at: str, duration_s: float,
+                   metrics: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A record made outside the worker (timeout, kill, crash) with the same fields as the worker's:
+    the environment is captured here, in the process that ran the worker."""
+    from .env import capture
+
+    return make_record(spec, status, reason, metrics, capture(spec.device, spec.seed), started_at=started_at,
+                       duration_s=round(duration_s, 3), **extra)
 
 
 def append(path: Path, record: dict[str, Any]) -> None:
