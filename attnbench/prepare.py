@@ -34,12 +34,17 @@ def plugins_to_prepare(cells: Iterable[CellSpec]) -> list[str]:
     return names
 
 
+def prepare_command(name: str) -> list[str]:
+    """The child that prepares one plugin (a function, so tests can put a stand-in there)."""
+    return [sys.executable, "-m", "attnbench.prepare", name]
+
+
 def prepare_plugins(names: list[str], timeout_s: float, note: Callable[[str], None]) -> dict[str, str]:
     """Run each plugin's ``prepare`` in a child with a timeout; return plugin -> why it failed."""
     failed: dict[str, str] = {}
     for name in names:
         note(f"preparing {name} (one-time set-up, e.g. a kernel build; up to {timeout_s:g} s)...")
-        proc = subprocess.Popen([sys.executable, "-m", "attnbench.prepare", name], stdout=subprocess.PIPE,
+        proc = subprocess.Popen(prepare_command(name), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         try:
             output, _ = proc.communicate(timeout=timeout_s)

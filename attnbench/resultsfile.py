@@ -64,6 +64,10 @@ class ResultsFile:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"--out {path}: cannot create folder {path.parent}: {_why(exc)}") from None
+        try:
+            path.exists()
+        except OSError as exc:  # e.g. a name too long
+            raise UserError(f"--out {path}: {_why(exc)}") from None
         if path.exists() and not path.is_file():
             raise UserError(f"--out {path}: not a regular file; give a folder or a .jsonl file")
         lock_fd = _lock(path)
