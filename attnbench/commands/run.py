@@ -27,10 +27,11 @@ STATUS_STYLE = {"ok": "green", "infeasible": "yellow", "unavailable": "magenta",
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("suite", help="suite name (see `attnbench list suites`) or path to a suite .toml")
-    parser.add_argument("--preset", help="preset of the suite (default: the suite's default_preset)")
+    parser.add_argument("--preset", help="preset of the suite (default: the suite's default_preset; "
+                        "`attnbench list suites` shows them)")
     parser.add_argument("--mechanisms", help="comma-separated names/specs, e.g. full,flash,psal-3,full[stride=2] "
                         "(default: the preset's)")
     parser.add_argument("--sizes", help="comma-separated input sizes (H = W), e.g. 64,128 (default: the preset's)")
@@ -46,15 +47,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed of inputs and stochastic mechanisms (default: the preset's, 0)")
     parser.add_argument("--timeout", type=_timeout_arg, metavar="SECONDS",
                         help="seconds per cell before it is recorded as timeout (default: the preset's)")
-    parser.add_argument("--data", help="folder of your image pairs for the image-task suites "
-                        "(README: 'Your own images'; default: embedded pairs)")
-    parser.add_argument("--out", help="results folder or .jsonl file", default=f"{DEFAULT_OUT}/")
+    parser.add_argument("--data", metavar="DIR", help="your images for the image-task suites: NAME_a.png + NAME_b.png "
+                        "pairs, sub-folders of two images, or a DAVIS JPEGImages/<res>/<sequence>/ tree "
+                        "(default: the embedded pairs)")
+    parser.add_argument("--out", default=f"{DEFAULT_OUT}/",
+                        help=f"results folder (file SUITE-PRESET.jsonl in it) or .jsonl file (default: {DEFAULT_OUT}/); "
+                        "an existing file is moved to NAME.<time>.prev unless --resume")
     parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already in it "
                         "(cells that ended error, timeout or killed run again)")
     parser.add_argument("--keep-failed", action="store_true", help="with --resume: do not run again cells that "
                         "ended error, timeout or killed")
     parser.add_argument("--prepare-timeout", type=_timeout_arg, default=900.0, metavar="SECONDS",
-                        help="limit of the one-time preparation of mechanisms (PSAL's kernel build)")
+                        help="limit of the one-time preparation of mechanisms, e.g. PSAL's kernel build (default: 900)")
     parser.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     parser.add_argument("--no-table", action="store_true", help="do not print the summary table at the end")
     from ..executors import add_executor_arguments
@@ -225,6 +229,8 @@ def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make
     from ..console import plain
 
     by_key = {c.key: c for c in cells}
+    if not todo:  # everything is in the file already: no bar, no executor
+        return runloop.run_cells(cells, results, _NoExecutor())
     os.environ[prepared_env] = "1"  # workers inherit it: one-time set-up was tried by this run
     try:
         executor = make_executor(args)
@@ -249,6 +255,16 @@ def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make
     finally:
         os.environ.pop(prepared_env, None)
     return summary
+
+
+class _NoExecutor:
+    name = "none"
+
+    def run_cells(self, specs: Any) -> Any:
+        return iter(())
+
+    def close(self) -> None:
+        pass
 
 
 def print_table(records: list[dict[str, Any]], suite: str) -> None:
