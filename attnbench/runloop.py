@@ -17,6 +17,7 @@ Exit statuses (:class:`RunSummary.exit_code`): 0 every cell ok, infeasible or un
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from dataclasses import dataclass, field, replace
@@ -125,6 +126,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises KeyboardInterrupt (so every ``finally`` runs and kills workers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _failed_preparation(cells: Sequence[CellSpec], failures: dict[str, str]) -> Iterator[dict[str, Any]]:
     from .schema import now_iso, outside_record
 
@@ -147,12 +161,10 @@ def run_cells(cells: Sequence[CellSpec], results: ResultsFile, executor: Executo
     dispatch = [c for c in todo if c.mechanism not in failures]
     unprepared = [c for c in todo if c.mechanism in failures]
 
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    sources = (_failed_preparation(unprepared, failures), executor.run_cells(dispatch) if dispatch else iter(()))
     try:
-        for source in (_failed_preparation(unprepared, failures), executor.run_cells(dispatch) if dispatch else iter(())):
-            for record in source:
+        with sigterm_as_interrupt():
+            for record in (r for source in sources for r in source):
                 try:
                     results.append(record)
                 except ResultsWriteError as exc:
@@ -167,7 +179,4 @@ def run_cells(cells: Sequence[CellSpec], results: ResultsFile, executor: Executo
                     on_record(record)
     finally:
         executor.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return summary
-

@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
     def note(msg: str) -> None:
         console.print(plain(msg))
 
-    with ResultsFile.open(out, resume=args.resume, keep_failed=args.keep_failed, note=note) as results:
+    with runloop.sigterm_as_interrupt(), \
+            ResultsFile.open(out, resume=args.resume, keep_failed=args.keep_failed, note=note) as results:
         todo = [c for c in cells if c.key not in results.done]
         console.print(f"[bold]{plain(suite.name)}[/] ({plain(preset)}): {len(cells)} cells, "
                       f"{len(cells) - len(todo)} already done -> {plain(out)}")
