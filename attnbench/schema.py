@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -89,12 +90,15 @@ def drop_torn_tail(path: Path) -> None:
 def read(path: Path) -> list[dict[str, Any]]:
     """Read a JSON Lines results file, refusing corrupt lines or unknown schemas with one clear line.
 
-    A truncated *last* line (a run killed mid-write) is skipped, since it never completed.
+    A truncated *last* line (no newline: a run killed mid-write) is skipped, since it never
+    completed, and said so on stderr; a complete line that is not a record is an error.
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read results file {path}: {exc.__class__.__name__}: {exc}") from None
+    lines = text.splitlines()
+    torn_tail = bool(text) and not text.endswith("\n")
     records = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -102,7 +106,9 @@ def read(path: Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if no == len(lines):
+            if no == len(lines) and torn_tail:
+                print(f"attnbench: note: {path}:{no}: unfinished last record skipped (a run killed mid-write)",
+                      file=sys.stderr)
                 continue
             raise UserError(f"{path}:{no}: not a JSON record; the results file is corrupt (remove the line or re-run)") from None
         if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):

@@ -18,6 +18,7 @@ import torch
 from attnbench import registry, schema
 from attnbench.cli import main
 from attnbench.executors.outcome import Exit, classify
+from attnbench.errors import UserError
 from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 from attnbench.resultsfile import ResultsFile
 from attnbench.suites import load
@@ -359,3 +360,17 @@ def test_bad_suite_file_values_are_one_line_errors(tmp_path: Path, capsys: pytes
     bad = tmp_path / "bad.toml"
     bad.write_text(text)
     _one_line_exit_2(run_cli("run", str(bad), "--out", str(tmp_path / "o.jsonl")), capsys, needle)
+
+
+def test_a_torn_last_record_is_announced_on_read_and_a_corrupt_complete_one_is_an_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cell = load(str(write_suite(tmp_path, [OK]))).cells()[0]
+    good = json.dumps(schema.make_record(cell, "ok")) + "\n"
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text(good + '{"schema": 1, "su')
+    assert len(schema.read(torn)) == 1
+    assert f"{torn}:2: unfinished last record skipped" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text(good + "{garbage\n")
+    with pytest.raises(UserError, match="corrupt.jsonl:2: not a JSON record"):
+        schema.read(corrupt)
