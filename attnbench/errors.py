@@ -27,3 +27,7 @@ class Infeasible(CellOutcome):
 
 class OutOfMemory(CellOutcome):
     """A cell ran out of memory (mapped from allocator errors so records say ``oom``)."""
+
+
+class InvalidOutput(Exception):
+    """A mechanism returned an output of the wrong shape or dtype, or with NaN/Inf: the cell is ``error``."""

@@ -11,18 +11,24 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     device, dtype str
     seed          int
     options       dict      suite-specific settings of the cell
-    status        str       ok | oom | timeout | error | unavailable | infeasible
+    status        str       ok | oom | timeout | killed | error | unavailable | infeasible
     reason        str       why, when status is not ok
     metrics       dict      peak_memory_bytes, estimated_memory_bytes, flops, estimated_flops,
                             uncounted_ops, time_median_s, time_iqr_s, time_repeats, and quality
                             metrics of task suites (l2, psnr, ssim, ...); absent = not measured
     env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
+    calibration   dict      values the run measured once for every cell (flops_per_s: the matmul
+                            yardstick); not part of the key
+Every record has env, started_at and duration_s, whoever wrote it (the worker, or the executor
+for a timeout, a kill or a crash).
 """
 from __future__ import annotations
 
 import json
 import os
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -44,6 +50,21 @@ def make_record(spec: CellSpec, status: str, reason: str = "", metrics: dict[str
     rec.update(status=status, reason=reason, metrics=dict(metrics or {}), env=dict(env or {}))
     rec.update(extra)
     return rec
+
+
+def now_iso() -> str:
+    """The ``started_at`` format of records: ISO 8601, UTC, seconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def outside_record(spec: CellSpec, status: str, reason: str, *, started_at: str, duration_s: float,
+                   metrics: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """A record made outside the worker (timeout, kill, crash) with the same fields as the worker's:
+    the environment is captured here, in the process that ran the worker."""
+    from .env import capture
+
+    return make_record(spec, status, reason, metrics, capture(spec.device, spec.seed), started_at=started_at,
+                       duration_s=round(duration_s, 3), **extra)
 
 
 def append(path: Path, record: dict[str, Any]) -> None:
@@ -69,12 +90,15 @@ def drop_torn_tail(path: Path) -> None:
 def read(path: Path) -> list[dict[str, Any]]:
     """Read a JSON Lines results file, refusing corrupt lines or unknown schemas with one clear line.
 
-    A truncated *last* line (a run killed mid-write) is skipped, since it never completed.
+    A truncated *last* line (no newline: a run killed mid-write) is skipped, since it never
+    completed, and said so on stderr; a complete line that is not a record is an error.
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read results file {path}: {exc.__class__.__name__}: {exc}") from None
+    lines = text.splitlines()
+    torn_tail = bool(text) and not text.endswith("\n")
     records = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -82,7 +106,9 @@ def read(path: Path) -> list[dict[str, Any]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            if no == len(lines):
+            if no == len(lines) and torn_tail:
+                print(f"attnbench: note: {path}:{no}: unfinished last record skipped (a run killed mid-write)",
+                      file=sys.stderr)
                 continue
             raise UserError(f"{path}:{no}: not a JSON record; the results file is corrupt (remove the line or re-run)") from None
         if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):

@@ -7,6 +7,7 @@ command-line overrides into independent ``CellSpec`` s.
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -66,6 +67,7 @@ class Suite:
         options.update(overrides.pop("options", None) or {})
         grid.update({k: v for k, v in overrides.items() if v is not None})
         grid = validate_grid(grid, self.name)
+        check_options(self.runner, options, f"suite {self.name!r}" + (f" preset {preset_name!r}" if preset_name != "default" else ""))
         specs = []
         for size in grid["sizes"]:
             for spec_text in grid["mechanisms"]:
@@ -90,17 +92,55 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
+def check_options(runner: str, options: dict[str, Any], where: str) -> None:
+    """Parse the options against the runner's ``OPTIONS`` dataclass (unknown key, wrong type: UserError)."""
+    from .options import parse, runner_options
+
+    cls = runner_options(runner)
+    if cls is not None:
+        parse(cls, options, where)
+
+
+def check_timeout(value: Any, what: str = "timeout") -> float:
+    """A cell timeout: a finite number of seconds > 0 (nan and inf would disable it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{what} must be a positive, finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def _string_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"{what} must be a list of strings, e.g. [\"full\", \"psal-3\"], got {value!r}")
+    return value
+
+
 def validate_grid(grid: dict[str, Any], suite: str) -> dict[str, Any]:
     """Check every grid value, so bad input fails before any cell runs."""
     missing = [k for k in GRID_KEYS if k not in grid]
     if missing:
         raise UserError(f"suite {suite!r}: grid is missing {', '.join(missing)}")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise UserError(f"suite {suite!r}: unknown grid key {unknown[0]!r}; valid: {', '.join(GRID_KEYS)}")
     out = dict(grid)
+    if not isinstance(grid["sizes"], list):
+        raise UserError(f"suite {suite!r}: sizes must be a list of positive integers, e.g. [64, 128], got {grid['sizes']!r}")
     out["sizes"] = [_positive_int(s, "size") for s in grid["sizes"]]
     for key in ("channels", "batch", "patch_size"):
         out[key] = _positive_int(grid[key], key.replace("_", " "))
+    if isinstance(grid["seed"], bool) or not isinstance(grid["seed"], int) or not 0 <= grid["seed"] < 2**63:
+        raise UserError(f"seed must be an integer in [0, 2^63), got {grid['seed']!r}")
+    out["timeout"] = check_timeout(grid["timeout"])
+    _string_list(grid["mechanisms"], f"suite {suite!r}: mechanisms")
+    _string_list(grid["modes"], f"suite {suite!r}: modes")
+    for key in ("dtype", "device"):
+        if not isinstance(grid[key], str):
+            raise UserError(f"suite {suite!r}: {key} must be a string, got {grid[key]!r}")
     if out["patch_size"] % 2 == 0:
         raise UserError(f"patch size must be odd (patches are centred), got {out['patch_size']}")
+    if out["sizes"] and out["patch_size"] > min(out["sizes"]):
+        raise UserError(f"patch size {out['patch_size']} is larger than the image ({min(out['sizes'])} px); "
+                        "use a smaller --patch-size or larger --sizes")
     for mode in grid["modes"]:
         if mode not in MODES:
             raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
@@ -136,7 +176,11 @@ def load(name_or_path: str) -> Suite:
         source, text = f"suites/{name_or_path}.toml", files[name_or_path].read_text(encoding="utf-8")
     elif name_or_path.endswith(".toml") or "/" in name_or_path:
         path = Path(name_or_path)
+        if path.exists() and not path.is_file():
+            raise UserError(f"cannot read suite file {path}: not a regular file")
         try:
+            if path.stat().st_size > 1 << 20:
+                raise UserError(f"cannot read suite file {path}: larger than 1 MiB, not a suite file")
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"cannot read suite file {path}: {exc}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import random
 import sys
 import time
@@ -17,7 +18,34 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cells import CellSpec
-from .errors import Infeasible, OutOfMemory, Unavailable, UserError
+from .errors import Infeasible, InvalidOutput, OutOfMemory, Unavailable, UserError
+
+#: environment variable naming the file where a worker notes what it knows before the risky part
+#: of a cell (the estimates), so that a timeout or a kill still records them
+PARTIAL_ENV = "ATTNBENCH_PARTIAL_RECORD"
+
+
+def report_partial(metrics: dict[str, Any]) -> None:
+    """Note metrics known so far (atomically); the executor puts them in a timeout or kill record."""
+    path = os.environ.get(PARTIAL_ENV)
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(metrics, fh, default=str)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # best effort: the cell's own record carries everything anyway
+
+
+def read_partial(path: str | Path) -> dict[str, Any]:
+    """What a worker noted with :func:`report_partial` (empty when nothing or unreadable)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def load_runner(path: str) -> Callable[[CellSpec], dict[str, Any]]:
@@ -58,6 +86,8 @@ def execute(spec: CellSpec) -> dict[str, Any]:
         status, reason, metrics = "oom", str(exc), exc.metrics
     except UserError as exc:
         status, reason = "error", str(exc)
+    except InvalidOutput as exc:
+        status, reason, metrics = "error", f"invalid output: {exc}", dict(getattr(exc, "metrics", {}) or {})
     except BaseException as exc:  # noqa: BLE001 -- a cell must never take the suite down
         if isinstance(exc, KeyboardInterrupt):
             raise

@@ -113,6 +113,14 @@ class PSAL(AttentionMechanism):
     summary = "Patch-based Stochastic Attention: PatchMatch k-NN (jump flooding), optional aggregation"
     complexity = "O(n d N log n)"
 
+    @classmethod
+    def prepare(cls) -> str:
+        """One-time set-up before a run's cells (``attnbench run`` calls it once, in a child with a
+        timeout): build the native kernel so that no worker builds it under a cell's timeout."""
+        from . import psal_build
+
+        return psal_build.prepare()
+
     def __init__(
         self,
         k: int = 1,

@@ -2,12 +2,21 @@
 
 The sources ship as package data of ``attnbench_native`` and are compiled on first use with
 ``torch.utils.cpp_extension.load`` into a per-user cache (``$TORCH_EXTENSIONS_DIR`` or
-``~/.cache/attnbench/torch_extensions``). cpp_extension guards the build directory with a file
-baton, so two worker processes that start at once build it once. CI calls
-:func:`load_extension` up front. ``ATTNBENCH_PSAL_BACKEND=reference|native`` forces a backend.
+``~/.cache/attnbench/torch_extensions``). The module name hashes the sources' content *and
+location*, so two checkouts never rebuild each other's cache entry. ``ATTNBENCH_PSAL_BACKEND=
+reference|native`` forces a backend.
+
+Builds are made safe against killed builders: every build holds an ``fcntl.flock`` on
+``attnbench-build.lock`` in its build directory (the kernel releases it when its owner dies), so a
+torch ``lock`` baton found while holding it was left by a dead builder and is removed instead of
+waited on forever. ``attnbench run`` builds once in the parent before any cell (:func:`prepare`,
+with its own timeout, see ``attnbench/prepare.py``); a failed build is written to
+``attnbench-build-failed.txt`` so that the run's workers fall back to the reference at once
+instead of each trying again.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.resources
 import os
@@ -20,6 +29,9 @@ from typing import Optional
 import torch
 
 BACKEND_ENV = "ATTNBENCH_PSAL_BACKEND"
+#: set by ``attnbench run`` in its workers once the parent tried every one-time preparation
+PREPARED_ENV = "ATTNBENCH_PREPARED"
+FAILED_MARKER = "attnbench-build-failed.txt"
 BACKENDS = ("native", "reference")
 
 
@@ -60,7 +72,39 @@ def _module_name(sources: list[Path], with_cuda: bool) -> str:
     for path in sources + headers:
         digest.update(path.read_bytes())
     digest.update(torch.__version__.encode())
+    digest.update(str(sources[0].parent.resolve()).encode())  # two checkouts: two cache entries
     return f"attnbench_psal_{'cuda' if with_cuda else 'cpu'}_{digest.hexdigest()[:10]}"
+
+
+def _build_target() -> tuple[list[Path], bool, str, Path]:
+    src = source_dir()
+    with_cuda = _with_cuda(src)
+    sources = [src / "psal_cpu.cpp"] + ([src / "psal_cuda.cu"] if with_cuda else [])
+    name = _module_name(sources, with_cuda)
+    return sources, with_cuda, name, build_dir() / name
+
+
+class _BuildLock:
+    """Exclusive flock on the build directory; removes torch's baton if its owner died."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> "_BuildLock":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.directory / "attnbench-build.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)  # waits only for a live builder
+        baton = self.directory / "lock"
+        if baton.exists():  # every builder holds our flock first: this baton's owner is dead
+            warnings.warn(f"removing a stale build lock left by a killed build: {baton}", RuntimeWarning, stacklevel=2)
+            baton.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def load_extension(verbose: bool = False) -> ModuleType:
@@ -73,28 +117,50 @@ def load_extension(verbose: bool = False) -> ModuleType:
     try:
         from torch.utils.cpp_extension import load
 
+        sources, with_cuda, name, directory = _build_target()
         src = source_dir()
-        with_cuda = _with_cuda(src)
-        sources = [src / "psal_cpu.cpp"] + ([src / "psal_cuda.cu"] if with_cuda else [])
-        name = _module_name(sources, with_cuda)
-        directory = build_dir() / name
-        directory.mkdir(parents=True, exist_ok=True)
+        marker = directory / FAILED_MARKER
+        if os.environ.get(PREPARED_ENV) and marker.exists():  # the run's parent tried already
+            raise RuntimeError(marker.read_text(errors="replace").strip() or "PSAL native build failed")
         flags = ["-O3", "-fopenmp"] + (["-DWITH_CUDA"] if with_cuda else [])
-        _state.module = load(
-            name=name,
-            sources=[str(s) for s in sources],
-            extra_cflags=flags,
-            extra_cuda_cflags=["-O3", "-DWITH_CUDA"] if with_cuda else None,
-            extra_ldflags=["-fopenmp"],
-            extra_include_paths=[str(src)],
-            build_directory=str(directory),
-            with_cuda=with_cuda,
-            verbose=verbose,
-        )
+        with _BuildLock(directory):
+            _state.module = load(
+                name=name,
+                sources=[str(s) for s in sources],
+                extra_cflags=flags,
+                extra_cuda_cflags=["-O3", "-DWITH_CUDA"] if with_cuda else None,
+                extra_ldflags=["-fopenmp"],
+                extra_include_paths=[str(src)],
+                build_directory=str(directory),
+                with_cuda=with_cuda,
+                verbose=verbose,
+            )
     except Exception as exc:  # compiler missing, headers missing, link error...
         _state.error = f"PSAL native build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         raise RuntimeError(_state.error) from exc
     return _state.module
+
+
+def prepare() -> str:
+    """Build once before a run's cells (``attnbench run`` calls it in a child with a timeout).
+
+    A failed build is not an error of the run (PSAL falls back to the reference backend); it is
+    written down so the run's workers do not try again, and returned as a one-line message.
+    """
+    if requested_backend() == "reference":
+        return "reference backend requested; nothing to build"
+    *_, directory = _build_target()
+    marker = directory / FAILED_MARKER
+    marker.unlink(missing_ok=True)
+    try:
+        module = load_extension()
+    except RuntimeError as exc:
+        directory.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(exc))
+        if requested_backend() == "native":
+            raise
+        return f"{exc}; PSAL cells use the pure-PyTorch reference"
+    return f"PSAL native kernel ready ({Path(module.__file__).name})"
 
 
 def native_module() -> Optional[ModuleType]:

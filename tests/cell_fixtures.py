@@ -11,6 +11,8 @@ from typing import Any
 from attnbench.cells import CellSpec
 
 OK, CRASH, OOM, HANG, RAISE, ALLOC = 1, 2, 3, 4, 5, 6
+#: notes an estimate (as the measuring path does) then hangs; kills itself with SIGKILL
+HANG_AFTER_ESTIMATE, SELF_KILL = 11, 12
 
 
 def run(spec: CellSpec) -> dict[str, Any]:
@@ -22,6 +24,15 @@ def run(spec: CellSpec) -> dict[str, Any]:
         torch.empty(1 << 50, dtype=torch.uint8)  # 1 PiB: the allocator refuses
     if spec.size == HANG:
         time.sleep(3600)
+    if spec.size == HANG_AFTER_ESTIMATE:
+        from attnbench.worker import report_partial
+
+        report_partial({"estimated_memory_bytes": 12345, "estimated_flops": 678})
+        time.sleep(3600)
+    if spec.size == SELF_KILL:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9 <worker>` from outside would
     if spec.size == RAISE:
         raise ValueError("a bug in a runner")
     if spec.size == ALLOC:

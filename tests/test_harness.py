@@ -41,7 +41,7 @@ def test_peak_memory_is_net_of_existing_tensors() -> None:
 def test_a_crash_an_oom_a_hang_and_a_bug_lose_only_their_own_cells(tmp_path: Path, worker_path: Path) -> None:
     suite = write_suite(tmp_path, [OK, CRASH, OOM, HANG, RAISE, ALLOC], timeout=20)
     out = tmp_path / "out.jsonl"
-    assert run_cli("run", str(suite), "--out", str(out), "--no-table") == 0
+    assert run_cli("run", str(suite), "--out", str(out), "--no-table") == 3  # cells failed: exit status says so
     by_size = {r["size"]: r for r in schema.read(out)}
     assert set(by_size) == {OK, CRASH, OOM, HANG, RAISE, ALLOC}
     assert by_size[OK]["status"] == "ok" and by_size[OK]["metrics"]["value"] == 10
@@ -81,12 +81,13 @@ def test_resume_skips_finished_cells_and_a_fresh_run_starts_over(tmp_path: Path,
 
 
 def test_resume_recognises_cells_whose_run_measured_the_yardstick(tmp_path: Path) -> None:
-    # time_margin makes the run measure a matmul rate and add it to every cell's options
+    # time_margin makes the runner declare the matmul yardstick; the run measures it once and
+    # carries it in each cell's calibration, which is not part of the cell's key
     argv = ["run", "memory", "--preset", "ci", "--mechanisms", "psal-1", "--sizes", "32", "--mode", "fwd",
             "--no-table", "--out", str(tmp_path / "m.jsonl")]
     assert run_cli(*argv) == 0
     (first,) = schema.read(tmp_path / "m.jsonl")
-    assert "flops_per_s" in first["options"] and first["key"] == load("memory").cells("ci", mechanisms=["psal-1"], sizes=[32], modes=["fwd"])[0].key
+    assert "flops_per_s" in first["calibration"] and first["key"] == load("memory").cells("ci", mechanisms=["psal-1"], sizes=[32], modes=["fwd"])[0].key
     assert run_cli(*argv, "--resume") == 0
     assert len(schema.read(tmp_path / "m.jsonl")) == 1  # nothing re-run
 

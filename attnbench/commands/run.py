@@ -1,39 +1,65 @@
-"""``attnbench run SUITE``: expand a suite into cells, run each in a worker, append records."""
+"""``attnbench run SUITE``: parse the command line, check it all, then hand the cells to the run loop.
+
+Everything a user can get wrong is checked here before any worker starts (one line, exit 2): the
+suite and its options, the grid, ``--timeout``, ``--data`` and ``--out`` (writable, not locked by
+another run). The run itself is :func:`attnbench.runloop.run_cells`.
+"""
 from __future__ import annotations
 
 import argparse
-import time
+import json
+import math
+import os
 from pathlib import Path
 from typing import Any, Optional
-
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import UserError
 
 NAME = "run"
 HELP = "run a suite (memory, speed, reconstruction, ...) and append one record per cell"
 DEFAULT_OUT = Path("results/runs")
+EPILOG = """exit status: 0 every cell ok, infeasible or unavailable; 2 bad input (nothing ran);
+3 some cell ended error, timeout, killed or oom (a summary names them); 4 the results file could
+not be written (every complete record is kept: rerun with --resume); 130 interrupted."""
 
-STATUS_STYLE = {"ok": "green", "infeasible": "yellow", "unavailable": "magenta", "oom": "red", "timeout": "red", "error": "red"}
+STATUS_STYLE = {"ok": "green", "infeasible": "yellow", "unavailable": "magenta", "oom": "red", "timeout": "red",
+                "killed": "red", "error": "red"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     parser.add_argument("suite", help="suite name (see `attnbench list suites`) or path to a suite .toml")
-    parser.add_argument("--preset", help="preset of the suite (default: the suite's default_preset)")
-    parser.add_argument("--mechanisms", help="comma-separated names/specs, e.g. full,flash,psal-3,full[stride=2]")
-    parser.add_argument("--sizes", help="comma-separated input sizes (H = W), e.g. 64,128")
-    parser.add_argument("--mode", help="fwd, fwd+bwd, or both (comma-separated)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", help="float32, float64, float16, bfloat16")
-    parser.add_argument("--channels", type=_int_arg("--channels"))
-    parser.add_argument("--patch-size", type=_int_arg("--patch-size"))
-    parser.add_argument("--batch", type=_int_arg("--batch"))
-    parser.add_argument("--seed", type=_int_arg("--seed", allow_zero=True))
-    parser.add_argument("--timeout", type=float, help="seconds per cell before it is recorded as timeout")
-    parser.add_argument("--data", help="folder of user images for the task suites (see README)")
-    parser.add_argument("--out", help=f"results folder or .jsonl file (default {DEFAULT_OUT}/)")
-    parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already in it")
+    parser.add_argument("--preset", help="preset of the suite (default: the suite's default_preset; "
+                        "`attnbench list suites` shows them)")
+    parser.add_argument("--mechanisms", help="comma-separated names/specs, e.g. full,flash,psal-3,full[stride=2] "
+                        "(default: the preset's)")
+    parser.add_argument("--sizes", help="comma-separated input sizes (H = W), e.g. 64,128 (default: the preset's)")
+    parser.add_argument("--mode", help="fwd, fwd+bwd, or both (default: the preset's)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the preset's, cpu)")
+    parser.add_argument("--dtype", help="float32, float64, float16, bfloat16 (default: the preset's, float32)")
+    parser.add_argument("--channels", type=_int_arg("--channels"), metavar="C",
+                        help="channels of q and k (default: the preset's; 16 in memory/speed, 3 in the image tasks)")
+    parser.add_argument("--patch-size", type=_int_arg("--patch-size"), metavar="P",
+                        help="odd patch side p of the similarity, at most the image size (default: the preset's, 7)")
+    parser.add_argument("--batch", type=_int_arg("--batch"), metavar="B", help="batch size (default: the preset's, 1)")
+    parser.add_argument("--seed", type=_int_arg("--seed", allow_zero=True),
+                        help="seed of inputs and stochastic mechanisms (default: the preset's, 0)")
+    parser.add_argument("--timeout", type=_timeout_arg, metavar="SECONDS",
+                        help="seconds per cell before it is recorded as timeout (default: the preset's)")
+    parser.add_argument("--data", metavar="DIR", help="your images for the image-task suites: NAME_a.png + NAME_b.png "
+                        "pairs, sub-folders of two images, or a DAVIS JPEGImages/<res>/<sequence>/ tree "
+                        "(default: the embedded pairs)")
+    parser.add_argument("--out", default=f"{DEFAULT_OUT}/",
+                        help=f"results folder (file SUITE-PRESET.jsonl in it) or .jsonl file (default: {DEFAULT_OUT}/); "
+                        "an existing file is moved to NAME.<time>.prev unless --resume")
+    parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already in it "
+                        "(cells that ended error, timeout or killed run again)")
+    parser.add_argument("--keep-failed", action="store_true", help="with --resume: do not run again cells that "
+                        "ended error, timeout or killed")
+    parser.add_argument("--prepare-timeout", type=_timeout_arg, default=900.0, metavar="SECONDS",
+                        help="limit of the one-time preparation of mechanisms, e.g. PSAL's kernel build (default: 900)")
+    parser.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     parser.add_argument("--no-table", action="store_true", help="do not print the summary table at the end")
     from ..executors import add_executor_arguments
 
@@ -48,8 +74,20 @@ def _int_arg(flag: str, allow_zero: bool = False):  # type: ignore[no-untyped-de
             raise UserError(f"{flag} must be an integer, got {text!r}") from None
         if value < 0 or (value == 0 and not allow_zero):
             raise UserError(f"{flag} must be positive, got {value}")
+        if value >= 2**63:
+            raise UserError(f"{flag} must be below 2^63, got {value}")
         return value
     return parse
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--timeout must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"--timeout must be a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -78,32 +116,60 @@ def parse_modes(text: str) -> list[str]:
 def results_path(out: Optional[str], suite: str, preset: str) -> Path:
     if out and out.endswith(".jsonl"):
         return Path(out)
-    return Path(out or DEFAULT_OUT) / f"{suite}-{preset}.jsonl"
+    folder = Path(out or DEFAULT_OUT)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {out}: not a folder; give a folder or a .jsonl file")
+    return folder / f"{suite}-{preset}.jsonl"
 
 
 def _summary(record: dict[str, Any]) -> str:
+    from ..measure.memory import GIB
+
     m = record.get("metrics", {})
     parts = []
     if "peak_memory_bytes" in m:
-        parts.append(f"{m['peak_memory_bytes'] / 1e9:.3f} GB")
+        parts.append(f"{m['peak_memory_bytes'] / GIB:.3f} GiB")
     if "estimated_memory_bytes" in m:
-        parts.append(f"est {m['estimated_memory_bytes'] / 1e9:.3f} GB")
+        parts.append(f"est {m['estimated_memory_bytes'] / GIB:.3f} GiB")
     if "flops" in m:
         parts.append(f"{m['flops'] / 1e9:.2f} GFLOP")
     if "time_median_s" in m:
         parts.append(f"{m['time_median_s'] * 1e3:.2f} ms")
     for q in ("l2", "psnr", "ssim", "mse_ratio"):
-        if q in m:
+        if isinstance(m.get(q), (int, float)):
             parts.append(f"{q} {m[q]:.4g}")
     if record["status"] != "ok":
-        parts.append(record.get("reason", "")[:160])
+        parts.append(str(record.get("reason", ""))[:160])
     return ", ".join(parts)
 
 
+def check_data(folder: str, cells: list, runner: str, suite: str) -> str:
+    """``--data``: a folder the suite can use, whose images the cells need all decode (else UserError)."""
+    from ..options import runner_options
+    from ..tasks.data import check_user_images
+
+    cls = runner_options(runner)
+    if cls is None or not cls.uses_images():
+        raise UserError(f"--data: suite {suite!r} uses no images (it runs on random inputs); drop --data")
+    data = Path(folder)
+    if not data.is_dir():
+        raise UserError(f"--data {data}: not a folder; give a folder of image pairs or a DAVIS-style folder")
+    needed = max((cls.of(c).images_needed() for c in cells), default=1)
+    found = check_user_images(data, needed)
+    from ..console import make_console, plain
+
+    make_console(stderr=True).print(plain(f"--data {data}: {found} image pairs found, the first {min(needed, found)} "
+                                          "used and all of them readable"))
+    return str(data.resolve())
+
+
 def run(args: argparse.Namespace) -> int:
-    from .. import schema
+    from .. import runloop
+    from ..console import make_console, plain
     from ..executors import make_executor
+    from ..prepare import PREPARED_ENV
     from ..registry import split_specs
+    from ..resultsfile import ResultsFile
     from ..suites import load
 
     suite = load(args.suite)
@@ -114,55 +180,92 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device, "dtype": args.dtype, "channels": args.channels,
         "patch_size": args.patch_size, "batch": args.batch, "seed": args.seed, "timeout": args.timeout,
     }
-    if args.data:
-        data = Path(args.data)
-        if not data.is_dir():
-            raise UserError(f"--data {data}: not a folder; give a folder of image pairs or a DAVIS-style folder")
-        overrides["options"] = {"data": str(data.resolve())}
     cells = suite.cells(args.preset, **overrides)
+    if args.data:
+        data = check_data(args.data, cells, suite.runner, suite.name)
+        cells = suite.cells(args.preset, **overrides, options={"data": data})
     preset = cells[0].preset if cells else (args.preset or suite.default_preset)
     out = results_path(args.out, suite.name, preset)
+    console = make_console(stderr=True)
 
-    done: set[str] = set()
-    if args.resume:
-        schema.drop_torn_tail(out)
-        done = set(schema.iter_done_keys(out))
-    elif out.exists():
-        out.rename(out.with_name(out.name + f".{time.strftime('%Y%m%d-%H%M%S')}.prev"))
-    todo = [c for c in cells if c.key not in done]
+    def note(msg: str) -> None:
+        console.print(plain(msg))
 
-    console = Console(stderr=True)
-    console.print(f"[bold]{suite.name}[/] ({preset}): {len(cells)} cells, {len(cells) - len(todo)} already done -> {out}")
-    if todo and "time_margin" in todo[0].options and "flops_per_s" not in todo[0].options:
-        from ..measure.timing import matmul_flops_per_s
+    with runloop.sigterm_as_interrupt(), \
+            ResultsFile.open(out, resume=args.resume, keep_failed=args.keep_failed, note=note) as results:
+        todo = [c for c in cells if c.key not in results.done]
+        console.print(f"[bold]{plain(suite.name)}[/] ({plain(preset)}): {len(cells)} cells, "
+                      f"{len(cells) - len(todo)} already done -> {plain(out)}")
+        failures: dict[str, str] = {}
+        if todo:
+            calibrated = {c.key: c for c in runloop.calibrate(todo, note)}
+            cells = [calibrated.get(c.key, c) for c in cells]
+            todo = [calibrated[c.key] for c in todo]
+            failures = runloop.prepare(todo, args.prepare_timeout, note)
+        summary = _run_with_progress(runloop, todo, cells, results, make_executor, args, console, failures,
+                                     prepared_env=PREPARED_ENV)
+    if summary.total and summary.skipped == summary.total:
+        console.print(plain(summary.line()))
+    else:
+        console.print(plain(summary.line()))
+        if summary.failed:
+            console.print(plain(f"failed cells ({len(summary.failed)}): " + "; ".join(summary.failed[:10])
+                                + (" ..." if len(summary.failed) > 10 else "")
+                                + " -- `--resume` runs them again"))
+    if args.json:
+        print(json.dumps({"suite": suite.name, "preset": preset, **summary.to_json()}))
+    elif not args.no_table and not summary.write_error:
+        from .. import schema
 
-        rate = matmul_flops_per_s(todo[0].device)
-        todo = [c.__class__(**{**c.to_dict(), "options": {**c.options, "flops_per_s": rate}}) for c in todo]
-        console.print(f"matmul yardstick: {rate / 1e9:.1f} GFLOP/s (used only to skip cells that cannot finish)")
-
-    executor = make_executor(args)
-    counts: dict[str, int] = {}
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        task = progress.add_task("starting", total=len(todo))
-        by_key = {c.key: c for c in todo}
-        try:
-            records = executor.run_cells(todo)
-            for record in records:
-                schema.append(out, record)
-                counts[record["status"]] = counts.get(record["status"], 0) + 1
-                style = STATUS_STYLE.get(record["status"], "white")
-                label = by_key[record["key"]].label if record.get("key") in by_key else record.get("key", "")
-                progress.console.print(f"[{style}]{record['status']:>11}[/] {label}: {_summary(record)}")
-                progress.advance(task)
-        finally:
-            executor.close()
-        progress.update(task, description="done")
-
-    console.print("cells: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f"; results in {out}")
-    if not args.no_table:
         print_table(schema.read(out), suite.name)
-    return 0
+    return summary.exit_code
+
+
+def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make_executor: Any,
+                       args: argparse.Namespace, console: Any, failures: dict[str, str], prepared_env: str) -> Any:
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+    from rich.text import Text
+
+    from ..console import plain
+
+    by_key = {c.key: c for c in cells}
+    if not todo:  # everything is in the file already: no bar, no executor
+        return runloop.run_cells(cells, results, _NoExecutor())
+    os.environ[prepared_env] = "1"  # workers inherit it: one-time set-up was tried by this run
+    try:
+        executor = make_executor(args)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False) as progress:
+            task = progress.add_task(f"running {todo[0].label}" if todo else "nothing to run", total=len(todo))
+            remaining = [c.key for c in todo]
+
+            def on_record(record: dict[str, Any]) -> None:
+                key = record.get("key", "")
+                if key in remaining:
+                    remaining.remove(key)
+                status = record["status"]
+                label = by_key[key].label if key in by_key else key
+                line = Text(f"{status:>11}", style=STATUS_STYLE.get(status, "")) + Text(f" {label}: {_summary(record)}")
+                progress.console.print(line)
+                progress.update(task, advance=1, description=f"running {by_key[remaining[0]].label}" if remaining
+                                else "done")
+
+            summary = runloop.run_cells(cells, results, executor, on_record=on_record, failed_preparation=failures)
+            progress.update(task, description="done" if not summary.write_error else "stopped")
+    finally:
+        os.environ.pop(prepared_env, None)
+    return summary
+
+
+class _NoExecutor:
+    name = "none"
+
+    def run_cells(self, specs: Any) -> Any:
+        return iter(())
+
+    def close(self) -> None:
+        pass
 
 
 def print_table(records: list[dict[str, Any]], suite: str) -> None:

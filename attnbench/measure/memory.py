@@ -15,6 +15,9 @@ import torch
 
 T = TypeVar("T")
 
+#: one gibibyte; every memory figure attnbench prints is in GiB
+GIB = 1024**3
+
 
 def _cpu_peak(fn: Callable[[], T]) -> tuple[T, int]:
     from torch.profiler import ProfilerActivity, profile
@@ -88,4 +91,4 @@ def is_oom(exc: BaseException) -> bool:
     return any(s in text for s in ("can't allocate memory", "out of memory", "CUDA out of memory", "DefaultCPUAllocator"))
 
 
-__all__: list[Any] = ["measure_peak", "available_memory_bytes", "total_memory_bytes", "is_oom"]
+__all__: list[Any] = ["GIB", "measure_peak", "available_memory_bytes", "total_memory_bytes", "is_oom"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..cells import CellSpec
-from ..tasks.colorization import evaluate, grey_baseline_l2, test_pairs, train_network
+from ..tasks.colorization import ColorizationOptions, evaluate, grey_baseline_l2, test_pairs, train_network
 from .reconstruction import check_task_spec
+
+OPTIONS = ColorizationOptions
 
 
 def run(spec: CellSpec) -> dict[str, Any]:

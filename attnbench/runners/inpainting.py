@@ -16,7 +16,8 @@ whole-image call (``full_estimated_memory_bytes``) beside the machine's memory.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -25,24 +26,56 @@ from ..cells import CellSpec
 from ..errors import UnsupportedRequest
 from ..interface import dtype_from_name
 from ..measure.memory import total_memory_bytes
-from ..tasks.costs import build, check_feasible, estimate_metrics, measure_call, problem_shape
+from ..measure.call import AttentionCall, CallBudget
+from ..options import ImageOptions, MeasureOptions
+from ..tasks.costs import build, measure_attention
 from ..tasks.data import square_resize, task_pairs
 from ..tasks.inpainting import InpaintingCase, coarse_fill, full_attention_estimate, make_case, refine, upscaled_photo
 from ..tasks.metrics import all_metrics, l1, l2, mean_metrics, ssim, tv
 from .reconstruction import check_task_spec, mechanism_params
 
 
+@dataclass(frozen=True)
+class InpaintingOptions(MeasureOptions, ImageOptions):
+    #: images filled (frame A of the pairs)
+    images: int = 4
+    #: holes per image, their sides as a fraction of the image side
+    holes: int = 3
+    hole_min: float = 0.08
+    hole_max: float = 0.16
+    #: refinements of the coarse fill
+    iterations: int = 2
+    temperature: Optional[float] = None
+    #: "holes" (queries over each hole) or "image" (every pixel is a query)
+    query_region: str = "holes"
+    timing: bool = False
+    #: inpaint one photo upscaled to the cell size instead of the pairs
+    highres: bool = False
+    photo: str = "rocket"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.query_region not in ("holes", "image"):
+            raise UnsupportedRequest(f"inpainting: query_region must be 'holes' or 'image', got {self.query_region!r}")
+
+    def images_needed(self) -> int:
+        return self.images
+
+
+OPTIONS = InpaintingOptions
+
+
 def cases(spec: CellSpec) -> list[InpaintingCase]:
     """The images of the cell with their holes, deterministic for the seed."""
-    opts = spec.options
-    if opts.get("highres"):
-        images = [(str(opts.get("photo", "rocket")), upscaled_photo(str(opts.get("photo", "rocket")), spec.size))]
+    opts = InpaintingOptions.of(spec)
+    if opts.highres:
+        images = [(opts.photo, upscaled_photo(opts.photo, spec.size))]
     else:
-        pairs = task_pairs(opts, int(opts.get("images", 4)), spec.seed)
+        pairs = task_pairs(spec.options, opts.images, spec.seed)
         images = [(p.name, square_resize(p.a, spec.size)) for p in pairs]
     margin = max(spec.patch_size, spec.size // 16)
-    return [make_case(name, image, np.random.default_rng((spec.seed, index)), int(opts.get("holes", 3)),
-                      float(opts.get("hole_min", 0.08)), float(opts.get("hole_max", 0.16)), margin)
+    return [make_case(name, image, np.random.default_rng((spec.seed, index)), opts.holes,
+                      opts.hole_min, opts.hole_max, margin)
             for index, (name, image) in enumerate(images)]
 
 
@@ -50,33 +83,26 @@ def run(spec: CellSpec) -> dict[str, Any]:
     check_task_spec(spec, "inpainting")
     if spec.batch != 1:
         raise UnsupportedRequest(f"inpainting fills one image at a time: batch must be 1, got {spec.batch}")
-    opts = spec.options
+    opts = InpaintingOptions.of(spec)
     device, dtype = torch.device(spec.device), dtype_from_name(spec.dtype)
     module = build(spec.mechanism, spec.patch_size, mechanism_params(spec), spec.device)
     if not module.supports_mask:
         raise UnsupportedRequest(f"{spec.mechanism} does not support key_mask; inpainting needs masked attention "
                                  "(keys outside the hole only)")
-    query_region = str(opts.get("query_region", "holes"))
-    if query_region not in ("holes", "image"):
-        raise UnsupportedRequest(f"inpainting: query_region must be 'holes' or 'image', got {query_region!r}")
-    iterations = int(opts.get("iterations", 2))
+    query_region, iterations = opts.query_region, opts.iterations
 
     metrics: dict[str, Any] = {"resolved_params": module.params()}
-    memory_fraction = float(opts.get("memory_fraction", 0.85))
+    budget = CallBudget.for_cell(spec, opts, {"memory", "flops", *(["time"] if opts.timing else [])})
 
-    def run_call(index: int, box: tuple[int, int, int, int], call: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def run_call(index: int, box: tuple[int, int, int, int], call: AttentionCall) -> torch.Tensor:
         if index or "flops" in metrics:
             return call()
         # the first call of the cell: estimate, refuse if it cannot fit, and measure it while it works
         qy0, qx0, qy1, qx1 = box
-        q = torch.empty(1, 3, qy1 - qy0, qx1 - qx0, dtype=dtype)
-        kv = torch.empty(1, 3, *image_hw, dtype=dtype)
-        shape = problem_shape(module, q, kv, kv)
-        metrics.update(estimate_metrics(module, shape))
         metrics["query_hw"] = [qy1 - qy0, qx1 - qx0]
-        check_feasible(module, shape, spec.device, memory_fraction, metrics)
-        out, cost = measure_call(call, spec.device, timing=bool(opts.get("timing", False)), known=metrics)
+        out, cost = measure_attention(call, budget, known=metrics)
         metrics.update(cost)
+        assert out is not None  # memory and FLOPs are always measured here
         return out
 
     per_image, coarse_scores, fill_time = [], [], 0.0
@@ -98,7 +124,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
     metrics["fill_time_s"] = round(fill_time, 3)
     metrics["hole_fraction"] = float(np.mean([c.mask.mean() for c in all_cases]))
     metrics["images"] = [c.name for c in all_cases]
-    if opts.get("highres"):
+    if opts.highres:
         hw = all_cases[0].mask.shape
         metrics["image_hw"] = list(hw)
         metrics["full_estimated_memory_bytes"] = full_attention_estimate(hw, 3, spec.patch_size)

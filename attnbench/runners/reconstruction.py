@@ -13,7 +13,8 @@ own, 1.0, as the paper), ``timing`` (default true), ``min_run_time``, ``time_bud
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -21,9 +22,27 @@ import torch
 from ..cells import CellSpec
 from ..errors import UnsupportedRequest
 from ..interface import dtype_from_name
-from ..tasks.costs import build, check_feasible, estimate_metrics, measure_call, problem_shape
+from ..measure.call import AttentionCall, CallBudget
+from ..options import ImageOptions, MeasureOptions
+from ..tasks.costs import build, measure_attention
 from ..tasks.data import square_pair, task_pairs, to_tensor
 from ..tasks.metrics import l2
+
+
+@dataclass(frozen=True)
+class ReconstructionOptions(MeasureOptions, ImageOptions):
+    #: frame pairs averaged over (the paper: 30)
+    pairs: int = 4
+    #: softmax temperature; None: the mechanism's own (1.0, as the paper)
+    temperature: Optional[float] = None
+    #: time the attention call (besides its memory and FLOPs)
+    timing: bool = True
+
+    def images_needed(self) -> int:
+        return self.pairs
+
+
+OPTIONS = ReconstructionOptions
 
 
 def check_task_spec(spec: CellSpec, task: str) -> None:
@@ -44,10 +63,10 @@ def mechanism_params(spec: CellSpec) -> dict[str, Any]:
 
 def run(spec: CellSpec) -> dict[str, Any]:
     check_task_spec(spec, "reconstruction")
-    opts = spec.options
+    opts = ReconstructionOptions.of(spec)
     device, dtype = torch.device(spec.device), dtype_from_name(spec.dtype)
     module = build(spec.mechanism, spec.patch_size, mechanism_params(spec), spec.device)
-    pairs = [square_pair(p, spec.size) for p in task_pairs(opts, int(opts.get("pairs", 4)), spec.seed)]
+    pairs = [square_pair(p, spec.size) for p in task_pairs(spec.options, opts.pairs, spec.seed)]
     batches = [pairs[i : i + spec.batch] for i in range(0, len(pairs), spec.batch)]
 
     def tensors(batch: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,18 +75,8 @@ def run(spec: CellSpec) -> dict[str, Any]:
         return a, b
 
     a0, b0 = tensors(batches[0])
-    shape = problem_shape(module, a0, b0, b0)
-    metrics: dict[str, Any] = {**estimate_metrics(module, shape), "resolved_params": module.params()}
-    check_feasible(module, shape, spec.device, float(opts.get("memory_fraction", 0.85)), metrics)
-
-    def attend() -> torch.Tensor:
-        with torch.no_grad():
-            return module(a0, b0, b0)
-
-    _, measured = measure_call(attend, spec.device, timing=bool(opts.get("timing", True)),
-                               min_run_time=float(opts.get("min_run_time", 0.5)),
-                               time_budget_s=float(opts.get("time_budget_s", 10.0)), known=metrics)
-    metrics.update(measured)
+    budget = CallBudget.for_cell(spec, opts, {"memory", "flops", *(["time"] if opts.timing else [])})
+    _, metrics = measure_attention(AttentionCall(module, a0, b0, b0), budget)
     errors: list[float] = []
     for batch in batches:
         a, b = tensors(batch)

@@ -18,16 +18,33 @@ exactly the value at its match).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..cells import CellSpec
 from ..errors import UserError
+from ..options import ImageOptions
 from ..registry import mechanism
 from ..tasks.data import FramePair, read_image, square_pair, stereo_pair, to_tensor, user_pairs
+
+
+@dataclass(frozen=True)
+class SearchOptions(ImageOptions):
+    #: iteration counts of the convergence curve (the mechanism's own count is always added)
+    iterations: list[int] = field(default_factory=list)
+    #: above ``all_rows_up_to`` px the exact search runs on every ``row_step``-th row
+    row_step: int = 1
+    all_rows_up_to: int = 256
+    #: a query/key image pair given by path (else ``data`` or the embedded stereo pair)
+    query_image: Optional[str] = None
+    key_image: Optional[str] = None
+
+
+OPTIONS = SearchOptions
 
 
 def load_frames(spec: CellSpec) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,19 +9,29 @@ with ``options.substitute`` (default ``psal-1``) in its place (the same metrics 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..cells import CellSpec
-from ..tasks.colorization import evaluate, test_pairs, train_network
+from ..tasks.colorization import ColorizationOptions, evaluate, test_pairs, train_network
 from ..tasks.costs import build
 from .reconstruction import check_task_spec
 
 DEFAULT_SUBSTITUTE = "psal-1"
 
 
+@dataclass(frozen=True)
+class SubstitutionOptions(ColorizationOptions):
+    #: the mechanism swapped in at test time
+    substitute: str = DEFAULT_SUBSTITUTE
+
+
+OPTIONS = SubstitutionOptions
+
+
 def run(spec: CellSpec) -> dict[str, Any]:
     check_task_spec(spec, "substitution")
-    substitute = str(spec.options.get("substitute", DEFAULT_SUBSTITUTE))
+    substitute = SubstitutionOptions.of(spec).substitute
     replacement = build(substitute, spec.patch_size, {}, spec.device)  # fails fast if unavailable
     trained = train_network(spec)
     net = trained.model.eval()

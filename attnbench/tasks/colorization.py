@@ -18,18 +18,37 @@ Used by the ``colorization`` suite and, with a swapped attention, by ``substitut
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ..cells import CellSpec
 from ..interface import AttentionMechanism, dtype_from_name
-from .costs import build, check_feasible, estimate_metrics, measure_call, problem_shape
+from ..measure.call import AttentionCall, CallBudget
+from ..options import ImageOptions, MeasureOptions
+from .costs import build, measure_attention
 from .data import FramePair, data_identity, square_pair, task_pairs
 from .metrics import l2
 from .networks import ColorizationNet, grey3
 from .training import TrainResult, train_cached
+
+
+@dataclass(frozen=True)
+class ColorizationOptions(MeasureOptions, ImageOptions):
+    """Options of the colorization (and substitution) suites; :class:`ColorizationSetup` reads them."""
+
+    steps: int = 300
+    #: training crop side (None: the whole frame)
+    crop: Optional[int] = None
+    lr: float = 1e-3
+    train_pairs: int = 8
+    test_pairs: int = 3
+    #: channels the attention layer sees
+    features: int = 16
+
+    def images_needed(self) -> int:
+        return self.train_pairs + self.test_pairs
 
 
 @dataclass(frozen=True)
@@ -128,15 +147,8 @@ def evaluate(net: ColorizationNet, pairs: list[FramePair], spec: CellSpec, prefi
     b0 = frames_tensor(pairs[:1], "b").to(device, dtype)
     with torch.no_grad():
         q, kv = net.attention_inputs(grey3(a0), b0)
-    shape = problem_shape(attention, q, kv, kv)
-    metrics: dict[str, Any] = estimate_metrics(attention, shape, prefix)
-    check_feasible(attention, shape, spec.device, float(spec.options.get("memory_fraction", 0.85)), metrics)
-
-    def attend() -> torch.Tensor:
-        with torch.no_grad():
-            return attention(q, kv, kv)
-
-    metrics.update(measure_call(attend, spec.device, prefix, known=metrics)[1])
+    budget = CallBudget.for_cell(spec, MeasureOptions.subset_of(spec), {"memory", "flops"})
+    _, metrics = measure_attention(AttentionCall(attention, q, kv, kv), budget, prefix)
     errors = []
     net.eval()
     for pair in pairs:

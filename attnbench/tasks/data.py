@@ -305,6 +305,16 @@ def user_pairs(folder: str | Path, count: int, split: str = "all") -> list[Frame
     return [load_pair(*entry) for entry in user_pair_paths(folder, split)[:count]]
 
 
+def check_user_images(folder: str | Path, count: int) -> int:
+    """Read (fully decode) the first ``count`` pairs of a user folder before any cell runs; return
+    how many pairs it holds. An empty folder, one without pairs, or an unreadable or truncated
+    image is a UserError naming the file."""
+    entries = user_pair_paths(folder, "all")
+    for entry in entries[:max(count, 1)]:
+        load_pair(*entry)
+    return len(entries)
+
+
 def task_pairs(options: dict, count: int, seed: int, split: str = "all") -> list[FramePair]:
     """The pairs a cell uses: ``options['data']`` (from ``--data``) when set, else the embedded ones."""
     folder = options.get("data")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..interface import AttentionMechanism
+from ..measure.call import AttentionCall
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,8 @@ def _chw(array: np.ndarray, device: torch.device, dtype: torch.dtype) -> torch.T
 
 
 def attention_calls(module: AttentionMechanism, current: np.ndarray, case: InpaintingCase, device: torch.device,
-                    dtype: torch.dtype, query_region: str) -> list[tuple[tuple[int, int, int, int], int, Callable[[], torch.Tensor]]]:
-    """The masked-attention calls of one refinement: (query box, margin, closure) per call."""
+                    dtype: torch.dtype, query_region: str) -> list[tuple[tuple[int, int, int, int], int, AttentionCall]]:
+    """The masked-attention calls of one refinement: (query box, margin, call) per call (forward, no graph)."""
     keys = _chw(current, device, dtype)
     key_mask = torch.from_numpy(case.mask)[None, None].to(device)
     height, width = case.mask.shape
@@ -100,18 +101,13 @@ def attention_calls(module: AttentionMechanism, current: np.ndarray, case: Inpai
     for y0, x0, y1, x1 in boxes:
         qy0, qx0, qy1, qx1 = max(0, y0 - r), max(0, x0 - r), min(height, y1 + r), min(width, x1 + r)
         queries = keys[:, :, qy0:qy1, qx0:qx1]
-
-        def call(q: torch.Tensor = queries) -> torch.Tensor:
-            with torch.no_grad():
-                return module(q, keys, keys, key_mask=key_mask)
-
-        calls.append(((qy0, qx0, qy1, qx1), r, call))
+        calls.append(((qy0, qx0, qy1, qx1), r, AttentionCall(module, queries, keys, keys, key_mask=key_mask)))
     return calls
 
 
 def refine(module: AttentionMechanism, coarse: np.ndarray, case: InpaintingCase, iterations: int,
            device: torch.device, dtype: torch.dtype, query_region: str = "holes",
-           run_call: Optional[Callable[[int, tuple[int, int, int, int], Callable[[], torch.Tensor]], torch.Tensor]] = None,
+           run_call: Optional[Callable[[int, tuple[int, int, int, int], AttentionCall], torch.Tensor]] = None,
            ) -> np.ndarray:
     """Replace the hole pixels by the masked attention's output, ``iterations`` times.
 

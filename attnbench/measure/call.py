@@ -1,0 +1,252 @@
+"""Measure one attention call: the one path every runner (micro-benchmarks and task suites) takes.
+
+Why one path: records of every suite must agree in shape and in rules, so that one gate judges
+them all. The steps, in order:
+
+1. :func:`estimate_metrics`: the plugin's analytic estimate (memory, FLOPs, complexity), reported
+   to the worker's partial record first, so that a cell killed or timed out later keeps it;
+2. :func:`check_feasible`: one rule for every suite: the estimate must fit in ``memory_fraction``
+   of the available memory minus the call's inputs, and (when the runner asked for the matmul
+   yardstick) its FLOPs at that rate must finish within ``time_margin`` x the cell's timeout;
+   otherwise the cell is ``infeasible`` with its estimates;
+3. :func:`measure_call`: peak memory and FLOPs of one call (FLOPs by op, ops left uncounted), the
+   output checked (shape, dtype, finite: else ``error`` saying what was wrong), and the wall time
+   (median, IQR, samples; forward and backward timed separately for ``fwd+bwd`` calls). An
+   out-of-memory error anywhere becomes ``oom``, keeping the estimates.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+
+from ..errors import Infeasible, InvalidOutput, OutOfMemory
+from ..interface import AttentionMechanism, ProblemShape
+from .flops import count_flops
+from .memory import GIB, available_memory_bytes, is_oom, measure_peak
+from .timing import Timing, time_call
+
+
+@dataclass(frozen=True)
+class CallBudget:
+    """What to measure of a call and the limits it must fit in (from the cell and its options)."""
+
+    device: str = "cpu"
+    timeout_s: float = 600.0
+    #: any of "memory", "flops", "time"
+    metrics: frozenset[str] = frozenset({"memory", "flops"})
+    memory_fraction: float = 0.85
+    #: None: no time feasibility check
+    time_margin: Optional[float] = None
+    #: the run's matmul yardstick (FLOP/s), when the runner asked for it
+    flops_per_s: Optional[float] = None
+    min_run_time: float = 0.5
+    time_budget_s: float = 10.0
+    min_repeats: int = 3
+    label: str = ""
+
+    @classmethod
+    def for_cell(cls, spec: Any, options: Any, metrics: Optional[set[str] | list[str]] = None) -> "CallBudget":
+        """The budget of a cell: its device and timeout, its ``MeasureOptions``, its calibration."""
+        return cls(device=spec.device, timeout_s=float(spec.timeout_s),
+                   metrics=frozenset(metrics if metrics is not None else ("memory", "flops")),
+                   memory_fraction=options.memory_fraction, time_margin=options.time_margin,
+                   flops_per_s=spec.calibration.get("flops_per_s"), min_run_time=options.min_run_time,
+                   time_budget_s=options.time_budget_s, min_repeats=options.min_repeats, label=spec.label)
+
+
+@dataclass
+class AttentionCall:
+    """One call of a mechanism on given inputs: ``fwd`` (no graph) or ``fwd+bwd`` (a fixed gradient
+    back-propagated into the inputs the mechanism is differentiable for)."""
+
+    module: AttentionMechanism
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    key_mask: Optional[torch.Tensor] = None
+    mode: str = "fwd"
+    grad_out: Optional[torch.Tensor] = None
+    _leaves: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode == "fwd+bwd":
+            self._leaves = {"q": self.q, "k": self.k, "v": self.v}
+            for name in self.module.differentiable_wrt:
+                self._leaves[name].requires_grad_(True)
+            if self.grad_out is None:
+                gen = torch.Generator(device="cpu").manual_seed(0)
+                self.grad_out = torch.randn(self.expected_shape, generator=gen, dtype=self.v.dtype).to(self.v.device)
+
+    @property
+    def expected_shape(self) -> tuple[int, int, int, int]:
+        return (self.q.shape[0], self.v.shape[1], self.q.shape[2], self.q.shape[3])
+
+    def shape(self) -> ProblemShape:
+        return ProblemShape.of(self.q, self.k, self.v, self.module.patch_size, mode=self.mode)
+
+    def _forward(self) -> torch.Tensor:
+        if self.key_mask is None:
+            return self.module(self.q, self.k, self.v)
+        return self.module(self.q, self.k, self.v, key_mask=self.key_mask)
+
+    def forward(self) -> torch.Tensor:
+        """The forward pass alone: without a graph for ``fwd``, building it for ``fwd+bwd``."""
+        if self.mode == "fwd":
+            with torch.no_grad():
+                return self._forward()
+        return self._forward()
+
+    def backward(self, out: torch.Tensor, retain_graph: bool = False) -> None:
+        torch.autograd.backward(out, self.grad_out, retain_graph=retain_graph)
+
+    def __call__(self) -> torch.Tensor:
+        """The whole call of the cell's mode (what memory, FLOPs and ``time_median_s`` measure)."""
+        if self.mode == "fwd":
+            return self.forward()
+        for leaf in self._leaves.values():
+            leaf.grad = None
+        out = self._forward()
+        self.backward(out)
+        return out
+
+
+def input_bytes(shape: ProblemShape) -> int:
+    """Bytes of a call's inputs (q, k, v, and the output gradient for fwd+bwd)."""
+    (hq, wq), (hk, wk) = shape.query_hw, shape.key_hw
+    elements = shape.channels * (hq * wq + hk * wk) + shape.value_channels * hk * wk
+    if shape.mode == "fwd+bwd":
+        elements += shape.value_channels * hq * wq
+    return shape.batch * elements * shape.dtype_bytes
+
+
+def estimate_metrics(module: AttentionMechanism, shape: ProblemShape, prefix: str = "") -> dict[str, Any]:
+    """The plugin's estimate of the call, as record metrics (and noted as the worker's partial record)."""
+    est = module.estimate(shape)
+    metrics: dict[str, Any] = {
+        f"{prefix}estimated_memory_bytes": int(est.memory_bytes),
+        f"{prefix}estimated_flops": int(est.flops),
+        f"{prefix}complexity": est.formula or module.complexity,
+        f"{prefix}resolved_params": module.params(),
+    }
+    if getattr(module, "backend", None):
+        metrics[f"{prefix}backend"] = module.backend
+    _note_partial(metrics)
+    return metrics
+
+
+def _note_partial(metrics: dict[str, Any]) -> None:
+    from ..worker import report_partial
+
+    report_partial(metrics)
+
+
+def check_feasible(module: AttentionMechanism, shape: ProblemShape, budget: CallBudget,
+                   known: Optional[dict[str, Any]] = None) -> None:
+    """Raise Infeasible (keeping ``known``, the estimates) when the call cannot fit or cannot finish."""
+    est = module.estimate(shape)
+    metrics = {**(known or {}), "estimated_memory_bytes": int(est.memory_bytes), "estimated_flops": int(est.flops)}
+    available = available_memory_bytes(budget.device) * budget.memory_fraction - input_bytes(shape)
+    if est.memory_bytes > available:
+        raise Infeasible(f"estimated {est.memory_bytes / GIB:.2f} GiB > {max(available, 0) / GIB:.2f} GiB available "
+                         f"({budget.memory_fraction:g} of free memory, inputs subtracted)", metrics)
+    rate, margin = budget.flops_per_s, budget.time_margin
+    if rate and margin is not None and est.flops / rate > margin * budget.timeout_s:
+        raise Infeasible(f"estimated {est.flops / rate:.0f} s at {rate / 1e9:.0f} GFLOP/s > "
+                         f"{margin:g} x timeout {budget.timeout_s:g} s (too slow)", metrics)
+
+
+def check_output(out: Any, expected_shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    """A mechanism's output must be a tensor of the contract's shape and dtype, with no NaN or Inf."""
+    if not isinstance(out, torch.Tensor):
+        raise InvalidOutput(f"output is a {type(out).__name__}, expected a tensor of shape {tuple(expected_shape)}")
+    if tuple(out.shape) != tuple(expected_shape):
+        raise InvalidOutput(f"output shape {tuple(out.shape)}, expected {tuple(expected_shape)} (B, Cv, Hq, Wq)")
+    if out.dtype != dtype:
+        raise InvalidOutput(f"output dtype {str(out.dtype).replace('torch.', '')}, expected {str(dtype).replace('torch.', '')}")
+    finite = torch.isfinite(out.detach())
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        kinds = [name for name, test in (("NaN", torch.isnan), ("Inf", torch.isinf)) if bool(test(out.detach()).any())]
+        raise InvalidOutput(f"output has {bad} non-finite values ({'/'.join(kinds)}) of {out.numel()}")
+
+
+@contextlib.contextmanager
+def oom_as_outcome(*parts: Optional[dict[str, Any]]) -> Iterator[None]:
+    """Out-of-memory errors become OutOfMemory (status ``oom``); any error keeps the metrics known so
+    far (the dicts in ``parts``, read when the error happens) in the record."""
+    try:
+        yield
+    except Exception as exc:
+        metrics = {k: v for part in parts if part for k, v in part.items()}
+        if is_oom(exc):
+            raise OutOfMemory(f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                              metrics) from exc
+        if not getattr(exc, "metrics", None):
+            exc.metrics = dict(metrics)  # type: ignore[attr-defined]
+        raise
+
+
+def _timing_metrics(t: Timing, prefix: str, part: str = "") -> dict[str, Any]:
+    if not part:
+        return {f"{prefix}{k}": v for k, v in t.metrics().items()}
+    return {f"{prefix}time_{part}_median_s": t.median_s, f"{prefix}time_{part}_iqr_s": t.iqr_s,
+            f"{prefix}time_{part}_repeats": t.repeats}
+
+
+def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", known: Optional[dict[str, Any]] = None,
+                 warmup: Optional[Callable[[], Any]] = None) -> tuple[Optional[torch.Tensor], dict[str, Any]]:
+    """``(output, metrics)`` of one call: memory, FLOPs and time as ``budget.metrics`` asks.
+
+    The output is checked on the first run whatever is measured; the output is None when only the
+    time was measured (the timer keeps no result).
+    """
+    metrics: dict[str, Any] = {}
+    out: Optional[torch.Tensor] = None
+    expected, dtype = call.expected_shape, call.v.dtype
+    checked: list[bool] = []
+
+    def check_once(result: Any) -> None:
+        if not checked:
+            check_output(result, expected, dtype)
+            checked.append(True)
+
+    def checked_call() -> torch.Tensor:
+        result = call()
+        check_once(result)
+        return result
+
+    with oom_as_outcome(known, metrics):
+        wanted = budget.metrics
+        if wanted & {"memory", "flops"} or "time" not in wanted:
+            (out, flops), peak = measure_peak(lambda: count_flops(call), budget.device)
+            check_once(out)  # after the measurement: the check's own tensors are not the layer's cost
+            if "memory" in wanted:
+                metrics[f"{prefix}peak_memory_bytes"] = int(peak)
+            if "flops" in wanted:
+                metrics[f"{prefix}flops"] = int(flops.total)
+                metrics[f"{prefix}flops_by_op"] = flops.by_op
+                metrics[f"{prefix}uncounted_ops"] = flops.uncounted
+        if "time" in wanted:
+            timing = dict(min_run_time=budget.min_run_time, budget_s=budget.time_budget_s,
+                          min_repeats=budget.min_repeats)
+            whole = time_call(checked_call, budget.device, warmup=warmup, label=budget.label, **timing)
+            metrics.update(_timing_metrics(whole, prefix))
+            if call.mode == "fwd":
+                metrics.update(_timing_metrics(whole, prefix, "fwd"))
+            else:
+                metrics.update(_timing_metrics(time_call(call.forward, budget.device, label=budget.label, **timing),
+                                               prefix, "fwd"))
+                graph = call.forward()
+                try:
+                    bwd = time_call(lambda: call.backward(graph, retain_graph=True), budget.device,
+                                    label=budget.label, **timing)
+                    metrics.update(_timing_metrics(bwd, prefix, "bwd"))
+                except RuntimeError as exc:  # a backward that cannot be replayed on a retained graph
+                    if is_oom(exc):
+                        raise
+                    metrics[f"{prefix}time_bwd_note"] = f"not timed separately: {str(exc).splitlines()[0][:200]}"
+                del graph
+    return out, metrics

@@ -1,0 +1,168 @@
+"""The run path of issue 10: one measuring path, typed runner options, a typed run loop, records with env."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import pytest
+import torch
+
+from attnbench import runloop, schema
+from attnbench.cells import CellSpec
+from attnbench.cli import main
+from attnbench.errors import Infeasible, UserError
+from attnbench.resultsfile import ResultsFile
+from attnbench.suites import load
+
+from conftest import write_suite
+from cell_fixtures import HANG, HANG_AFTER_ESTIMATE, OK
+
+
+def _microbench_suite(tmp_path: Path, options: str = "", preset_options: str = "") -> Path:
+    path = tmp_path / "micro.toml"
+    path.write_text(f'''
+name = "micro"
+runner = "attnbench.runners.microbench:run"
+[grid]
+mechanisms = ["full"]
+sizes = [16]
+channels = 4
+patch_size = 3
+batch = 1
+modes = ["fwd"]
+dtype = "float32"
+device = "cpu"
+seed = 0
+timeout = 60
+[options]
+{options}
+[presets.p]
+[presets.p.options]
+{preset_options}
+''')
+    return path
+
+
+@pytest.mark.parametrize("options, preset_options, preset", [
+    ('metricz = ["memory"]', "", None),
+    ("", "min_runtime = 0.1", "p"),
+])
+def test_an_unknown_runner_option_is_a_one_line_error_naming_the_key_and_the_valid_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture, options: str, preset_options: str, preset: str | None) -> None:
+    suite = _microbench_suite(tmp_path, options, preset_options)
+    argv = ["run", str(suite), "--out", str(tmp_path / "o.jsonl")] + (["--preset", preset] if preset else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    bad = "metricz" if options else "min_runtime"
+    assert f"unknown option {bad!r}" in err and "valid:" in err and "min_run_time" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_runner_option_of_the_wrong_type_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    suite = _microbench_suite(tmp_path, 'min_run_time = "fast"')
+    assert main(["run", str(suite), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "option min_run_time must be a finite number" in capsys.readouterr().err
+
+
+def test_every_shipped_suite_and_preset_parses_against_its_runner_options() -> None:
+    from attnbench.options import runner_options
+    from attnbench.suites import suite_names
+
+    for name in suite_names():
+        suite = load(name)
+        assert runner_options(suite.runner) is not None, f"{name}: runner declares no OPTIONS"
+        for preset in suite.preset_names():
+            assert suite.cells(preset)  # parses every preset's options; raises on a typo
+
+
+def test_the_yardstick_travels_outside_the_cell_identity() -> None:
+    (cell,) = load("memory").cells("ci", mechanisms=["full"], sizes=[32], modes=["fwd"])
+    calibrated = replace(cell, calibration={"flops_per_s": 1.0e9})
+    assert calibrated.key == cell.key and "calibration" not in cell.identity()
+    # declared by the runner: memory's options set time_margin, so the run must measure it
+    (done,) = runloop.calibrate([cell])
+    assert done.calibration["flops_per_s"] > 0 and done.key == cell.key
+
+
+def _cell(suite: str, runner: str, **kw: Any) -> CellSpec:
+    base = dict(suite=suite, runner=runner, mechanism="full", size=24, channels=3, patch_size=5, timeout_s=60.0)
+    base.update(kw)
+    return CellSpec(**base)
+
+
+def test_a_task_suite_record_carries_time_samples_flops_by_op_and_estimates() -> None:
+    from attnbench.runners.reconstruction import run
+
+    spec = _cell("reconstruction", "attnbench.runners.reconstruction:run",
+                 options={"pairs": 1, "min_run_time": 0.05, "time_budget_s": 0.5})
+    metrics = run(spec)
+    assert metrics["time_samples_s"] and all(t > 0 for t in metrics["time_samples_s"])
+    assert metrics["flops_by_op"] and sum(metrics["flops_by_op"].values()) == metrics["flops"]
+    assert "uncounted_ops" in metrics and metrics["estimated_memory_bytes"] > 0 and metrics["estimated_flops"] > 0
+    assert metrics["peak_memory_bytes"] > 0 and "l2" in metrics
+
+
+def test_task_and_microbench_cells_share_one_feasibility_rule() -> None:
+    from attnbench.runners import microbench, reconstruction
+
+    tiny = {"memory_fraction": 1e-12}
+    for runner, module, extra in ((microbench, "microbench", {"channels": 4}),
+                                  (reconstruction, "reconstruction", {"options": {"pairs": 1, **tiny}})):
+        spec = _cell("x", f"attnbench.runners.{module}:run", **{"options": tiny, **extra})
+        with pytest.raises(Infeasible) as info:
+            runner.run(spec)
+        assert "GiB available" in str(info.value) and "inputs subtracted" in str(info.value)
+        assert info.value.metrics["estimated_memory_bytes"] > 0
+
+
+def test_forward_and_backward_are_timed_separately() -> None:
+    from attnbench.runners.microbench import run
+
+    spec = _cell("speed", "attnbench.runners.microbench:run", size=16, channels=4, mode="fwd+bwd",
+                 options={"metrics": ["time"], "min_run_time": 0.02, "time_budget_s": 0.2})
+    m = run(spec)
+    for part in ("", "_fwd", "_bwd"):
+        assert m[f"time{part}_median_s"] > 0 and m[f"time{part}_iqr_s"] >= 0
+    assert m["time_fwd_median_s"] < m["time_median_s"]  # the whole call includes the forward
+
+
+def test_a_timeout_record_has_env_start_duration_and_keeps_the_estimate(tmp_path: Path, worker_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    # the timeout leaves a loaded machine time to start the worker (torch import) before it hangs
+    assert main(["run", str(write_suite(tmp_path, [HANG_AFTER_ESTIMATE], timeout=25)), "--out", str(out), "--no-table"]) == 3
+    (rec,) = schema.read(out)
+    assert rec["status"] == "timeout"
+    assert rec["env"]["torch"] == torch.__version__ and rec["env"]["cpu"] and rec["started_at"]
+    assert rec["duration_s"] >= 25
+    assert rec["metrics"]["estimated_memory_bytes"] == 12345
+
+
+class _FakeExecutor:
+    """An injected executor: records made here, in completion order (reversed)."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def run_cells(self, specs: Iterable[CellSpec]) -> Iterator[dict[str, Any]]:
+        for spec in reversed(list(specs)):
+            yield schema.make_record(spec, "error" if spec.size == 2 else "ok", metrics={"v": spec.size},
+                                     env={"fake": True}, started_at="t", duration_s=0.0)
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_run_cells_takes_an_injected_executor_and_reports_what_happened(tmp_path: Path) -> None:
+    cells = load(str(write_suite(tmp_path, [1, 2, 3]))).cells()
+    seen: list[int] = []
+    executor = _FakeExecutor()
+    with ResultsFile.open(tmp_path / "r.jsonl") as results:
+        summary = runloop.run_cells(cells, results, executor, on_record=lambda r: seen.append(r["size"]))
+    assert seen == [3, 2, 1] and executor.closed >= 1
+    assert summary.counts == {"ok": 2, "error": 1} and summary.exit_code == runloop.EXIT_CELLS_FAILED
+    assert [r["size"] for r in schema.read(tmp_path / "r.jsonl")] == [3, 2, 1]
+    assert json.loads(json.dumps(summary.to_json()))["failed"] == [f"{cells[1].label}: error"]
