@@ -103,7 +103,7 @@ def _summary(record: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from .. import schema
     from ..executors import make_executor
-    from ..registry import split_specs
+    from ..registry import split_specs, validate_specs
     from ..suites import load
 
     suite = load(args.suite)
@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--data {data}: not a folder; give a folder of image pairs or a DAVIS-style folder")
         overrides["options"] = {"data": str(data.resolve())}
     cells = suite.cells(args.preset, **overrides)
+    validate_specs(cells)  # bad mechanism parameters or seed: one line, exit 2, before any worker
     preset = cells[0].preset if cells else (args.preset or suite.default_preset)
     out = results_path(args.out, suite.name, preset)
 
