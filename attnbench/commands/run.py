@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..errors import UserError
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
                 counts[record["status"]] = counts.get(record["status"], 0) + 1
                 style = STATUS_STYLE.get(record["status"], "white")
                 label = by_key[record["key"]].label if record.get("key") in by_key else record.get("key", "")
-                progress.console.print(f"[{style}]{record['status']:>11}[/] {label}: {_summary(record)}")
+                progress.console.print(f"[{style}]{record['status']:>11}[/] {escape(f'{label}: {_summary(record)}')}")
                 progress.advance(task)
         finally:
             executor.close()
