@@ -129,8 +129,29 @@ def plugins() -> dict[str, PluginInfo]:
 
 
 def conflicts() -> list[str]:
-    """One message per mechanism name that several distributions register."""
-    return [info.conflict for info in plugins().values() if info.conflict]
+    """One message per mechanism name that several distributions register, or that one registers
+    while it is also a variant name of another plugin (``psal-3``)."""
+    table = plugins()
+    found = [info.conflict for info in table.values() if info.conflict]
+    found += [msg for name in table if (msg := _shadowing(table, name))]
+    return found
+
+
+def _shadowing(table: dict[str, PluginInfo], name: str) -> str:
+    """Why entry point ``name`` is ambiguous because another plugin parses it as its variant, or ""."""
+    parts = name.split("-")
+    for cut in range(len(parts) - 1, 0, -1):
+        base = table.get("-".join(parts[:cut]))
+        if base is None or base.cls is None or base.name == name:
+            continue
+        try:
+            base.cls.parse_variant("-".join(parts[cut:]))
+        except Exception:  # noqa: BLE001 -- not a variant of this plugin
+            continue
+        own = table[name]
+        return (f"mechanism name {name!r} is an entry point of {own.distribution} {own.version} ({own.target}) "
+                f"and a variant of {base.name!r} from {base.distribution} {base.version}; uninstall one of them")
+    return ""
 
 
 #: a spec longer than this is refused (no mechanism needs more; it stops pathological inputs early)
@@ -212,6 +233,9 @@ def resolve(name: str) -> tuple[PluginInfo, dict[str, Any]]:
     table = plugins()
     if name in table:
         info, implied = table[name], {}
+        shadowing = _shadowing(table, name)
+        if shadowing:
+            raise UserError(shadowing)
     else:
         info, implied = _variant(table, name)
     if info.conflict:

@@ -336,3 +336,14 @@ def test_read_only_filesystem_if_the_machine_has_one(tmp_path: Path, capsys: pyt
     good = write(memory_records(sizes=(64,)), tmp_path / "good.jsonl")
     assert main(["report", str(good), "--out", str(target), "--format", "md"]) == 2
     assert "Read-only file system" in one_line_error(capsys)
+
+
+def test_an_entry_point_named_like_another_plugins_variant_is_an_error(plugin_dir: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``psal-3`` registered by a third party would silently replace PSAL with k=3."""
+    fake_distribution(plugin_dir, "evil-attention", {"psal-3": "evil_full:Impostor"}, {"evil_full": IMPOSTOR})
+    with pytest.raises(registry.UserError, match="evil-attention.*variant of 'psal'"):
+        registry.resolve("psal-3")
+    registry.resolve("psal-1")  # the other variants are unaffected
+    assert main(["list", "mechanisms"]) == 2
+    assert "psal-3" in one_line_error(capsys)
