@@ -52,11 +52,14 @@ class PluginInfo:
     @property
     def variants(self) -> tuple[str, ...]:
         """Names this plugin is usually run under (``psal`` -> ``psal-1``, ``psal-3``, ...)."""
-        return tuple(getattr(self.cls, "variants", ()) or (self.name,))
+        variants = getattr(self.cls, "variants", ()) or (self.name,)
+        if not isinstance(variants, (tuple, list)) or not all(isinstance(v, str) for v in variants):
+            return (self.name,)  # a malformed declaration must not break listing the others
+        return tuple(variants)
 
     @property
     def summary(self) -> str:
-        return getattr(self.cls, "summary", "") if self.cls else ""
+        return str(getattr(self.cls, "summary", "") or "") if self.cls else ""
 
 
 def _load(ep: EntryPoint) -> PluginInfo:
@@ -255,9 +258,11 @@ def _variant(table: dict[str, PluginInfo], name: str) -> tuple[PluginInfo, dict[
         if info.cls is None:
             continue
         try:
-            return info, info.cls.parse_variant(suffix)
-        except ValueError:
+            implied = info.cls.parse_variant(suffix)
+        except Exception:  # noqa: BLE001 -- ValueError says "not my variant"; a buggy parser says the same
             continue
+        if isinstance(implied, dict):
+            return info, implied
     valid = ", ".join(sorted(v for p in table.values() for v in p.variants))
     raise UserError(f"unknown mechanism {name!r}; valid: {valid} (see `attnbench list`)")
 
@@ -318,7 +323,10 @@ def parameters(cls: type[AttentionMechanism]) -> dict[str, Parameter]:
             hints = typing.get_type_hints(init)
         except Exception:  # noqa: BLE001 -- an unresolvable annotation: fall back to the defaults' types
             hints = {}
-        signature = inspect.signature(init)
+        try:
+            signature = inspect.signature(init)
+        except (TypeError, ValueError):  # not introspectable: the constructor alone will judge
+            break
         for p in list(signature.parameters.values())[1:]:
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in found:
                 default = None if p.default is p.empty else p.default
@@ -370,6 +378,9 @@ def check_spec(name: str, params: dict[str, Any], seed: Optional[int] = None) ->
     except (UnsupportedRequest, ValueError, TypeError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{label}: {text}"[:300]) from None
+    except BaseException as exc:  # noqa: BLE001 -- a broken plugin is not bad input: its cells record why
+        if isinstance(exc, KeyboardInterrupt):
+            raise
 
 
 def validate_specs(specs: Iterable[Any]) -> None:

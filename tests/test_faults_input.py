@@ -347,3 +347,27 @@ def test_an_entry_point_named_like_another_plugins_variant_is_an_error(plugin_di
     registry.resolve("psal-1")  # the other variants are unaffected
     assert main(["list", "mechanisms"]) == 2
     assert "psal-3" in one_line_error(capsys)
+
+
+def test_malformed_declarations_and_a_constructor_that_exits_break_nothing(plugin_dir: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    fake_distribution(plugin_dir, "odd-plugin", {"odd": "odd_mod:Odd"}, {"odd_mod": IMPOSTOR + """
+    import sys
+
+    class Odd(Impostor):
+        variants = 5
+        summary = None
+
+        @classmethod
+        def parse_variant(cls, suffix):
+            raise TypeError("a buggy parser")
+
+        def __init__(self, **kw):
+            sys.exit("constructors must not exit")
+    """})
+    assert main(["list", "mechanisms"]) == 0
+    assert "odd" in capsys.readouterr().out
+    assert registry.plugins()["odd"].variants == ("odd",)
+    with pytest.raises(registry.UserError, match="unknown mechanism 'odd-3'"):
+        registry.resolve("odd-3")
+    registry.validate_specs(["odd"])  # not bad input: the cell will record the plugin's failure

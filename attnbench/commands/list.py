@@ -31,7 +31,7 @@ def mechanisms_data() -> list[dict[str, Any]]:
             "run_as": list(info.variants),
             "available": info.availability.ok,
             "reason": info.availability.reason,
-            "complexity": getattr(info.cls, "complexity", "") if info.cls else "",
+            "complexity": str(getattr(info.cls, "complexity", "") or "") if info.cls else "",
             "parameters": {p.name: {"type": p.describe(), "default": p.default} for p in params.values()},
             "distribution": info.distribution,
             "version": info.version,
