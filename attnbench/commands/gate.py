@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from ..report.gate import gate, parse_tolerances, render
-    from ..report.tables import wide_console
+    from ..console import make_console
 
     check_alpha(args.alpha)
     tolerances = parse_tolerances(args.tolerance)
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     check_reference(args.reference, baseline, current)
     result = gate(current, baseline, tolerances=tolerances, reference=args.reference, alpha=args.alpha,
                   allow_missing=args.allow_missing)
-    console = wide_console()
+    console = make_console()
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if result.offenders or args.all:
