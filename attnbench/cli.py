@@ -1,4 +1,4 @@
-"""``attnbench`` command line: list | run | check | report | compare | gate.
+"""``attnbench`` command line (also ``python -m attnbench``): list | run | check | estimate | report | compare | gate.
 
 Bad input (unknown mechanism or suite, bad size, unreadable file...) raises UserError, printed
 here as one line on stderr with exit code 2 -- never a traceback.
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from .errors import Unavailable, UserError
 
-VERBS = ("list", "run", "check", "report", "compare", "gate")
+VERBS = ("list", "run", "check", "estimate", "report", "compare", "gate")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -87,8 +87,49 @@ def drop_torn_tail(path: Path) -> None:
         path.write_bytes(data[: data.rfind(b"\n") + 1])
 
 
+#: the JSON type each field must have (bool is never accepted as int); checked on every read
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "schema": (int,), "suite": (str,), "key": (str,), "mechanism": (str,), "params": (dict,),
+    "size": (int,), "channels": (int,), "patch_size": (int,), "batch": (int,), "mode": (str,),
+    "device": (str,), "dtype": (str,), "status": (str,), "reason": (str,), "metrics": (dict,), "env": (dict,),
+    "preset": (str,), "seed": (int,), "options": (dict,),
+}
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def _json_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def check_record(rec: Any) -> str:
+    """What is wrong with a parsed record (field types included), or "" when it is a valid record."""
+    if not isinstance(rec, dict):
+        return f"not an attnbench record (a JSON {_json_name(rec).split()[-1]}, not an object)"
+    missing = [k for k in REQUIRED if k not in rec]
+    if missing:
+        return f"not an attnbench record (missing {', '.join(missing[:4])})"
+    for name, types in FIELD_TYPES.items():
+        if name not in rec:
+            continue
+        value = rec[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            return f"field {name!r} must be {_JSON_NAMES[types[0]]}, got {_json_name(value)} {json.dumps(value, default=str)[:40]}"
+    if rec["schema"] != SCHEMA_VERSION:
+        return f"schema version {rec['schema']}, this attnbench reads {SCHEMA_VERSION}; re-run the suite"
+    for name in ("size", "channels", "patch_size", "batch"):
+        if rec[name] < 1:
+            return f"field {name!r} must be a positive integer, got {rec[name]}"
+    if rec["status"] not in STATUSES:
+        return f"unknown status {rec['status']!r}; valid: {', '.join(STATUSES)}"
+    if rec["mode"] not in ("fwd", "fwd+bwd"):
+        return f"unknown mode {rec['mode']!r}; valid: fwd, fwd+bwd"
+    return ""
+
+
 def read(path: Path) -> list[dict[str, Any]]:
-    """Read a JSON Lines results file, refusing corrupt lines or unknown schemas with one clear line.
+    """Read a JSON Lines results file, refusing corrupt lines, wrong field types or unknown schemas
+    with one clear line naming the file and line.
 
     A truncated *last* line (no newline: a run killed mid-write) is skipped, since it never
     completed, and said so on stderr; a complete line that is not a record is an error.
@@ -105,17 +146,15 @@ def read(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if no == len(lines) and torn_tail:
                 print(f"attnbench: note: {path}:{no}: unfinished last record skipped (a run killed mid-write)",
                       file=sys.stderr)
                 continue
             raise UserError(f"{path}:{no}: not a JSON record; the results file is corrupt (remove the line or re-run)") from None
-        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):
-            missing = [k for k in REQUIRED if not isinstance(rec, dict) or k not in rec]
-            raise UserError(f"{path}:{no}: not an attnbench record (missing {', '.join(missing[:4])})")
-        if rec["schema"] != SCHEMA_VERSION:
-            raise UserError(f"{path}:{no}: schema version {rec['schema']}, this attnbench reads {SCHEMA_VERSION}; re-run the suite")
+        problem = check_record(rec)
+        if problem:
+            raise UserError(f"{path}:{no}: {problem}")
         records.append(rec)
     return records
 
@@ -135,8 +174,13 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def read_all(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    return [rec for p in expand_paths(paths) for rec in read(p)]
+def read_all(paths: Iterable[str | Path], *, require: bool = False) -> list[dict[str, Any]]:
+    """Every record of every file; with ``require``, no record at all is a UserError that says so."""
+    files = expand_paths(paths)
+    records = [rec for p in files for rec in read(p)]
+    if require and not records:
+        raise UserError(f"no records in {', '.join(map(str, files))} (empty result file{'s' if len(files) > 1 else ''})")
+    return records
 
 
 def iter_done_keys(path: Path) -> Iterator[str]:

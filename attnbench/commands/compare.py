@@ -26,9 +26,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..report.compare import compare
     from ..schema import read_all
+    from . import writable_folder
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
-    df = compare(read_all([args.a]), read_all([args.b]), metrics)
+    if args.out:
+        writable_folder(args.out)
+    df = compare(read_all([args.a], require=True), read_all([args.b], require=True), metrics)
     table = Table(title=Text(f"A = {args.a}   B = {args.b}", style="bold"), title_justify="left")
     table.add_column("cell", no_wrap=True)
     for col in df.columns:
@@ -38,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
     console = wide_console()
     console.print(table)
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
         df.to_csv(args.out / "compare.csv")
         (args.out / "compare.md").write_text(df.to_markdown() + "\n", encoding="utf-8")
         console.print(f"wrote {args.out / 'compare.csv'} and {args.out / 'compare.md'}")

@@ -39,18 +39,42 @@ def _read(paths: list[str], side: str) -> list[dict]:
         raise UserError(f"{side}: {exc}{hint}") from None
 
 
+def check_alpha(alpha: float | None) -> None:
+    """A significance level is a probability strictly between 0 and 1."""
+    from ..errors import UserError
+
+    if alpha is not None and not 0 < alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1 (exclusive), e.g. 0.05; got {alpha}")
+
+
+def check_reference(reference: str | None, *record_sets: list[dict]) -> None:
+    """An explicit ``--reference`` must name a mechanism (or label) present in the results."""
+    from ..errors import UserError
+    from ..report.frame import mechanism_label
+
+    if reference is None:
+        return
+    names = {r["mechanism"] for recs in record_sets for r in recs}
+    names |= {mechanism_label(r["mechanism"], r.get("params")) for recs in record_sets for r in recs}
+    if reference not in names:
+        present = ", ".join(sorted({r["mechanism"] for recs in record_sets for r in recs}))
+        raise UserError(f"--reference {reference!r} is not a mechanism of these results; present: {present}")
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from ..report.gate import gate, parse_tolerances, render
-    from ..report.tables import wide_console
+    from ..console import make_console
 
+    check_alpha(args.alpha)
     tolerances = parse_tolerances(args.tolerance)
     baseline = _read(args.baseline, "baseline")
     current = _read(args.current, "current")
+    check_reference(args.reference, baseline, current)
     result = gate(current, baseline, tolerances=tolerances, reference=args.reference, alpha=args.alpha,
                   allow_missing=args.allow_missing)
-    console = wide_console()
+    console = make_console()
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if result.offenders or args.all:

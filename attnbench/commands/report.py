@@ -47,9 +47,10 @@ def run(args: argparse.Namespace) -> int:
     from ..report.plots import save, suite_plots
     from ..report.tables import render_rich, suite_tables, suites_in, to_markdown
     from ..schema import read_all
+    from . import writable_folder
 
     formats = _formats(args)
-    records = read_all(args.results)
+    records = read_all(args.results, require=True)
     present = suites_in(records)
     suites = [s.strip() for s in args.suites.split(",")] if args.suites else present
     missing = [s for s in suites if s not in present]
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_OUT
     files = [f for f in formats if f != "rich"]
     if files:
-        out.mkdir(parents=True, exist_ok=True)
+        writable_folder(out)
     tables = {s: suite_tables(records, s, args.reference) for s in suites}
     want_plots = bool({"png", "svg", "html"} & set(formats))
     figures = {s: suite_plots(records, s) for s in suites} if want_plots else {}

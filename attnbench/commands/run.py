@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     from ..console import make_console, plain
     from ..executors import make_executor
     from ..prepare import PREPARED_ENV
-    from ..registry import split_specs
+    from ..registry import split_specs, validate_specs
     from ..resultsfile import ResultsFile
     from ..suites import load
 
@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
         "patch_size": args.patch_size, "batch": args.batch, "seed": args.seed, "timeout": args.timeout,
     }
     cells = suite.cells(args.preset, **overrides)
+    validate_specs(cells)  # bad mechanism parameters or seed: one line, exit 2, before any worker
     if args.data:
         data = check_data(args.data, cells, suite.runner, suite.name)
         cells = suite.cells(args.preset, **overrides, options={"data": data})

@@ -8,7 +8,10 @@ What is judged, and how:
   is a regression only if, where both runs kept their timing samples, a one-sided Mann-Whitney
   test on the samples scaled by the reference median calls the slowdown significant;
 - a cell ok in the baseline and not ok now is a regression (newly failing); a baseline cell
-  missing from the current run is one too, unless ``allow_missing``.
+  missing from the current run is one too, unless ``allow_missing``;
+- a gated metric the baseline cell has and the current cell lacks is a regression, even when no
+  current record has it at all; a baseline value that is NaN or not a number is reported as an
+  ``invalid baseline`` finding (which fails: a broken baseline guards nothing).
 Tolerances come from :data:`DEFAULT_TOLERANCES`, then the suite file's ``[gate.tolerances]``,
 then the command line, each overriding the one before.
 """
@@ -18,7 +21,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,7 +59,7 @@ LOOSE_IDENTITY: tuple[str, ...] = ("suite", "label", "size", "channels", "patch_
 class Finding:
     """One line of the gate's verdict."""
 
-    kind: str  # regression | newly failing | missing | improvement | new cell | not judged
+    kind: str  # regression | newly failing | missing | invalid baseline | improvement | new cell | not judged
     cell: str
     metric: str = ""
     baseline: float | str | None = None
@@ -68,7 +71,7 @@ class Finding:
 
     @property
     def fails(self) -> bool:
-        return self.kind in ("regression", "newly failing", "missing")
+        return self.kind in ("regression", "newly failing", "missing", "invalid baseline")
 
 
 @dataclass
@@ -186,6 +189,10 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
         tol_by_suite[s] = tol
     result.tolerances = tol_by_suite[suites[0]] if len(suites) == 1 else dict(DEFAULT_TOLERANCES, **(tolerances or {}))
 
+    # (key, metric) of gated baseline values present but not finite numbers: reported, then not compared
+    invalid = _invalid_baseline_values(baseline, result, lambda suite, metric: metric == "time_median_s" or (
+        metric in tol_by_suite.get(suite, {}) and metric not in NOT_GATED and metric != TIME_RATIO))
+
     def ref_of(suite: str) -> str:
         return reference or str(settings[suite].get("reference", "flash"))
 
@@ -228,10 +235,10 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
             result.findings.append(Finding("newly failing", cell, "status", "ok", c["status"], detail=reason))
             continue
         tol = tol_by_suite[b["suite"]]
-        for metric in sorted(set(b.index) & set(c.index)):
-            if metric in NOT_GATED or metric not in tol or metric == TIME_RATIO:
+        for metric in sorted(set(b.index)):  # not only the current frame's columns: absent now counts
+            if metric in NOT_GATED or metric not in tol or metric == TIME_RATIO or (b["key"], metric) in invalid:
                 continue
-            bv, cv = number(b[metric]), number(c[metric])
+            bv, cv = number(b[metric]), number(c.get(metric))
             if bv is None:
                 continue
             if cv is None:
@@ -245,10 +252,16 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
                 result.findings.append(Finding("improvement", cell, metric, bv, cv, change, tol[metric]))
         bt, ct = number(b.get("time_median_s")), number(c.get("time_median_s"))
         ref = ref_of(b["suite"])
-        if bt is None or is_reference(base.loc[[i]], ref).iloc[0]:
+        if bt is None or (b["key"], "time_median_s") in invalid:
+            continue
+        if ct is None:
+            result.findings.append(Finding("regression", cell, "time_median_s", bt, "not measured",
+                                           detail="measured in the baseline, absent now"))
+            continue
+        if is_reference(base.loc[[i]], ref).iloc[0]:
             continue
         br, cr = base_ref.loc[i], cur_ref.loc[j]
-        if ct is None or not (br > 0 and cr > 0):
+        if not (br > 0 and cr > 0):
             time_unjudged.add(b["suite"])
             continue
         b_ratio, c_ratio = bt / br, ct / cr
@@ -278,6 +291,27 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
             result.findings.append(Finding("new cell", f"{c['suite']}: {row_label(c, extra)} {int(c['size'])}px {c['mode']}",
                                            "status", None, c["status"], detail="not in the baseline"))
     return result
+
+
+def _invalid_baseline_values(baseline: Sequence[dict[str, Any]], result: GateResult,
+                             gated: Callable[[str, str], bool]) -> set[tuple[str, str]]:
+    """Report every ok baseline cell's gated metric whose value is NaN, infinite or not a number."""
+    from .frame import latest, mechanism_label
+
+    bad: set[tuple[str, str]] = set()
+    for rec in latest(baseline):
+        if rec.get("status") != "ok":
+            continue
+        for metric, value in (rec.get("metrics") or {}).items():
+            if not gated(rec["suite"], metric):
+                continue
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok:
+                bad.add((rec["key"], metric))
+                cell = f"{rec['suite']}: {mechanism_label(rec['mechanism'], rec.get('params'))} {rec['size']}px {rec['mode']}"
+                result.findings.append(Finding("invalid baseline", cell, metric, repr(value), None,
+                                               detail="baseline value is not a finite number; refresh the baseline"))
+    return bad
 
 
 def _show(value: float | str | None) -> str:
@@ -320,7 +354,8 @@ def render(result: GateResult, show_all: bool = False) -> "Table":
         if col == "p" and not (df["p"] != "").any():
             continue
         table.add_column(col, justify="right" if col in ("baseline", "current", "change", "tolerance", "p") else "left")
-    styles = {"regression": "red", "newly failing": "bold red", "missing": "red", "improvement": "green",
+    styles = {"regression": "red", "newly failing": "bold red", "missing": "red", "invalid baseline": "red",
+              "improvement": "green",
               "new cell": "cyan", "not judged": "yellow"}
     for _, row in df.iterrows():
         cells = [Text(str(row[c]), style=styles.get(row["verdict"], "") if c == "verdict" else "")

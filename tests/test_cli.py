@@ -1,0 +1,146 @@
+"""CLI conventions (issue 12): ``python -m attnbench``, ``--json``, no wrapping when piped, NO_COLOR,
+markup-safe labels, and ``attnbench estimate`` (what fits a memory budget, and how fast)."""
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from attnbench.cli import main
+from attnbench.commands.estimate import parse_bytes
+from attnbench.registry import plugins
+from attnbench.schema import read
+
+from conftest import write_suite
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m attnbench ARGS`` with stdout and stderr piped (not a terminal)."""
+    full_env = {**os.environ, "COLUMNS": "80", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "attnbench", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=REPO)
+
+
+def on_a_terminal(*args: str, env: dict[str, str | None]) -> bytes:
+    """Run ``python -m attnbench ARGS`` with stdout on a pseudo-terminal (``env``: None removes a variable)."""
+    master, slave = pty.openpty()
+    full_env = {**os.environ, "COLUMNS": "200", "TERM": "xterm-256color", **env}
+    proc = subprocess.Popen([sys.executable, "-m", "attnbench", *args], stdout=slave, stderr=subprocess.PIPE,
+                            env={k: v for k, v in full_env.items() if v is not None}, cwd=REPO)
+    os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 120)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    proc.wait(timeout=120)
+    os.close(master)
+    assert proc.returncode == 0, proc.stderr.read()
+    return out
+
+
+def test_python_dash_m_attnbench() -> None:
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("attnbench "), done.stderr
+
+
+def test_list_json_and_piped_rows_do_not_wrap() -> None:
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    doc = json.loads(listed.stdout)
+    names = {m["name"] for m in doc["mechanisms"]}
+    assert names == set(plugins())
+    psal = next(m for m in doc["mechanisms"] if m["name"] == "psal")
+    assert psal["parameters"]["k"]["type"] == "an integer" and psal["parameters"]["k"]["default"] == 1
+    memory = next(s for s in doc["suites"] if s["name"] == "memory")
+    assert memory["presets"]["ci"]["sizes"] and memory["default_preset"] in memory["presets"]
+    table = cli("list")  # piped, COLUMNS=80: every summary stays whole on its row
+    assert table.returncode == 0, table.stderr
+    for info in plugins().values():
+        if info.summary:
+            assert any(info.summary in line for line in table.stdout.splitlines()), info.summary
+    assert "\x1b[" not in table.stdout
+
+
+def test_no_color_means_no_escape_codes_even_on_a_terminal() -> None:
+    styled = on_a_terminal("list", "suites", env={"FORCE_COLOR": None, "NO_COLOR": None})
+    assert b"\x1b[" in styled  # bold titles and headers: the check below can fail
+    plain = on_a_terminal("list", "suites", env={"NO_COLOR": "1"})
+    assert b"\x1b[" not in plain and b"memory" in plain
+
+
+def test_run_prints_labels_as_typed_not_as_markup(tmp_path: Path, worker_path: Path) -> None:
+    suite = write_suite(tmp_path, [1], mechanisms=("full[stride=2]",))
+    done = cli("run", str(suite), "--out", str(tmp_path / "out.jsonl"), "--no-table",
+               env={"PYTHONPATH": os.environ["PYTHONPATH"]})
+    assert done.returncode == 0, done.stderr
+    assert "full[stride=2] 1px" in done.stderr, done.stderr
+
+
+# ----------------------------------------------------------------------------- estimate
+@pytest.mark.parametrize("text, expected", [("4GiB", 4 * 2**30), ("512 MiB", 512 * 2**20), ("8GB", 8 * 10**9),
+                                            ("1e9", 10**9), ("0.5gib", 2**29)])
+def test_budget_units(text: str, expected: int) -> None:
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--size", "384", "--budget", "4 parsecs"], "--budget"),
+    (["--size", "384", "--budget", "-1GiB"], "--budget"),
+    (["--size", "0"], "--size"),
+    (["--size", "64", "--patch-size", "4"], "odd"),
+    (["--size", "4", "--patch-size", "7"], "larger than --size"),
+    (["--size", "64", "--mechanisms", "psal[k=0]"], "k must be"),
+])
+def test_estimate_bad_input(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and err.count("\n") == 0
+
+
+def test_estimate_json_fits_the_budget_it_was_given(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["estimate", "--size", "384", "--channels", "64", "--patch-size", "3", "--mode", "fwd+bwd", "--json"]
+    assert main([*args, "--budget", "1TiB"]) == 0
+    wide = json.loads(capsys.readouterr().out)
+    rows = {r["mechanism"]: r for r in wide["mechanisms"] if r["status"] == "ok"}
+    expected = {v for info in plugins().values() if info.availability.ok for v in info.variants}
+    assert set(rows) == expected
+    rate = wide["yardstick_flops_per_s"]
+    for r in rows.values():
+        assert r["expected_time_s"] == pytest.approx(r["flops"] / rate)
+        assert r["memory_gib"] == pytest.approx(r["memory_bytes"] / 2**30)
+    # a budget between psal-3's and full's needs: psal-3 fits, full does not
+    budget = (rows["psal-3"]["needed_bytes"] + rows["full"]["needed_bytes"]) // 2
+    assert main([*args, "--budget", str(budget)]) == 0
+    tight = {r["mechanism"]: r for r in json.loads(capsys.readouterr().out)["mechanisms"]}
+    assert tight["psal-3"]["fits"] and not tight["full"]["fits"]
+    assert all(r["fits"] == (r["needed_bytes"] <= budget) for r in tight.values() if r["status"] == "ok")
+
+
+def test_estimate_measure_confirms_through_the_memory_suite(tmp_path: Path) -> None:
+    out = tmp_path / "measured.jsonl"
+    done = cli("estimate", "--size", "16", "--channels", "4", "--patch-size", "3", "--budget", "1GiB",
+               "--mechanisms", "full", "--measure", "--json", "--out", str(out), "--timeout", "200")
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(done.stdout)["mechanisms"]
+    measured = row["measured"]
+    assert measured["status"] == "ok", measured
+    assert measured["peak_memory_bytes"] > 0 and measured["time_median_s"] > 0
+    [record] = read(out)
+    assert record["suite"] == "memory" and record["size"] == 16 and record["channels"] == 4
+    assert record["metrics"]["peak_memory_bytes"] == measured["peak_memory_bytes"]
