@@ -50,6 +50,9 @@ class SlurmCell:
 
         spec = CellSpec.from_dict(spec_dict)
         executor = LocalProcessExecutor(start_method="subprocess")
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        if cpus:  # torch uses the CPUs Slurm gave the cell, not every core of the node
+            executor.env.setdefault("OMP_NUM_THREADS", cpus)
         # the worker dies with this task (a requeue or scancel must not leave it running)
         executor.launcher = SubprocessLauncher(executor.python, executor.env, die_with_parent=True)
         try:
