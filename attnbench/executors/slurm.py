@@ -33,6 +33,10 @@ ENDED = {"TIMEOUT": "timeout", "DEADLINE": "timeout", "OUT_OF_MEMORY": "oom", "F
          "NODE_FAIL": "error", "BOOT_FAIL": "error"}
 
 
+#: cells per job array: Slurm's default MaxArraySize is 1001
+MAX_ARRAY = 1000
+
+
 def _submitit():  # type: ignore[no-untyped-def]
     try:
         import submitit
@@ -170,8 +174,9 @@ class SlurmExecutor:
         absent: dict[str, int] = {}
         while self._pending:
             queue = _queue()
+            present = set(os.listdir(self.folder))  # one directory read per poll, not a stat per cell
             for job_id, (job, spec) in list(self._pending.items()):
-                if job.paths.result_pickle.exists():
+                if job.paths.result_pickle.name in present:
                     del self._pending[job_id]
                     yield self._collect(job, spec)
                 elif job_id not in queue:
@@ -192,7 +197,8 @@ class SlurmExecutor:
                       math.ceil(need.memory_bytes / 2**30) if need.memory_bytes else None)
             minutes = self.time_limit_min or math.ceil(spec.timeout_s * 1.5 / 60) + 5
             groups.setdefault((need.cpus, need.gpus, mem_gb, minutes), []).append(spec)
-        for (cpus, gpus, mem_gb, minutes), group in groups.items():
+        chunks = [(need, group[i:i + MAX_ARRAY]) for need, group in groups.items() for i in range(0, len(group), MAX_ARRAY)]
+        for (cpus, gpus, mem_gb, minutes), group in chunks:
             executor = submitit.SlurmExecutor(folder=self.folder, max_num_timeout=0)
             params: dict[str, Any] = {"cpus_per_task": cpus, "time": minutes, "array_parallelism": self.array_parallelism,
                                       "job_name": f"attnbench-{group[0].suite}", **self.slurm_options}
