@@ -94,11 +94,13 @@ def parse_time_limit(text: str) -> int:
     if not m:
         raise UserError(f"--time-limit {text!r}: use minutes, MM:SS, HH:MM:SS or D-HH:MM:SS, e.g. 48:00:00")
     days, a, b, c = (int(x) if x else None for x in m.groups())
-    if b is None:
-        seconds = (a or 0) * 60
-    elif c is None:
-        seconds = a * 60 + b if days is None else a * 3600 + b * 60
-    else:
+    if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+        seconds = a * 3600 + (b or 0) * 60 + (c or 0)
+    elif b is None:  # minutes
+        seconds = a * 60
+    elif c is None:  # MM:SS
+        seconds = a * 60 + b
+    else:  # HH:MM:SS
         seconds = a * 3600 + b * 60 + c
     seconds += (days or 0) * 86400
     if seconds <= 0:

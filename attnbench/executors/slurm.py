@@ -106,7 +106,7 @@ class SlurmExecutor:
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:  # noqa: SLF001 -- argparse's own type
         group.add_argument("--partition", help="Slurm partition for the cells (default: the cluster's default)")
-        group.add_argument("--time-limit", help="Slurm time limit per cell, e.g. 48:00:00 (default: 1.5 x the "
+        group.add_argument("--time-limit", type=resources.parse_time_limit, help="Slurm time limit per cell, e.g. 48:00:00 (default: 1.5 x the "
                                                 "cell's timeout + 5 min)")
         group.add_argument("--mem-per-cell", type=float, help="GB per cell (default: the mechanism's estimate + 1 GB)")
         group.add_argument("--slurm-folder", help="submitit job folder: logs, records, the cell -> job map "
@@ -120,9 +120,8 @@ class SlurmExecutor:
         if not folder:
             out = Path(getattr(args, "out", None) or "results/runs")
             folder = (out.parent if out.suffix == ".jsonl" else out) / "slurm"
-        limit = getattr(args, "time_limit", None)
         return cls(folder=folder, partition=getattr(args, "partition", None),
-                   time_limit_min=resources.parse_time_limit(limit) if limit else None,
+                   time_limit_min=getattr(args, "time_limit", None),
                    cpus_per_cell=getattr(args, "cpus_per_cell", 1) or 1, gpus_per_cell=getattr(args, "gpus_per_cell", 1),
                    timing_cpus=getattr(args, "timing_cpus", None), mem_per_cell_gb=getattr(args, "mem_per_cell", None),
                    array_parallelism=getattr(args, "array_parallelism", 256) or 256)
