@@ -33,26 +33,29 @@ def _ray():  # type: ignore[no-untyped-def]
 
 
 class _Ledger:
-    """Which cells run on which node right now, and which overlapped each cell (a Ray actor)."""
+    """When each cell ran on which node (a Ray actor), to tell each record what ran beside it.
+
+    Tasks only send to it (never wait on it: a task blocked in ``ray.get`` lends its CPUs to
+    another task, which would put a second cell on the node); the driver asks it per record.
+    """
 
     def __init__(self) -> None:
-        self.running: dict[str, set[str]] = {}
-        self.beside: dict[str, set[str]] = {}
+        self.spans: dict[str, tuple[str, float, float | None]] = {}  # key -> node, start, end
 
-    def start(self, node: str, key: str) -> None:
-        here = self.running.setdefault(node, set())
-        self.beside[key] = set(here)
-        for other in here:
-            self.beside[other].add(key)
-        here.add(key)
+    def start(self, node: str, key: str, at: float) -> None:
+        self.spans[key] = (node, at, None)
 
-    def end(self, node: str, key: str) -> list[str]:
-        self.running.get(node, set()).discard(key)
-        return sorted(self.beside.pop(key, set()))
+    def end(self, node: str, key: str, at: float) -> None:
+        self.spans[key] = (node, self.spans.get(key, (node, at, None))[1], at)
+
+    def beside(self, node: str, key: str, start: float, end: float) -> list[str]:
+        """Cells on ``node`` whose run overlapped [start, end] (still running ones included)."""
+        return sorted(k for k, (n, s, e) in self.spans.items()
+                      if k != key and n == node and s < end and (e is None or e > start))
 
 
 def _run_cell(spec_dict: dict[str, Any], ledger: Any, share: dict[str, Any]) -> dict[str, Any]:
-    """The body of one Ray task: the cell in a fresh worker process, plus where and beside what it ran."""
+    """The body of one Ray task: the cell in a fresh worker process, plus where it ran and with what."""
     import os
 
     import ray
@@ -63,15 +66,16 @@ def _run_cell(spec_dict: dict[str, Any], ledger: Any, share: dict[str, Any]) -> 
     spec = CellSpec.from_dict(spec_dict)
     ctx = ray.get_runtime_context()
     node = ctx.get_node_id()
-    ray.get(ledger.start.remote(node, spec.key))
     executor = LocalProcessExecutor(start_method="subprocess")
     executor.launcher = SubprocessLauncher(executor.python, executor.env, die_with_parent=True)
-    beside: list[str] = []
+    started = time.time()
+    ledger.start.remote(node, spec.key, started)
     try:
         record = executor.run(spec)
     finally:
         executor.close()
-        beside = ray.get(ledger.end.remote(node, spec.key))
+        ended = time.time()
+        ledger.end.remote(node, spec.key, ended)
     node_cpus = share.get("node_cpus", {}).get(node)
     record.setdefault("env", {})["executor"] = {
         "name": "ray",
@@ -83,7 +87,7 @@ def _run_cell(spec_dict: dict[str, Any], ledger: Any, share: dict[str, Any]) -> 
         "cpu_share": round(share["cpus"] / node_cpus, 4) if node_cpus else None,
         "exclusive": share["exclusive"],
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "beside": beside,
+        "span": [started, ended],
     }
     return record
 
@@ -159,7 +163,11 @@ class RayExecutor:
             done, _ = ray.wait(list(self._outstanding), num_returns=1, timeout=5.0)
             for ref in done:
                 spec = self._outstanding.pop(ref)
-                yield self._collect(ray, ref, spec)
+                record = self._collect(ray, ref, spec)
+                ex = record.get("env", {}).get("executor")
+                if ex and "span" in ex:
+                    ex["beside"] = ray.get(self._ledger.beside.remote(ex["node_id"], spec.key, *ex["span"]))
+                yield record
 
     @staticmethod
     def _collect(ray: Any, ref: Any, spec: CellSpec) -> dict[str, Any]:
