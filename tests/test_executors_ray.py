@@ -1,6 +1,6 @@
 """The Ray executor on a real two-node Ray cluster on this machine (every address 127.0.0.1).
 
-The memory ci preset (at 32 px: one cell per mechanism) plus one speed cell run as Ray tasks; the
+The memory ci preset (at 32 px, forward: one cell per mechanism) plus one speed cell run as Ray tasks; the
 records must match a local run's cells (identity, status, deterministic metrics) and say where
 each cell ran, with what share of its node and beside which other cells.
 """
@@ -45,7 +45,7 @@ def _records(executor, cells) -> dict[str, dict]:  # type: ignore[no-untyped-def
 
 
 def test_memory_ci_cells_on_two_ray_nodes_match_a_local_run(cluster) -> None:  # type: ignore[no-untyped-def]
-    cells = load("memory").cells("ci", sizes=[32])
+    cells = load("memory").cells("ci", sizes=[32], modes=["fwd"])
     timing = load("speed").cells("ci", mechanisms=["psal-3"], sizes=[48])
     remote = _records(RayExecutor(address=cluster.address), cells + timing)
     # Ray gives each task's torch the task's CPUs (1 here); peak memory depends on the thread count

@@ -1,6 +1,6 @@
 """The Slurm executor on a real single-node Slurm (.ci/slurm-up.sh), through submitit.
 
-The memory ci preset (at 32 px) runs as a job array and must match a local run's cells; a driver
+The memory ci preset (at 32 px, forward: one cell per mechanism) runs as a job array and must match a local run's cells; a driver
 killed mid-run and resumed must collect the cells that finished on the cluster, lose none, and
 run none twice (one submission per cell in the job folder's cell -> job map, one record each).
 """
@@ -51,7 +51,7 @@ def slurm() -> None:
 
 
 def test_memory_ci_cells_as_a_job_array_match_a_local_run(slurm: None, tmp_path: Path) -> None:
-    cells = load("memory").cells("ci", sizes=[32])
+    cells = load("memory").cells("ci", sizes=[32], modes=["fwd"])
     executor = SlurmExecutor(folder=tmp_path / "jobs", poll_s=1.0)
     try:
         remote = {r["key"]: r for r in executor.run_cells(cells)}
@@ -78,7 +78,7 @@ def test_memory_ci_cells_as_a_job_array_match_a_local_run(slurm: None, tmp_path:
 def test_a_killed_driver_resumes_without_losing_or_rerunning_a_cell(slurm: None, tmp_path: Path) -> None:
     out, folder = tmp_path / "memory.jsonl", tmp_path / "jobs"
     argv = [sys.executable, "-m", "attnbench.cli", "run", "memory", "--preset", "ci", "--sizes", "32",
-            "--mechanisms", "full,linear,local,performer,reformer,psal-3", "--executor", "slurm",
+            "--mechanisms", "full,linear,local,performer,reformer,psal-3", "--mode", "fwd", "--executor", "slurm",
             "--slurm-folder", str(folder), "--out", str(out), "--no-table"]
     driver = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
