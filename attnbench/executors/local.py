@@ -24,10 +24,11 @@ def _tail(text: str, lines: int = 3) -> str:
 
 
 class LocalProcessExecutor:
-    """Runs ``python -m attnbench.worker`` per cell with a wall-clock timeout.
+    """Runs ``attnbench.worker`` per cell, in a fresh process, with a wall-clock timeout.
 
-    The worker's stdout/stderr go to a log file; a crash records its last lines, a timeout kills
-    the whole process group, and a SIGKILL with no record is read as the kernel's OOM killer.
+    The process is forked from a warm fork server or is a new interpreter (``launch.py``); either
+    way it has its own session. The worker's stdout/stderr go to a log file; a crash records its
+    last lines, a timeout kills the whole process group, and a SIGKILL with no record is read as the kernel's OOM killer.
     """
 
     name = "local"
