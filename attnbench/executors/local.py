@@ -28,7 +28,8 @@ class LocalProcessExecutor:
 
     The process is forked from a warm fork server or is a new interpreter (``launch.py``); either
     way it has its own session. The worker's stdout/stderr go to a log file; a crash records its
-    last lines, a timeout kills the whole process group, and a SIGKILL with no record is read as the kernel's OOM killer.
+    last lines, a timeout kills the whole process group, and a SIGKILL with no record is read as
+    the kernel's OOM killer.
     """
 
     name = "local"
