@@ -100,8 +100,13 @@ def execute(spec: CellSpec) -> dict[str, Any]:
                        duration_s=round(time.perf_counter() - t0, 3), **extra)
 
 
+#: where a worker notes its partial record when the executor names no other file: beside the record
+PARTIAL_NAME = "partial.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault(PARTIAL_ENV, str(Path(args[1]).with_name(PARTIAL_NAME)))
     spec = CellSpec.from_dict(json.loads(Path(args[0]).read_text()))
     record = execute(spec)
     Path(args[1]).write_text(json.dumps(record, default=str))

@@ -36,6 +36,8 @@ class Executor(Protocol):
 #: ``--executor`` name -> "module:Class" (imported lazily: Ray and submitit are optional extras)
 EXECUTORS: dict[str, str] = {
     "local": "attnbench.executors.local:LocalProcessExecutor",
+    "ray": "attnbench.executors.ray_executor:RayExecutor",
+    "slurm": "attnbench.executors.slurm:SlurmExecutor",
 }
 
 
