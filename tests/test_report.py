@@ -24,18 +24,20 @@ def write(records: list[dict], folder: Path) -> Path:
 
 def test_memory_table_is_table1_shaped_and_keeps_every_status() -> None:
     df = suite_table(memory_records(), "memory")
-    assert list(df.columns[:2]) == ["64 px", "64 px paper"]
+    assert list(df.columns[:2]) == ["64 px", "64 px paper (GB)"]
+    assert "64-1024 px, C=16, p=7, fwd, fwd+bwd, float32, cpu" in df.attrs["title"]
     assert "psal-3 fwd" in df.index and "full fwd+bwd" in df.index
     assert df.loc["full fwd", "512 px"].startswith("infeasible (est. ")
-    assert df.loc["full fwd", "512 px paper"] == "250.04"
-    assert df.loc["psal-aggreg fwd", "64 px paper"] == "0.05"
+    assert df.loc["full fwd", "512 px paper (GB)"] == "250.04"
+    assert df.loc["psal-aggreg fwd", "64 px paper (GB)"] == "0.05"
     assert df.loc["reformer fwd", "64 px"].startswith("unavailable: reformer-pytorch")
     assert df.loc["linear fwd", "1024 px"] == "timeout"
     assert df.loc["performer fwd", "1024 px"] == "error"
     assert any("RuntimeError: boom" in n for n in df.attrs["notes"])
     measured = df.loc["psal-3 fwd", "64 px"]
     assert "(est. " in measured and measured.split()[0].replace(".", "").isdigit()
-    assert df.loc["full fwd", "scaling"] == "n^1.97" and df.loc["psal-3 fwd", "scaling"] == "n^1.00"
+    # full ran at two sizes only (64, 128 px): no exponent from two points; psal-3 ran at four
+    assert df.loc["full fwd", "scaling"] == "—" and df.loc["psal-3 fwd", "scaling"] == "n^1.00"
 
 
 def test_memory_suite_also_gets_a_flops_table_with_the_short_papers_figure() -> None:
@@ -46,7 +48,7 @@ def test_memory_suite_also_gets_a_flops_table_with_the_short_papers_figure() -> 
 
 def test_speed_table_gives_ratio_to_reference_from_the_same_run() -> None:
     df = suite_table(speed_records(slow={"psal-3": 1.0}), "speed", reference="flash")
-    assert df.loc["flash fwd", "32 px / flash"] == "×1"
+    assert df.loc["flash fwd", "32 px / flash"] == "×1.00"
     ratio = float(df.loc["psal-3 fwd", "64 px / flash"].lstrip("×"))
     assert ratio == pytest.approx(2.67, rel=0.05)
     assert "IQR" in df.loc["psal-3 fwd", "64 px"]
@@ -57,12 +59,12 @@ def test_task_tables_show_quality_cost_and_paper_beside() -> None:
     assert df.loc["psal-3", "l2 paper"] == "0.00228"
     assert df.loc["full[similarity=dot]", "l2 paper"] == "0.0064"
     assert df.loc["reformer", "status"] == "oom" and df.loc["reformer", "l2"] == "—"
-    assert {"GFLOPs", "memory GiB", "psnr"} <= set(df.columns)
+    assert {"GFLOP", "memory GiB", "psnr"} <= set(df.columns)
     sub = suite_table(substitution_records(), "substitution")
-    assert sub.loc["psal-1 (trained with full)", "l2"] == "0.0026"
+    assert sub.loc["psal-1 (trained with full)", "l2"] == "0.00260"
     assert sub.loc["psal-1 (trained with full)", "l2 paper"] == "0.0024"
-    assert sub.loc["psal-1 (trained with full)", "GFLOPs paper"] == "30"
-    assert sub.loc["full (trained with full)", "GFLOPs paper"] == "1173"
+    assert sub.loc["psal-1 (trained with full)", "GFLOP paper"] == "30"
+    assert sub.loc["full (trained with full)", "GFLOP paper"] == "1173"
     assert sub.loc["local (trained with local)", "status"] == "timeout"
     # PSAL-1 swapped into the network trained with PSAL-1 is that network: one row, not two
     assert [name for name in sub.index if name.startswith("psal-1 (trained with psal-1)")] == ["psal-1 (trained with psal-1)"]
@@ -86,6 +88,7 @@ def test_fit_and_pareto() -> None:
     n = [64**2, 128**2, 256**2]
     assert fit_exponent(n, [x**2 for x in n]) == pytest.approx(2.0)
     assert fit_exponent([4096], [1.0]) is None
+    assert fit_exponent(n[:2], [1.0, 4.0]) is None  # two points are no fit
     assert pareto_front([1, 2, 3, 4], [5, 3, 4, 1]) == [0, 1, 3]
     assert colour("psal-3") == colour("psal-3[iterations=5]") != colour("full")
 
