@@ -82,22 +82,12 @@ def results_path(out: Optional[str], suite: str, preset: str) -> Path:
 
 
 def _summary(record: dict[str, Any]) -> str:
-    m = record.get("metrics", {})
-    parts = []
-    if "peak_memory_bytes" in m:
-        parts.append(f"{m['peak_memory_bytes'] / 1e9:.3f} GB")
-    if "estimated_memory_bytes" in m:
-        parts.append(f"est {m['estimated_memory_bytes'] / 1e9:.3f} GB")
-    if "flops" in m:
-        parts.append(f"{m['flops'] / 1e9:.2f} GFLOP")
-    if "time_median_s" in m:
-        parts.append(f"{m['time_median_s'] * 1e3:.2f} ms")
-    for q in ("l2", "psnr", "ssim", "mse_ratio"):
-        if q in m:
-            parts.append(f"{q} {m[q]:.4g}")
+    from ..metrics import summary_line
+
+    parts = [summary_line(record.get("metrics", {}))]
     if record["status"] != "ok":
         parts.append(record.get("reason", "")[:160])
-    return ", ".join(parts)
+    return ", ".join(p for p in parts if p)
 
 
 def run(args: argparse.Namespace) -> int:
