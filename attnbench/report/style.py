@@ -25,7 +25,7 @@ _COLOURS: dict[str, str] = {
     "efficient": "#e6a03c",
     "performer": "#9467bd",
     "reformer": "#e377c2",
-    "psal-1": "#98df8a",
+    "psal-1": "#a6761d",
     "psal-3": "#2ca02c",
     "psal-7": "#bcbd22",
     "psal-15": "#17a768",
