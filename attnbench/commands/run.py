@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         todo = [c.__class__(**{**c.to_dict(), "options": {**c.options, "flops_per_s": rate}}) for c in todo]
         console.print(f"matmul yardstick: {rate / 1e9:.1f} GFLOP/s (used only to skip cells that cannot finish)")
 
+    os.environ["ATTNBENCH_EXAMPLES_DIR"] = str(out.with_suffix(".examples"))  # task runners save images there
     executor = make_executor(args)
     counts: dict[str, int] = {}
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),

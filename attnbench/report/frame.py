@@ -93,10 +93,16 @@ def expand_substitution(records: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
+#: options a run measures before its cells start (the matmul yardstick): they differ run to run and are
+#: no part of what a cell measured, so rows never differ by them
+CALIBRATION_OPTIONS: frozenset[str] = frozenset({"flops_per_s"})
+
+
 def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Flatten records into a DataFrame (metrics as columns; dicts kept plus a canonical string form)."""
     rows = []
     for rec in latest(expand_substitution(latest(records))):
+        rec = dict(rec, options={k: v for k, v in (rec.get("options") or {}).items() if k not in CALIBRATION_OPTIONS})
         row: dict[str, Any] = {f: rec.get(f) for f in IDENTITY}
         row.update(key=rec["key"], status=rec["status"], reason=rec.get("reason", ""),
                    label=mechanism_label(rec["mechanism"], rec.get("params")),
@@ -234,8 +240,7 @@ def number(value: Any) -> float | None:
 #: what a section's settings line names, in this order: (field, how it is written)
 _SETTING_NAMES: tuple[tuple[str, str], ...] = (("size", "sizes"), ("channels", "C"), ("patch_size", "p"),
                                                ("batch", "batch"), ("mode", "mode"), ("dtype", "dtype"),
-                                               ("device", "device"), ("data", "data"), ("machine", "machine"),
-                                               ("preset", "preset"))
+                                               ("device", "device"), ("data", "data"), ("preset", "preset"))
 
 
 def settings(df: pd.DataFrame) -> dict[str, str]:
@@ -253,13 +258,13 @@ def settings(df: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def caption(df: pd.DataFrame) -> str:
+def caption(df: pd.DataFrame, sizes: bool = True) -> str:
     """The settings as one short line for a table or plot title: ``64-512 px, C=16, p=7, fwd, float32, cpu``."""
     s = settings(df)
-    sizes = sorted({int(v) for v in df["size"]}) if "size" in df.columns and not df.empty else []
+    ran = sorted({int(v) for v in df["size"]}) if sizes and "size" in df.columns and not df.empty else []
     parts = []
-    if sizes:
-        parts.append(f"{sizes[0]} px" if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]} px")
+    if ran:
+        parts.append(f"{ran[0]} px" if len(ran) == 1 else f"{ran[0]}-{ran[-1]} px")
     for name in ("C", "p"):
         if s.get(name):
             parts.append(f"{name}={s[name]}")

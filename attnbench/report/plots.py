@@ -66,7 +66,7 @@ class Axis:
 
 
 MEMORY = Axis("peak_memory_bytes", "Peak memory")
-FLOPS = Axis("flops", "FLOP")
+FLOPS = Axis("flops", "Floating-point operations")
 TIME = Axis("time_median_s", "Median time")
 
 
@@ -137,6 +137,7 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
     handles: dict[str, Any] = {}
     for ax, mode in zip(axes[0], modes):
         sub = df[df["mode"] == mode]
+        drawn: dict[str, dict[float, float]] = {}
         for label, rows in _series(sub):
             mech, mark = str(rows["mechanism"].iloc[0]), marker(str(rows["label"].iloc[0]))
             c, ls = colour(mech), data_style[rows["data"].iloc[0]]
@@ -147,11 +148,19 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
             if keep.any():
                 exponent = fit_exponent(n[keep], measured[keep])
                 tag = f"{label} (n^{exponent:.2f})" if exponent is not None else label
+                points = dict(zip(n[keep], measured[keep]))
+                hidden = [other for other, pts in drawn.items() if set(points) <= set(pts)
+                          and all(abs(np.log(v / pts[x])) < 0.03 for x, v in points.items())]
+                drawn[label] = points
+                style = dict(marker=mark, color=c, ls=ls, lw=1.6, ms=6)
+                if hidden:  # on top of a curve already drawn: hollow and larger, and said in the legend
+                    tag += f" (≈ {hidden[0]})"
+                    style.update(ms=10, mfc="none", mew=1.5, lw=1.0)
                 if axis is TIME:
-                    h = ax.errorbar(n[keep], measured[keep], yerr=_time_spread(rows[keep], axis.scale), marker=mark,
-                                    color=c, ls=ls, lw=1.6, ms=6, capsize=3, elinewidth=1)
+                    h = ax.errorbar(n[keep], measured[keep], yerr=_time_spread(rows[keep], axis.scale), capsize=3,
+                                    elinewidth=1, **style)
                 else:
-                    (h,) = ax.plot(n[keep], measured[keep], marker=mark, color=c, ls=ls, lw=1.6, ms=6)
+                    (h,) = ax.plot(n[keep], measured[keep], **style)
                 handles.setdefault(tag, h)
                 shown.update(rows["key"][keep])
                 drew = True

@@ -278,8 +278,8 @@ def crossover_table(records: Sequence[dict[str, Any]], reference: str = "flash")
                 kind, where = crossover(joined["size"].astype(float).tolist(),
                                         pd.to_numeric(joined[metric.name], errors="coerce").tolist(),
                                         pd.to_numeric(joined[metric.name + "_ref"], errors="coerce").tolist())
-                cells[column] = {"at": lambda w: f"from ~{w:.0f} px", "below": lambda w: f"at {w:.0f} px already",
-                                 "never": lambda w: f"not up to {w:.0f} px", "none": lambda w: ""}[kind](where)
+                cells[column] = {"at": lambda w: f"≈ {w:.0f} px", "below": lambda w: f"≤ {w:.0f} px",
+                                 "never": lambda w: f"> {w:.0f} px", "none": lambda w: ""}[kind](where)
             if any(cells.values()):
                 where = f"{first['suite']} ({first['mode']}, C={first['channels']}, p={first['patch_size']}, {first['data']})"
                 rows[f"{label} — {where}"] = cells
@@ -290,8 +290,8 @@ def crossover_table(records: Sequence[dict[str, Any]], reference: str = "flash")
     out.attrs.update(name="crossover", title=f"crossover: smallest image side at which each mechanism needs less "
                      f"than {reference} measured in the same run", notes=[
                          f"interpolated on log-log axes between the two measured sizes where the ratio to {reference} "
-                         "crosses 1; \"already\": less at the smallest size compared; \"not up to\": more at every "
-                         f"size where {reference} also ran"])
+                         "crosses 1; ≤: less already at the smallest size compared; >: more at every size where "
+                         f"{reference} also ran (the largest such size shown)"])
     return out
 
 
