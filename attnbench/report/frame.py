@@ -133,6 +133,11 @@ def varying(df: pd.DataFrame, fields: Iterable[str]) -> list[str]:
     """The fields among ``fields`` that take more than one value in ``df``."""
     out = []
     for f in fields:
+        if f == "options" and "options" in df.columns:  # options that only name the data: told by ``data``
+            values = df["options"].map(lambda o: canonical({k: v for k, v in (o or {}).items() if k not in DATA_OPTIONS}))
+            if values.nunique(dropna=False) > 1:
+                out.append(f)
+            continue
         col = f"{f}_str" if f"{f}_str" in df.columns else f
         if col in df.columns and df[col].astype(str).nunique(dropna=False) > 1:
             out.append(f)
