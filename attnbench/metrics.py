@@ -50,6 +50,8 @@ class Metric:
         x = self.display(value)
         if x is None:
             return "—"
+        if isinstance(value, int) and self.scale == 1:
+            return f"{value:,}" + (f" {self.unit}" if unit and self.unit else "")  # counts stay whole numbers
         if self.unit == "s":
             return seconds(x)
         text = sig(x, self.digits)
@@ -84,6 +86,12 @@ _CATALOGUE: tuple[Metric, ...] = (
     Metric("accuracy", "accuracy", "quality", higher_is_better=True),
     Metric("recall", "recall", "quality", higher_is_better=True, digits=4),
     Metric("distance_ratio", "distance ratio", "quality", digits=4),
+    Metric("exact_mse", "exact mse", "quality"),
+    # the search suite's own clocks and sampling
+    Metric("time_s", "search time", "time", "s"),
+    Metric("exact_time_s", "exact search time", "time", "s"),
+    Metric("rows_sampled", "rows sampled", "bookkeeping"),
+    Metric("row_step", "row step", "bookkeeping"),
 )
 
 CATALOGUE: dict[str, Metric] = {m.name: m for m in _CATALOGUE}

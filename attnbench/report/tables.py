@@ -203,8 +203,10 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
     cell ran at the paper's settings. Any suite renders."""
     metrics = metric_columns(df)
     quality = [m for m in QUALITY_METRICS if m in metrics]
-    if suite not in TASK_SUITES:  # a suite this module does not know: every numeric metric is a column
-        quality += sorted(m for m in metrics if m not in COST_METRICS and m not in quality and _numeric(df[m]))
+    if suite not in TASK_SUITES:  # a suite this module does not know: every numeric metric but costs is a column
+        hidden = {m for m in COST_METRICS if catalogue.get(m).kind in ("cost", "bookkeeping")} | {
+            "time_median_s", "time_iqr_s"}
+        quality += [m for m in metrics if m not in hidden and m not in quality and _numeric(df[m])]
     extra = varying(df, ("size", "mode") + ROW_FIELDS)
     has_trained = bool((df["trained_with"] != "").any())
     rows: dict[str, dict[str, str]] = {}
@@ -245,8 +247,12 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
     out = pd.DataFrame.from_dict(rows, orient="index").fillna("")
     empty = [c for c in out.columns if c != "status" and (out[c].isin(["", "—"])).all()]
     out = out.drop(columns=empty)
+    mine = [c for c in out.columns if PAPER_SUFFIX not in c]  # each paper column right after ours
+    out = out[[x for c in mine for x in [c] + [p for p in out.columns if p.startswith(c + PAPER_SUFFIX)]]]
     out.index.name = "mechanism"
-    title = f"{suite}: " + (", ".join(quality) if quality else "cells") + " with GFLOP and memory (GiB)"
+    costs = [c for c in ("GFLOP", "memory GiB") if c in out.columns]
+    title = f"{suite}: " + (", ".join(quality) if quality else "cells") + (
+        " with " + " and ".join(costs) if costs else "")
     return _finish(out, df, suite, title, notes + _paper_notes(out, suite))
 
 
