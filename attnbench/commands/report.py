@@ -45,6 +45,11 @@ def _budget(text: str | None) -> float | None:
     return value
 
 
+#: which mechanisms' example outputs a report shows first (exact, the cheap baselines, PSAL)
+_EXAMPLE_PRIORITY = {m: i for i, m in enumerate(("full", "flash", "psal-3", "psal-aggreg", "local", "knn-exact",
+                                                 "linear", "performer", "reformer", "psal-1"))}
+
+
 def find_examples(results: list[str], records: list[dict]) -> dict[str, list[tuple[str, Path]]]:
     """Example images saved beside the result files (``<suite>-<preset>.examples/``), by suite: the context
     images and a few mechanisms at the largest size that has them, as (caption, path)."""
@@ -71,7 +76,9 @@ def find_examples(results: list[str], records: list[dict]) -> dict[str, list[tup
         largest = max(size for _, size, _ in images)
         at = [(n, p) for n, size, p in images if size == largest]
         context = sorted(((n, p) for n, p in at if n in CONTEXT), key=lambda x: CONTEXT.index(x[0]))
-        mechanisms = sorted(((n, p) for n, p in at if n not in CONTEXT), key=lambda x: order_key(x[0]))[:6]
+        shown = sorted((x for x in at if x[0] not in CONTEXT), key=lambda x: _EXAMPLE_PRIORITY.get(
+            x[0].split("[", 1)[0], len(_EXAMPLE_PRIORITY)))[:8]
+        mechanisms = sorted(shown, key=lambda x: order_key(x[0]))
         out.setdefault(suite, []).extend((f"{n} {largest} px", p) for n, p in context + mechanisms)
     return out
 
