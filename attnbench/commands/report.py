@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     env = environments([r for r in records if r["suite"] in suites])
     if "md" in formats:
         import shutil
+        from urllib.parse import quote
 
         lines = [f"# {args.title}", "", f"From {', '.join(map(str, args.results))}. Memory in GiB (2^30 bytes), work "
                  "in GFLOP, time in seconds; the paper's figures (`paper` columns) are as published (memory in GB), "
@@ -191,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                     target = out / "examples" / s / path.name
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(path, target)
-                    lines.append(f"![{caption}](examples/{s}/{path.name})")
+                    lines.append(f"![{caption.replace('[', '(').replace(']', ')')}](examples/{s}/{quote(path.name)})")
             lines.append("")
         if not crossover.empty:
             lines += ["## Crossover", "", to_markdown(crossover), ""]
