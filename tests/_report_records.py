@@ -79,10 +79,10 @@ def colorization_records() -> list[dict[str, Any]]:
             ("psal-3", {}, 0.0024, 3.5e10, 8.0e7), ("psal-aggreg", {}, 0.0020, 3.8e10, 7.5e8)]
     out = []
     for mech, params, l2, flops, mem in rows:
-        s = spec("colorization", mech, 64, params=params, options={"steps": 300})
+        s = spec("colorization", mech, 256, params=params, options={"steps": 300})
         out.append(make_record(s, "ok", "", {"l2": l2, "psnr": -10 * np.log10(l2), "flops": flops,
                                              "peak_memory_bytes": mem}, ENV))
-    out.append(make_record(spec("colorization", "reformer", 64, options={"steps": 300}), "oom",
+    out.append(make_record(spec("colorization", "reformer", 256, options={"steps": 300}), "oom",
                            "out of memory", {"estimated_memory_bytes": 3e10}, ENV))
     return out
 
@@ -95,8 +95,8 @@ def substitution_records() -> list[dict[str, Any]]:
         metrics = {"l2": own_l2, "flops": own_flops, "peak_memory_bytes": 5e8, "substitute": "psal-1",
                    "substituted_l2": swapped_l2, "substituted_flops": 3e10, "substituted_peak_memory_bytes": 5e7,
                    "train_steps": 300, "weights_cached": True}
-        out.append(make_record(spec("substitution", trained, 64, options={"steps": 300}), "ok", "", metrics, ENV))
-    out.append(make_record(spec("substitution", "local", 64, options={"steps": 300}), "timeout", "no result in 600 s",
+        out.append(make_record(spec("substitution", trained, 256, options={"steps": 300}), "ok", "", metrics, ENV))
+    out.append(make_record(spec("substitution", "local", 256, options={"steps": 300}), "timeout", "no result in 600 s",
                            {}, ENV))
     return out
 

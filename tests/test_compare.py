@@ -16,8 +16,9 @@ def test_ratios_per_cell_and_one_sided_cells() -> None:
     a = speed_records()
     b = speed_records(slow={"psal-3": 2.0})[:-1]  # B lacks psal-3 at 64 px
     df = compare(a, b)
-    assert df.loc["speed: psal-3 32px fwd", "time B/A"] == "×2"
-    assert df.loc["speed: flash 32px fwd", "time B/A"] == "×1"
+    assert df.loc["speed: psal-3 32px fwd", "time B/A"].startswith("×2.00 (p=")
+    # the same samples on both sides: a ratio of 1 within noise, not printed as a change
+    assert df.loc["speed: flash 32px fwd", "time B/A"].startswith("within noise (×1.00, p=1")
     assert df.loc["speed: psal-3 64px fwd", "B status"] == "absent"
     assert df.loc["speed: psal-3 64px fwd", "time B/A"] == "—"
 
@@ -38,3 +39,18 @@ def test_cli_writes_files_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixt
     assert (tmp_path / "cmp" / "compare.csv").read_text().count("\n") == 7
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metrics", "nonsense"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_time_ratios_within_the_iqr_are_flagged_as_noise_without_samples() -> None:
+    a = speed_records()
+    b = speed_records(slow={"full": 1.01})
+    for rec in a + b:
+        rec["metrics"].pop("time_samples_s")
+        rec["metrics"]["time_iqr_s"] = rec["metrics"]["time_median_s"] * 0.1
+    df = compare(a, b)
+    assert df.loc["speed: full 32px fwd", "time B/A"] == "within noise (×1.01, IQRs overlap)"
+    c = speed_records(slow={"full": 2.0})
+    for rec in c:
+        rec["metrics"].pop("time_samples_s")
+        rec["metrics"]["time_iqr_s"] = rec["metrics"]["time_median_s"] * 0.1
+    assert compare(a, c).loc["speed: full 32px fwd", "time B/A"] == "×2.00"

@@ -24,18 +24,20 @@ def write(records: list[dict], folder: Path) -> Path:
 
 def test_memory_table_is_table1_shaped_and_keeps_every_status() -> None:
     df = suite_table(memory_records(), "memory")
-    assert list(df.columns[:2]) == ["64 px", "64 px paper"]
+    assert list(df.columns[:2]) == ["64 px", "64 px paper (GB)"]
+    assert "64-1024 px, C=16, p=7, fwd, fwd+bwd, float32, cpu" in df.attrs["title"]
     assert "psal-3 fwd" in df.index and "full fwd+bwd" in df.index
     assert df.loc["full fwd", "512 px"].startswith("infeasible (est. ")
-    assert df.loc["full fwd", "512 px paper"] == "250.04"
-    assert df.loc["psal-aggreg fwd", "64 px paper"] == "0.05"
+    assert df.loc["full fwd", "512 px paper (GB)"] == "250.04"
+    assert df.loc["psal-aggreg fwd", "64 px paper (GB)"] == "0.05"
     assert df.loc["reformer fwd", "64 px"].startswith("unavailable: reformer-pytorch")
     assert df.loc["linear fwd", "1024 px"] == "timeout"
     assert df.loc["performer fwd", "1024 px"] == "error"
     assert any("RuntimeError: boom" in n for n in df.attrs["notes"])
     measured = df.loc["psal-3 fwd", "64 px"]
     assert "(est. " in measured and measured.split()[0].replace(".", "").isdigit()
-    assert df.loc["full fwd", "scaling"] == "n^1.97" and df.loc["psal-3 fwd", "scaling"] == "n^1.00"
+    # full ran at two sizes only (64, 128 px): no exponent from two points; psal-3 ran at four
+    assert df.loc["full fwd", "scaling"] == "—" and df.loc["psal-3 fwd", "scaling"] == "n^1.00"
 
 
 def test_memory_suite_also_gets_a_flops_table_with_the_short_papers_figure() -> None:
@@ -46,7 +48,7 @@ def test_memory_suite_also_gets_a_flops_table_with_the_short_papers_figure() -> 
 
 def test_speed_table_gives_ratio_to_reference_from_the_same_run() -> None:
     df = suite_table(speed_records(slow={"psal-3": 1.0}), "speed", reference="flash")
-    assert df.loc["flash fwd", "32 px / flash"] == "×1"
+    assert df.loc["flash fwd", "32 px / flash"] == "×1.00"
     ratio = float(df.loc["psal-3 fwd", "64 px / flash"].lstrip("×"))
     assert ratio == pytest.approx(2.67, rel=0.05)
     assert "IQR" in df.loc["psal-3 fwd", "64 px"]
@@ -57,12 +59,12 @@ def test_task_tables_show_quality_cost_and_paper_beside() -> None:
     assert df.loc["psal-3", "l2 paper"] == "0.00228"
     assert df.loc["full[similarity=dot]", "l2 paper"] == "0.0064"
     assert df.loc["reformer", "status"] == "oom" and df.loc["reformer", "l2"] == "—"
-    assert {"GFLOPs", "memory GiB", "psnr"} <= set(df.columns)
+    assert {"GFLOP", "memory GiB", "psnr"} <= set(df.columns)
     sub = suite_table(substitution_records(), "substitution")
-    assert sub.loc["psal-1 (trained with full)", "l2"] == "0.0026"
+    assert sub.loc["psal-1 (trained with full)", "l2"] == "0.00260"
     assert sub.loc["psal-1 (trained with full)", "l2 paper"] == "0.0024"
-    assert sub.loc["psal-1 (trained with full)", "GFLOPs paper"] == "30"
-    assert sub.loc["full (trained with full)", "GFLOPs paper"] == "1173"
+    assert sub.loc["psal-1 (trained with full)", "GFLOP paper"] == "30"
+    assert sub.loc["full (trained with full)", "GFLOP paper"] == "1173"
     assert sub.loc["local (trained with local)", "status"] == "timeout"
     # PSAL-1 swapped into the network trained with PSAL-1 is that network: one row, not two
     assert [name for name in sub.index if name.startswith("psal-1 (trained with psal-1)")] == ["psal-1 (trained with psal-1)"]
@@ -86,6 +88,7 @@ def test_fit_and_pareto() -> None:
     n = [64**2, 128**2, 256**2]
     assert fit_exponent(n, [x**2 for x in n]) == pytest.approx(2.0)
     assert fit_exponent([4096], [1.0]) is None
+    assert fit_exponent(n[:2], [1.0, 4.0]) is None  # two points are no fit
     assert pareto_front([1, 2, 3, 4], [5, 3, 4, 1]) == [0, 1, 3]
     assert colour("psal-3") == colour("psal-3[iterations=5]") != colour("full")
 
@@ -116,3 +119,115 @@ def test_report_rejects_corrupt_input_with_one_line(tmp_path: Path, capsys: pyte
     src = write(custom_suite_records(), tmp_path / "ok")
     assert main(["report", str(src), "--format", "pdf"]) == 2
     assert "valid: rich" in capsys.readouterr().err
+
+
+# --- issue 10: one metrics catalogue; issue 12: honest captions, units, plots, crossover ---
+
+def test_catalogue_declares_each_metric_once_and_formats_in_one_unit_family() -> None:
+    from attnbench import metrics
+    from attnbench.report import gate as gate_module
+    from attnbench.report.analysis import HIGHER_IS_BETTER
+
+    assert gate_module.DEFAULT_TOLERANCES is metrics.DEFAULT_TOLERANCES and HIGHER_IS_BETTER is metrics.HIGHER_IS_BETTER
+    assert metrics.get("peak_memory_bytes").estimate == "estimated_memory_bytes"
+    line = metrics.summary_line({"peak_memory_bytes": 2**30, "estimated_memory_bytes": 2**31, "flops": 2.2e10,
+                                 "time_median_s": 0.0543, "l2": 0.00729})
+    assert line == "1.00 GiB (est. 2.00 GiB), 22.0 GFLOP, 54.3 ms, l2 0.00729"
+    assert metrics.summary_line({"estimated_memory_bytes": 2.6e11}) == "est. 242 GiB"  # GiB, never GB
+    assert metrics.parse_bytes("4GiB") == 4 * 2**30 and metrics.parse_bytes("500MB") == 5e8
+    with pytest.raises(ValueError):
+        metrics.parse_bytes("four")
+
+
+def test_gate_reads_tolerances_from_the_suite_object() -> None:
+    from attnbench.report.gate import suite_gate_settings
+    from attnbench.suites import load
+
+    assert suite_gate_settings("speed") == load("speed").gate and suite_gate_settings("no-such-suite") == {}
+
+
+def test_captions_follow_the_grid_run_and_paper_figures_need_the_papers_settings() -> None:
+    custom = [dict(r, channels=64, patch_size=3) for r in memory_records(sizes=(64, 128, 256))]
+    df = suite_table(custom, "memory")
+    assert not any("paper" in c for c in df.columns)
+    assert "C=64, p=3" in df.attrs["title"] and "Table 1" not in df.attrs["title"]
+    own = [dict(r, options={**r["options"], "data": "/home/me/my-photos"}) for r in colorization_records()]
+    table = suite_table(own, "colorization")
+    assert not any("paper" in c for c in table.columns) and "folder my-photos" in table.attrs["title"]
+    # the paper's inpainting % are fractions here, as we measure them
+    assert paper.lookup("inpainting", "l2", "full", {}, 256).text == "0.036"
+
+
+def test_runs_on_different_data_never_share_a_row() -> None:
+    base = colorization_records()[:2]
+    other = [dict(r, key=r["key"] + "x", options={**r["options"], "photo": "rocket"}) for r in base]
+    df = suite_table(base + other, "colorization")
+    assert {"full on embedded", "full on photo rocket"} <= set(df.index)
+    assert not any(name.endswith("'") for name in df.index)
+
+
+def test_each_row_shows_the_parameters_it_ran_with() -> None:
+    recs = colorization_records()
+    for r in recs:
+        if r["mechanism"] == "psal-3":
+            r["metrics"]["resolved_params"] = {"k": 3, "iterations": 5, "patch_size": 7, "backend": "native"}
+    df = suite_table(recs, "colorization")
+    assert df.loc["psal-3", "params"] == "iterations=5, k=3" and df.loc["full[similarity=dot]", "params"] == "similarity=dot"
+
+
+def test_crossover_is_interpolated_from_the_measured_curves() -> None:
+    from attnbench.report.analysis import crossover
+    from attnbench.report.tables import crossover_table
+
+    kind, size = crossover([64, 128, 256], [2.0, 1.5, 0.5], [1.0, 1.0, 1.0])
+    assert kind == "at" and 128 < size < 256
+    assert crossover([64, 128], [0.5, 0.4], [1, 1]) == ("below", 64.0)
+    assert crossover([64, 128], [2, 3], [1, 1]) == ("never", 128.0)
+    table = crossover_table(memory_records(), "flash")
+    row = next(name for name in table.index if name.startswith("full — memory (fwd"))
+    assert table.loc[row, "less memory"].startswith(">")  # full never needs less than flash
+    psal = next(name for name in table.index if name.startswith("psal-3 — memory (fwd"))
+    assert table.loc[psal, "less memory"] == "≤ 64 px"
+
+
+def test_plots_give_a_mechanism_one_look_and_legends_no_presets() -> None:
+    import matplotlib.pyplot as plt
+
+    from attnbench.report.plots import MEMORY, comparable_sizes, scaling_plot
+    from attnbench.report.style import marker
+    from attnbench.report.frame import to_frame
+
+    known = ["full", "flash", "local", "linear", "performer", "reformer", "psal-1", "psal-3", "psal-aggreg", "knn-exact"]
+    assert len({colour(m) for m in known}) == len(known) and len({marker(m) for m in known}) == len(known)
+    assert colour("flash") == colour("flash[foo=1]") and marker("full") != marker("full[stride=2]")
+    recs = memory_records()
+    for k, r in enumerate(recs):  # two presets with different options in one plot
+        r.update(preset="ci" if k % 2 else "table1", options={"metrics": ["memory"]} if k % 2 else {})
+    fig = scaling_plot(to_frame(recs), MEMORY, "memory", budget=4 * 2**30)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts and not any("ci" in t.split() or "table1" in t for t in texts)
+    assert any("budget 4.00 GiB" in t.get_text() for ax in fig.axes for t in ax.texts)
+    plt.close(fig)
+    df = to_frame(colorization_records() + [dict(colorization_records()[0], key="lone", size=512)])
+    assert comparable_sizes(df[df["status"] == "ok"], "l2") == [256]  # not 512, where one mechanism ran
+
+
+def test_examples_are_saved_only_when_a_run_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from attnbench.cells import CellSpec
+    from attnbench.tasks.examples import ENV_VAR, save_examples
+
+    spec = CellSpec(suite="reconstruction", runner="x:y", mechanism="full", params={"stride": 2}, size=32)
+    image = np.zeros((32, 32, 3), np.float32)
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert save_examples(spec, image, {"target": image}) == []
+    monkeypatch.setenv(ENV_VAR, str(tmp_path / "ex"))
+    written = save_examples(spec, image, {"target": image})
+    assert sorted(p.name for p in written) == ["full[stride=2]-32.png", "target-32.png"]
+
+
+def test_report_rejects_a_bad_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write(memory_records(), tmp_path / "runs")
+    assert main(["report", str(src), "--budget", "lots"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -1,6 +1,7 @@
 """``attnbench compare A B``: two runs or machines side by side, ratio B/A per cell; always exits 0.
 
-Unlike ``gate``, compare judges nothing: it shows. Write the table to CSV/Markdown with ``--out``.
+Unlike ``gate``, compare judges nothing: it shows, and says which time ratios are within noise
+(Mann-Whitney on the timing samples, or overlapping IQRs). Write the table to CSV/Markdown with ``--out``.
 """
 from __future__ import annotations
 
@@ -38,10 +39,14 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col, justify="right", style="bold" if col.endswith("B/A") else None)
     for name, row in df.iterrows():
         table.add_row(Text(str(name)), *[Text(str(v)) for v in row])
+    if df.attrs.get("notes"):
+        table.caption = Text("\n".join(df.attrs["notes"]), style="dim")
+        table.caption_justify = "left"
     console = wide_console()
     console.print(table)
     if args.out:
         df.to_csv(args.out / "compare.csv")
-        (args.out / "compare.md").write_text(df.to_markdown() + "\n", encoding="utf-8")
+        notes = "".join(f"\n- {n}" for n in df.attrs.get("notes") or [])
+        (args.out / "compare.md").write_text(df.to_markdown() + "\n" + notes + "\n", encoding="utf-8")
         console.print(f"wrote {args.out / 'compare.csv'} and {args.out / 'compare.md'}")
     return 0

@@ -123,24 +123,12 @@ def results_path(out: Optional[str], suite: str, preset: str) -> Path:
 
 
 def _summary(record: dict[str, Any]) -> str:
-    from ..measure.memory import GIB
+    from ..metrics import summary_line
 
-    m = record.get("metrics", {})
-    parts = []
-    if "peak_memory_bytes" in m:
-        parts.append(f"{m['peak_memory_bytes'] / GIB:.3f} GiB")
-    if "estimated_memory_bytes" in m:
-        parts.append(f"est {m['estimated_memory_bytes'] / GIB:.3f} GiB")
-    if "flops" in m:
-        parts.append(f"{m['flops'] / 1e9:.2f} GFLOP")
-    if "time_median_s" in m:
-        parts.append(f"{m['time_median_s'] * 1e3:.2f} ms")
-    for q in ("l2", "psnr", "ssim", "mse_ratio"):
-        if isinstance(m.get(q), (int, float)):
-            parts.append(f"{q} {m[q]:.4g}")
+    parts = [summary_line(record.get("metrics", {}))]
     if record["status"] != "ok":
         parts.append(str(record.get("reason", ""))[:160])
-    return ", ".join(parts)
+    return ", ".join(p for p in parts if p)
 
 
 def check_data(folder: str, cells: list, runner: str, suite: str) -> str:
@@ -228,12 +216,13 @@ def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make
                                TimeRemainingColumn)
     from rich.text import Text
 
-    from ..console import plain
-
     by_key = {c.key: c for c in cells}
     if not todo:  # everything is in the file already: no bar, no executor
         return runloop.run_cells(cells, results, _NoExecutor())
     os.environ[prepared_env] = "1"  # workers inherit it: one-time set-up was tried by this run
+    from ..tasks.examples import ENV_VAR as EXAMPLES_ENV
+
+    os.environ[EXAMPLES_ENV] = str(results.path.with_suffix(".examples"))  # task runners save output images there
     try:
         executor = make_executor(args)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -256,6 +245,7 @@ def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make
             progress.update(task, description="done" if not summary.write_error else "stopped")
     finally:
         os.environ.pop(prepared_env, None)
+        os.environ.pop(EXAMPLES_ENV, None)
     return summary
 
 

@@ -1,40 +1,46 @@
 """Two sets of results side by side (two runs, two machines): per cell, each metric and the ratio B/A.
 
 Cells are joined on their key, falling back to the identity fields (mechanism, parameters, size,
-shape, mode, device, dtype) when keys differ; a cell present on one side only is listed as such.
+shape, mode, device, dtype) when keys differ (:func:`attnbench.report.frame.match_cells`, as the
+gate); a cell present on one side only is listed as such. Time ratios are flagged when they are
+within noise: a two-sided Mann-Whitney test on the timing samples where both sides kept them,
+else overlapping interquartile ranges; such a ratio is no change and is not printed as one.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
+from scipy.stats import mannwhitneyu
 
+from .. import metrics as catalogue
 from ..errors import UserError
-from .analysis import QUALITY_METRICS
-from .frame import row_label, to_frame
-from .gate import _match
-from .style import gib, seconds, sig
+from ..metrics import QUALITY_METRICS
+from .frame import match_cells, number, row_label, to_frame
+from .style import sig
 
 #: metrics shown by default, in this order, when either side has them
 DEFAULT_METRICS: tuple[str, ...] = ("peak_memory_bytes", "flops", "time_median_s") + QUALITY_METRICS
-_SHORT = {"peak_memory_bytes": "memory", "estimated_memory_bytes": "est. memory", "flops": "FLOPs",
-          "estimated_flops": "est. FLOPs", "time_median_s": "time"}
+#: a time ratio whose samples differ with p at or above this is reported as noise
+ALPHA = 0.05
 
 
-def _fmt(metric: str, value: Any) -> str:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if x != x:
-        return "—"
-    if metric.endswith("memory_bytes"):
-        return f"{gib(x)} GiB"
-    if metric.endswith("flops"):
-        return f"{sig(x / 1e9)} GFLOPs"
-    if metric.endswith("_s"):
-        return seconds(x)
-    return sig(x)
+def time_noise(a: pd.Series, b: pd.Series) -> tuple[bool, float | None]:
+    """(within noise?, p-value or None) for the time of one cell measured twice.
+
+    With timing samples on both sides (3 or more each): a two-sided Mann-Whitney test; without them:
+    whether the intervals median ± IQR/2 overlap. Unknown spread (a single timing): not noise.
+    """
+    sa, sb = a.get("time_samples_s"), b.get("time_samples_s")
+    if isinstance(sa, (list, tuple)) and isinstance(sb, (list, tuple)) and len(sa) >= 3 and len(sb) >= 3:
+        p = float(mannwhitneyu(np.asarray(sb, float), np.asarray(sa, float), alternative="two-sided").pvalue)
+        return p >= ALPHA, p
+    ma, mb = number(a.get("time_median_s")), number(b.get("time_median_s"))
+    ia, ib = number(a.get("time_iqr_s")), number(b.get("time_iqr_s"))
+    if None in (ma, mb, ia, ib):
+        return False, None
+    return bool(ma - ia / 2 <= mb + ib / 2 and mb - ib / 2 <= ma + ia / 2), None
 
 
 def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
@@ -48,8 +54,8 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     unknown = [m for m in (metrics or []) if m not in present]
     if unknown:
         raise UserError(f"no metric {', '.join(unknown)} in either side; present: "
-                        f"{', '.join(sorted(c for c in present if c in DEFAULT_METRICS or c.endswith(('_bytes', '_s'))))}")
-    pairs = _match(fa, fb)
+                        f"{', '.join(sorted(c for c in present if c in catalogue.CATALOGUE))}")
+    pairs = match_cells(fa, fb)
     matched_b = {j for _, j in pairs if j is not None}
     rows = []
 
@@ -64,18 +70,26 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
                                "A status": ra["status"] if ra is not None else "absent",
                                "B status": rb["status"] if rb is not None else "absent"}
         for m in chosen:
-            name = _SHORT.get(m, m)
+            metric = catalogue.get(m)
             va = ra.get(m) if ra is not None and ra["status"] == "ok" else None
             vb = rb.get(m) if rb is not None and rb["status"] == "ok" else None
-            row[f"{name} A"], row[f"{name} B"] = _fmt(m, va), _fmt(m, vb)
-            try:
-                ratio = float(vb) / float(va)
-                row[f"{name} B/A"] = f"×{sig(ratio)}" if ratio == ratio else "—"
-            except (TypeError, ValueError, ZeroDivisionError):
-                row[f"{name} B/A"] = "—"
+            row[f"{metric.label} A"], row[f"{metric.label} B"] = metric.format(va), metric.format(vb)
+            x, y = number(va), number(vb)
+            if x is None or y is None or x == 0:
+                row[f"{metric.label} B/A"] = "—"
+                continue
+            text = f"×{sig(y / x)}"
+            if metric.kind == "time":
+                noise, p = time_noise(ra, rb)
+                where = f"p={p:.2g}" if p is not None else "IQRs overlap"
+                text = f"within noise ({text}, {where})" if noise else (f"{text} (p={p:.2g})" if p is not None else text)
+            row[f"{metric.label} B/A"] = text
         rows.append(row)
     df = pd.DataFrame(rows).set_index("cell")
-    names = [_SHORT.get(m, m) for m in chosen]
+    names = [catalogue.get(m).label for m in chosen]
     empty = [m for m in names if (df[f"{m} A"] == "—").all() and (df[f"{m} B"] == "—").all()]
     df = df.drop(columns=[f"{m} {s}" for m in empty for s in ("A", "B", "B/A")])
+    df.attrs["notes"] = [f"time ratios are flagged \"within noise\" when a two-sided Mann-Whitney test on the timing "
+                         f"samples gives p >= {ALPHA} (or, without samples, when median ± IQR/2 overlap); "
+                         "other metrics are deterministic for a fixed seed"]
     return df

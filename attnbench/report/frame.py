@@ -7,18 +7,21 @@ is labelled by its mechanism plus whatever else varies among the rows being show
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from ..metrics import as_number
 from .style import order_key
 
 #: fields that make two records the same measurement (the cell's identity, without the key hash)
 IDENTITY: tuple[str, ...] = ("suite", "preset", "mechanism", "params", "size", "channels", "patch_size",
                              "batch", "mode", "device", "dtype", "seed", "options")
-#: identity fields that may label a row when they vary (suite/preset label tables, not rows)
-ROW_FIELDS: tuple[str, ...] = ("channels", "patch_size", "batch", "device", "dtype", "seed", "options")
+#: identity fields that may label a row when they vary (suite/preset label tables, not rows); ``data``
+#: (where the images came from) is derived from the options, so runs on different data never share a row
+ROW_FIELDS: tuple[str, ...] = ("data", "channels", "patch_size", "batch", "device", "dtype", "seed", "options")
+#: option keys that name the images a task ran on (a --data folder, one photograph, an image pair)
+DATA_OPTIONS: tuple[str, ...] = ("data", "photo", "query_image", "key_image")
 #: options that say which mechanism a network was trained with (substitution suite)
 TRAINED_WITH_KEYS: tuple[str, ...] = ("trained_with", "train_mechanism", "train")
 
@@ -42,6 +45,19 @@ def latest(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for rec in records:
         by_key[rec["key"]] = rec
     return list(by_key.values())
+
+
+def data_source(rec: dict[str, Any]) -> str:
+    """Where a cell's images came from: ``embedded`` (the package's pairs), or the folder, photo or image
+    named in its options (``folder davis``, ``photo rocket``). Cells without images say ``synthetic``."""
+    options = rec.get("options") or {}
+    for key in DATA_OPTIONS:
+        if options.get(key):
+            name = str(options[key]).rstrip("/").rsplit("/", 1)[-1]
+            return {"data": "folder", "photo": "photo"}.get(key, "image") + f" {name}"
+    if rec.get("suite") in ("memory", "speed") or rec.get("runner", "").endswith("microbench:run"):
+        return "synthetic"
+    return "embedded"
 
 
 def trained_with(rec: dict[str, Any]) -> str | None:
@@ -77,16 +93,22 @@ def expand_substitution(records: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
+#: options a run measures before its cells start (the matmul yardstick): they differ run to run and are
+#: no part of what a cell measured, so rows never differ by them
+CALIBRATION_OPTIONS: frozenset[str] = frozenset({"flops_per_s"})
+
+
 def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """Flatten records into a DataFrame (metrics as columns; dicts kept plus a canonical string form)."""
     rows = []
     for rec in latest(expand_substitution(latest(records))):
+        rec = dict(rec, options={k: v for k, v in (rec.get("options") or {}).items() if k not in CALIBRATION_OPTIONS})
         row: dict[str, Any] = {f: rec.get(f) for f in IDENTITY}
         row.update(key=rec["key"], status=rec["status"], reason=rec.get("reason", ""),
                    label=mechanism_label(rec["mechanism"], rec.get("params")),
                    params_str=canonical(rec.get("params") or {}), options_str=canonical(rec.get("options") or {}),
                    machine=machine_name(rec.get("env") or {}), schema=rec.get("schema"),
-                   trained_with=trained_with(rec) or "")
+                   trained_with=trained_with(rec) or "", data=data_source(rec))
         for name, value in (rec.get("metrics") or {}).items():
             row[name if name not in row else f"metric:{name}"] = value
         rows.append(row)
@@ -111,6 +133,11 @@ def varying(df: pd.DataFrame, fields: Iterable[str]) -> list[str]:
     """The fields among ``fields`` that take more than one value in ``df``."""
     out = []
     for f in fields:
+        if f == "options" and "options" in df.columns:  # options that only name the data: told by ``data``
+            values = df["options"].map(lambda o: canonical({k: v for k, v in (o or {}).items() if k not in DATA_OPTIONS}))
+            if values.nunique(dropna=False) > 1:
+                out.append(f)
+            continue
         col = f"{f}_str" if f"{f}_str" in df.columns else f
         if col in df.columns and df[col].astype(str).nunique(dropna=False) > 1:
             out.append(f)
@@ -125,20 +152,49 @@ def row_label(row: pd.Series, extra_fields: Sequence[str]) -> str:
         if f == "options":  # runner options differ between presets: the preset names them briefly
             v = row.get("preset") or ",".join(f"{k}={x}" for k, x in sorted((row.get("options") or {}).items())) or "-"
         parts.append({"channels": f"C{v}", "batch": f"B{v}", "patch_size": f"p{v}", "seed": f"seed {v}",
-                      "size": f"{v}px"}.get(f, str(v)))
+                      "size": f"{v}px", "data": f"on {v}"}.get(f, str(v)))
     return " ".join(parts)
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Columns of ``df`` that came from records' metrics."""
     fixed = set(IDENTITY) | {"key", "status", "reason", "label", "params_str", "options_str", "machine",
-                             "schema", "trained_with"}
+                             "schema", "trained_with", "data"}
     return [c for c in df.columns if c not in fixed]
 
 
 #: fields two cells must share to have been measured side by side (one run, one machine, one shape)
 RUN_FIELDS: tuple[str, ...] = ("suite", "preset", "size", "channels", "patch_size", "batch", "mode", "device",
-                               "dtype", "seed", "machine")
+                               "dtype", "seed", "machine", "data")
+#: fields that identify a cell when record keys differ (a suite gained an option, a preset was renamed)
+LOOSE_IDENTITY: tuple[str, ...] = ("suite", "label", "size", "channels", "patch_size", "batch", "mode",
+                                   "device", "dtype")
+
+
+def match_cells(base: pd.DataFrame, cur: pd.DataFrame) -> list[tuple[int, int | None]]:
+    """Pairs (row of ``base``, row of ``cur`` or None) measuring the same cell: by key, else by the
+    loose identity when exactly one row of ``cur`` has it. Gate and compare join two runs with this."""
+    by_key = {k: i for i, k in zip(cur.index, cur["key"])}
+    loose = lambda df, i: tuple(str(df.at[i, f]) for f in LOOSE_IDENTITY)  # noqa: E731
+    used = set()
+    pairs: list[tuple[int, int | None]] = []
+    unmatched = []
+    for i, key in zip(base.index, base["key"]):
+        if key in by_key:
+            pairs.append((i, by_key[key]))
+            used.add(by_key[key])
+        else:
+            unmatched.append(i)
+    candidates: dict[tuple, list[int]] = {}
+    for j in cur.index:
+        if j not in used:
+            candidates.setdefault(loose(cur, j), []).append(j)
+    for i in unmatched:
+        found = candidates.get(loose(base, i), [])
+        pairs.append((i, found[0] if len(found) == 1 else None))
+        if len(found) == 1:
+            used.add(found[0])
+    return pairs
 
 
 def is_reference(df: pd.DataFrame, reference: str) -> pd.Series:
@@ -183,8 +239,58 @@ def environments(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 def number(value: Any) -> float | None:
     """A metric as a float, or None when it is missing, not numeric or NaN."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
+    return as_number(value)
+
+
+#: what a section's settings line names, in this order: (field, how it is written)
+_SETTING_NAMES: tuple[tuple[str, str], ...] = (("size", "sizes"), ("channels", "C"), ("patch_size", "p"),
+                                               ("batch", "batch"), ("mode", "mode"), ("dtype", "dtype"),
+                                               ("device", "device"), ("data", "data"), ("preset", "preset"))
+
+
+def settings(df: pd.DataFrame) -> dict[str, str]:
+    """The grid that was actually run, from the records themselves (never from a preset's name):
+    ``{"sizes": "64, 128 px", "C": "16", "p": "7", "mode": "fwd", ...}``."""
+    out: dict[str, str] = {}
+    if df.empty:
+        return out
+    for field, name in _SETTING_NAMES:
+        if field not in df.columns:
+            continue
+        values = sorted({v for v in df[field].dropna()}, key=lambda v: (isinstance(v, str), v))
+        text = ", ".join(str(v) for v in values)
+        out[name] = f"{text} px" if field == "size" else text
+    return out
+
+
+def caption(df: pd.DataFrame, sizes: bool = True) -> str:
+    """The settings as one short line for a table or plot title: ``64-512 px, C=16, p=7, fwd, float32, cpu``."""
+    s = settings(df)
+    ran = sorted({int(v) for v in df["size"]}) if sizes and "size" in df.columns and not df.empty else []
+    parts = []
+    if ran:
+        parts.append(f"{ran[0]} px" if len(ran) == 1 else f"{ran[0]}-{ran[-1]} px")
+    for name in ("C", "p"):
+        if s.get(name):
+            parts.append(f"{name}={s[name]}")
+    for name in ("mode", "dtype", "device"):
+        if s.get(name):
+            parts.append(s[name])
+    if s.get("data"):
+        parts.append(f"data: {s['data']}")
+    return ", ".join(parts)
+
+
+#: resolved parameters a table leaves out (shown in the settings line, or the same for every row)
+_QUIET_PARAMS: frozenset[str] = frozenset({"patch_size", "seed", "backend", "schedule"})
+_DEFAULT_PARAMS: dict[str, Any] = {"temperature": 1.0, "similarity": "l2", "aggregation": False}
+
+
+def params_text(row: pd.Series) -> str:
+    """The parameters a row actually ran with (the mechanism's resolved ones), e.g. ``k=3, iterations=5``:
+    so that ``knn-exact`` with k=1 is not mistaken for the ceiling of ``psal-3``."""
+    resolved = row.get("resolved_params")
+    params = dict(resolved) if isinstance(resolved, dict) else dict(row.get("params") or {})
+    shown = {k: v for k, v in sorted(params.items())
+             if k not in _QUIET_PARAMS and _DEFAULT_PARAMS.get(k, object()) != v and v is not None}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())

@@ -12,15 +12,14 @@ What is judged, and how:
 - a gated metric the baseline cell has and the current cell lacks is a regression, even when no
   current record has it at all; a baseline value that is NaN or not a number is reported as an
   ``invalid baseline`` finding (which fails: a broken baseline guards nothing).
-Tolerances come from :data:`DEFAULT_TOLERANCES`, then the suite file's ``[gate.tolerances]``,
+Tolerances come from the metrics catalogue (:data:`attnbench.metrics.DEFAULT_TOLERANCES`), then the suite file's
+``[gate.tolerances]``,
 then the command line, each overriding the one before.
 """
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -28,33 +27,11 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from ..errors import UserError
-from .analysis import HIGHER_IS_BETTER
-from .frame import is_reference, number, reference_values, row_label, to_frame
+from ..metrics import DEFAULT_TOLERANCES, HIGHER_IS_BETTER, NOT_GATED, TIME_RATIO  # noqa: F401  (the catalogue)
+from .frame import LOOSE_IDENTITY, is_reference, number, reference_values, row_label, to_frame  # noqa: F401
+from .frame import match_cells as _match
 
-#: the time metric is judged through this derived metric, never on its own
-TIME_RATIO = "time_ratio"
-#: relative change allowed before a cell counts as regressed (0.05 = 5% worse)
-DEFAULT_TOLERANCES: dict[str, float] = {
-    "flops": 0.01,
-    "estimated_flops": 1e-6,
-    "estimated_memory_bytes": 1e-6,
-    "peak_memory_bytes": 0.05,
-    TIME_RATIO: 0.25,
-    "l2": 0.02,
-    "l1": 0.02,
-    "tv": 0.02,
-    "psnr": 0.01,
-    "ssim": 0.01,
-}
 DEFAULT_ALPHA = 0.05
-#: metrics that are bookkeeping of other metrics, never gated themselves
-NOT_GATED: frozenset[str] = frozenset({"time_median_s", "time_iqr_s", "time_repeats", "time_samples_s",
-                                       "uncounted_ops"})
-#: fields that identify a cell when record keys differ (a suite gained an option, a preset was renamed)
-LOOSE_IDENTITY: tuple[str, ...] = ("suite", "label", "size", "channels", "patch_size", "batch", "mode",
-                                   "device", "dtype")
-
-
 @dataclass(frozen=True)
 class Finding:
     """One line of the gate's verdict."""
@@ -111,16 +88,12 @@ def parse_tolerances(items: Sequence[str]) -> dict[str, float]:
 
 
 def suite_gate_settings(suite: str) -> dict[str, Any]:
-    """The ``[gate]`` table of ``suites/<suite>.toml`` (empty when the suite file or table is absent)."""
-    try:
-        text = (resources.files("attnbench_suites") / f"{suite}.toml").read_text(encoding="utf-8")
-    except (FileNotFoundError, ModuleNotFoundError, OSError):
+    """The ``[gate]`` table of the suite's file (``Suite.gate``; empty when the suite is not installed)."""
+    from ..suites import load, suite_names
+
+    if suite not in suite_names():
         return {}
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"suite file {suite}.toml is not valid TOML: {exc}") from None
-    gate = data.get("gate", {})
+    gate = load(suite).gate
     if not isinstance(gate, dict):
         raise UserError(f"suite file {suite}.toml: [gate] must be a table")
     return gate
@@ -135,31 +108,6 @@ def _relative_change(baseline: float, current: float, higher_is_better: bool) ->
         return math.inf if worse else -math.inf
     change = (current - baseline) / abs(baseline)
     return -change if higher_is_better else change
-
-
-def _match(base: pd.DataFrame, cur: pd.DataFrame) -> list[tuple[int, int | None]]:
-    """Pairs (baseline row, current row or None): by key, else by the loose identity when unique."""
-    by_key = {k: i for i, k in zip(cur.index, cur["key"])}
-    loose = lambda df, i: tuple(str(df.at[i, f]) for f in LOOSE_IDENTITY)  # noqa: E731
-    used = set()
-    pairs: list[tuple[int, int | None]] = []
-    unmatched = []
-    for i, key in zip(base.index, base["key"]):
-        if key in by_key:
-            pairs.append((i, by_key[key]))
-            used.add(by_key[key])
-        else:
-            unmatched.append(i)
-    candidates: dict[tuple, list[int]] = {}
-    for j in cur.index:
-        if j not in used:
-            candidates.setdefault(loose(cur, j), []).append(j)
-    for i in unmatched:
-        found = candidates.get(loose(base, i), [])
-        pairs.append((i, found[0] if len(found) == 1 else None))
-        if len(found) == 1:
-            used.add(found[0])
-    return pairs
 
 
 def _scaled_samples(row: pd.Series, ref_median: float) -> np.ndarray | None:

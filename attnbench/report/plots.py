@@ -1,10 +1,15 @@
 """Plots of a suite's records (matplotlib, Agg backend): scaling on log-log axes and quality vs cost.
 
-- ``scaling``: a metric (memory, FLOPs, time) vs input size, one panel per mode; measured solid,
-  the plugin's estimate dashed in the same colour, each mechanism's fitted exponent in the legend,
-  infeasible/oom cells as crosses on the estimate, the machine's memory as a horizontal line.
-- ``quality``: the paper's Figure 5, a quality metric vs memory and vs GFLOPs, Pareto front marked.
-Every mechanism has one colour in every plot (:func:`attnbench.report.style.colour`).
+- ``scaling``: a metric (memory, FLOPs, time) vs input size, one panel per mode; measured solid
+  (times with their interquartile range as error bars), the plugin's estimate dashed with hollow
+  markers in the same colour, each mechanism's fitted exponent in the legend (from 3 sizes or more),
+  cells that did not run as crosses on their estimate, the machine's memory and an optional
+  budget as horizontal lines.
+- ``quality``: the paper's Figure 5, a quality metric vs memory and vs GFLOP at the sizes where most
+  mechanisms were measured (one row of panels per size and data source; never one Pareto front
+  across data sets), labels placed so that they do not overlap.
+Every mechanism has one colour and one marker in every plot (:mod:`attnbench.report.style`),
+derived from its name; legends name mechanisms and what varies, never presets.
 """
 from __future__ import annotations
 
@@ -20,29 +25,49 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
-from .analysis import HIGHER_IS_BETTER, QUALITY_METRICS, fit_exponent, pareto_front  # noqa: E402
-from .frame import ROW_FIELDS, metric_columns, row_label, to_frame, varying  # noqa: E402
-from .style import GIB, colour, order_key  # noqa: E402
+from .. import metrics as catalogue  # noqa: E402
+from ..metrics import HIGHER_IS_BETTER, QUALITY_METRICS  # noqa: E402
+from .analysis import fit_exponent, pareto_front  # noqa: E402
+from .frame import ROW_FIELDS, caption, metric_columns, row_label, to_frame, varying  # noqa: E402
+from .style import colour, marker, order_key  # noqa: E402
 
-_MARKERS = ("o", "s", "^", "D", "v", "P", "*")
+#: row fields a plot's legend may name (never the preset: ``options`` differ between presets)
+PLOT_FIELDS: tuple[str, ...] = tuple(f for f in ROW_FIELDS if f != "options")
+#: line styles by data source, in order of appearance (the colour stays the mechanism's)
+_DATA_STYLES = ("-", "-.", ":", (0, (5, 1)))
 
 
 @dataclass(frozen=True)
 class Axis:
-    """A metric, its estimate counterpart, and how to show it."""
+    """A metric of the catalogue and how a plot shows it."""
 
     metric: str
-    estimate: str | None
-    label: str
-    scale: float
     title: str
 
+    @property
+    def entry(self) -> catalogue.Metric:
+        return catalogue.get(self.metric)
 
-MEMORY = Axis("peak_memory_bytes", "estimated_memory_bytes", "peak memory (GiB)", GIB, "Peak memory")
-FLOPS = Axis("flops", "estimated_flops", "GFLOPs", 1e9, "Floating-point operations")
-TIME = Axis("time_median_s", None, "median time (s)", 1.0, "Time")
+    @property
+    def estimate(self) -> str | None:
+        return self.entry.estimate
+
+    @property
+    def scale(self) -> float:
+        return self.entry.scale
+
+    @property
+    def label(self) -> str:
+        unit = self.entry.unit
+        return f"{self.title.lower()} ({unit})" if unit else self.title.lower()
+
+
+MEMORY = Axis("peak_memory_bytes", "Peak memory")
+FLOPS = Axis("flops", "Floating-point operations")
+TIME = Axis("time_median_s", "Median time")
 
 
 def _num(series: pd.Series) -> np.ndarray:
@@ -69,81 +94,132 @@ def machine_memory(records: Sequence[dict[str, Any]]) -> list[tuple[str, float]]
     return sorted(found.items())
 
 
-def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Sequence[tuple[str, float]] = ()) -> Figure | None:
+def _series(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Rows grouped into one curve each: the mechanism plus what varies (data, C, p...), presets merged;
+    of two cells at one size the last one wins."""
+    extra = varying(df, PLOT_FIELDS)
+    labels = pd.Series([row_label(r, extra) for _, r in df.iterrows()], index=df.index)
+    out = []
+    for label in sorted(set(labels), key=order_key):
+        rows = df[labels == label].drop_duplicates("size", keep="last").sort_values("size")
+        out.append((label, rows))
+    return out
+
+
+def _time_spread(rows: pd.DataFrame, scale: float) -> np.ndarray:
+    """Asymmetric error bars (2, n): the quartiles of the timing samples, else median ± IQR/2."""
+    lo, hi = [], []
+    for _, r in rows.iterrows():
+        med = catalogue.as_number(r.get("time_median_s"))
+        samples = r.get("time_samples_s")
+        if med is None:
+            lo.append(0.0), hi.append(0.0)
+        elif isinstance(samples, (list, tuple)) and len(samples) >= 2:
+            q1, q3 = np.percentile(np.asarray(samples, float), [25, 75])
+            lo.append(max(med - q1, 0.0) / scale), hi.append(max(q3 - med, 0.0) / scale)
+        else:
+            iqr = catalogue.as_number(r.get("time_iqr_s")) or 0.0
+            lo.append(iqr / 2 / scale), hi.append(iqr / 2 / scale)
+    return np.array([lo, hi])
+
+
+def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Sequence[tuple[str, float]] = (),
+                 budget: float | None = None) -> Figure | None:
     """``axis.metric`` vs input size on log-log axes, one panel per mode; None when nothing to show."""
     wanted = [c for c in (axis.metric, axis.estimate) if c and c in df.columns]
     if not wanted or df.empty:
         return None
     modes = [m for m in ("fwd", "fwd+bwd") if m in set(df["mode"])] + sorted(set(df["mode"]) - {"fwd", "fwd+bwd"})
-    extra = varying(df, ROW_FIELDS)
-    fig, axes = plt.subplots(1, len(modes), figsize=(6.2 * len(modes), 4.8), squeeze=False, sharey=True)
+    data_style = {d: _DATA_STYLES[i % len(_DATA_STYLES)] for i, d in enumerate(dict.fromkeys(df["data"]))}
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.4 * len(modes), 4.6), squeeze=False, sharey=True)
     drew = False
     shown: set[str] = set()
+    handles: dict[str, Any] = {}
     for ax, mode in zip(axes[0], modes):
         sub = df[df["mode"] == mode]
-        labels = sorted({row_label(r, extra) for _, r in sub.iterrows()}, key=order_key)
-        variants: dict[str, int] = {}
-        for label in labels:
-            rows = sub[[row_label(r, extra) == label for _, r in sub.iterrows()]].sort_values("size")
-            base = str(rows["mechanism"].iloc[0])
-            marker = _MARKERS[variants.setdefault(base, 0) % len(_MARKERS)]
-            variants[base] += 1
+        drawn: dict[str, dict[float, float]] = {}
+        for label, rows in _series(sub):
+            mech, mark = str(rows["mechanism"].iloc[0]), marker(str(rows["label"].iloc[0]))
+            c, ls = colour(mech), data_style[rows["data"].iloc[0]]
             n = rows["size"].to_numpy(dtype=float) ** 2
             ok = (rows["status"] == "ok").to_numpy()
             measured = _num(rows[axis.metric]) / axis.scale if axis.metric in rows else np.full(len(rows), np.nan)
             keep = ok & np.isfinite(measured) & (measured > 0)
-            c = colour(label)
             if keep.any():
                 exponent = fit_exponent(n[keep], measured[keep])
                 tag = f"{label} (n^{exponent:.2f})" if exponent is not None else label
-                ax.plot(n[keep], measured[keep], marker=marker, color=c, lw=1.8, ms=5, label=tag)
+                points = dict(zip(n[keep], measured[keep]))
+                hidden = [other for other, pts in drawn.items() if set(points) <= set(pts)
+                          and all(abs(np.log(v / pts[x])) < 0.03 for x, v in points.items())]
+                drawn[label] = points
+                style = dict(marker=mark, color=c, ls=ls, lw=1.6, ms=6)
+                if hidden:  # on top of a curve already drawn: hollow and larger, and said in the legend
+                    tag += f" (≈ {hidden[0]})"
+                    style.update(ms=10, mfc="none", mew=1.5, lw=1.0)
+                if axis is TIME:
+                    h = ax.errorbar(n[keep], measured[keep], yerr=_time_spread(rows[keep], axis.scale), capsize=3,
+                                    elinewidth=1, **style)
+                else:
+                    (h,) = ax.plot(n[keep], measured[keep], **style)
+                handles.setdefault(tag, h)
                 shown.update(rows["key"][keep])
                 drew = True
             if axis.estimate and axis.estimate in rows:
                 est = _num(rows[axis.estimate]) / axis.scale
                 ekeep = np.isfinite(est) & (est > 0)
                 if ekeep.any():
-                    ax.plot(n[ekeep], est[ekeep], ls="--", color=c, lw=1.1, alpha=0.75,
-                            label=None if keep.any() else f"{label} (estimate only)")
+                    (h,) = ax.plot(n[ekeep], est[ekeep], ls="--", color=c, lw=1.0, alpha=0.8, marker=mark, ms=5,
+                                   mfc="none")
+                    if not keep.any():
+                        handles.setdefault(f"{label} (estimate only)", h)
                     failed = ekeep & ~ok
-                    ax.scatter(n[failed], est[failed], marker="x", color=c, s=45, zorder=3)
+                    ax.scatter(n[failed], est[failed], marker="x", color=c, s=50, zorder=3)
                     shown.update(rows["key"][ekeep])
                     drew = True
-        for name, total in machine_memory if axis is MEMORY else ():
-            ax.axhline(total / axis.scale, color="black", lw=1, ls=":")
-            ax.annotate(f"memory of {name}: {total / axis.scale:.0f} GiB", xy=(0.99, total / axis.scale),
-                        xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
+        if axis is MEMORY:
+            for name, total in machine_memory:
+                ax.axhline(total / axis.scale, color="black", lw=1, ls=":")
+                ax.annotate(f"memory of {name}: {total / axis.scale:.0f} GiB", xy=(0.99, total / axis.scale),
+                            xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
+            if budget:
+                ax.axhline(budget / axis.scale, color="#b00020", lw=1.4, ls="--")
+                ax.annotate(f"budget {catalogue.sig(budget / axis.scale)} GiB", xy=(0.01, budget / axis.scale),
+                            xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=8, color="#b00020")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _size_ticks(ax, sub["size"].astype(int).tolist())
         ax.set_xlabel("input size (pixels, H×W)")
-        ax.set_title(f"{mode}")
+        ax.set_title(mode, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
     if not drew:
         plt.close(fig)
         return None
     axes[0][0].set_ylabel(axis.label)
-    for ax in axes[0]:
-        hs, ls = ax.get_legend_handles_labels()
-        ax.legend(hs, ls, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-    note = " — solid: measured, dashed: estimate, ×: not run (infeasible / failed)" if axis.estimate else ""
-    fig.suptitle(f"{suite}: {axis.title.lower()} vs input size (log-log){note}", fontsize=10)
-    fig.tight_layout()
-    _not_plotted(fig, df, shown)
+    key = [Line2D([], [], color="grey", lw=1.6, label="measured" + (" (bars: IQR)" if axis is TIME else "")),
+           Line2D([], [], color="grey", lw=1.0, ls="--", marker="o", mfc="none", label="estimate")] \
+        if axis.estimate else []
+    if axis.estimate:
+        key.append(Line2D([], [], color="grey", ls="", marker="x", label="did not run (estimate)"))
+    fig.suptitle(f"{suite}: {axis.title.lower()} vs input size (log-log) — {caption(df)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.0, 1, 0.97))
+    fig.legend(list(handles.values()) + key, list(handles) + [h.get_label() for h in key], fontsize=8,
+               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, max(1, len(handles) + len(key))),
+               frameon=False)
+    _not_plotted(fig, df, shown, y=-0.04 - 0.035 * ((len(handles) + len(key) + 3) // 4))
     return fig
 
 
-def _not_plotted(fig: Figure, df: pd.DataFrame, shown: set[str]) -> None:
+def _not_plotted(fig: Figure, df: pd.DataFrame, shown: set[str], y: float = -0.01) -> None:
     """Say below the figure which cells are missing from it and why (failures are never hidden)."""
     missing = sorted({f"{r['label']} {int(r['size'])}px {r['mode']} ({r['status']})"
                       for _, r in df.iterrows() if r["key"] not in shown})
     if missing:
         text = "not plotted: " + "; ".join(missing[:8]) + (f"; +{len(missing) - 8} more" if len(missing) > 8 else "")
-        fig.text(0.01, -0.01, text, fontsize=7, color="dimgray", va="top", wrap=True)
+        fig.text(0.01, y, text, fontsize=7, color="dimgray", va="top", wrap=True)
 
 
 def quality_metric(df: pd.DataFrame) -> str | None:
-    """The quality metric a task suite is judged on (l2 first, as the paper)."""
+    """The quality metric a task suite is judged on (the catalogue's first: l2, as the paper)."""
     metrics = metric_columns(df)
     for m in QUALITY_METRICS:
         if m in metrics and pd.to_numeric(df[m], errors="coerce").notna().any():
@@ -151,68 +227,127 @@ def quality_metric(df: pd.DataFrame) -> str | None:
     return None  # timing and bookkeeping metrics are not a quality axis
 
 
-def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
-    """The paper's Figure 5: ``metric`` vs memory and vs GFLOPs, the Pareto front dashed.
+def comparable_sizes(ok: pd.DataFrame, metric: str, most: int = 3) -> list[int]:
+    """The sizes at which the most mechanisms have a ``metric`` value (up to ``most``, largest first):
+    costs and qualities only compare at one resolution, and a size where one mechanism ran compares nothing."""
+    have = ok[pd.to_numeric(ok[metric], errors="coerce").notna()]
+    counts = have.groupby("size")["label"].nunique()
+    if counts.empty:
+        return []
+    best = counts.max()
+    return sorted((int(s) for s, c in counts.items() if c == best), reverse=True)[:most]
 
-    Costs only compare at one resolution, so the plot shows the largest size that has results.
+
+def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str],
+                 colours: Sequence[str] | None = None) -> None:
+    """Annotate points so that no two labels overlap and no label hides a point: each label takes the
+    first free spot among offsets around its point (farther ones with a leader line)."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    pts = ax.transData.transform(np.column_stack([xs, ys])) if len(xs) else np.zeros((0, 2))
+    box = ax.get_window_extent(renderer)
+    taken = [matplotlib.transforms.Bbox.from_extents(x - 5, y - 5, x + 5, y + 5) for x, y in pts]
+    ring = [(7, 5), (7, -12), (-7, 5), (-7, -12), (0, 11), (0, -17)]
+    candidates = ring + [(dx * k, dy * k) for k in (2.2, 3.5, 5) for dx, dy in ring + [(14, 0), (-14, 0)]]
+    for i in sorted(range(len(texts)), key=lambda k: (-pts[k][1], pts[k][0])):
+        best = None
+        for dx, dy in candidates:
+            ann = ax.annotate(texts[i], (xs[i], ys[i]), xytext=(dx, dy), textcoords="offset points", fontsize=7.5,
+                              ha="left" if dx > 0 else ("right" if dx < 0 else "center"),
+                              va="bottom" if dy > 0 else "top", color=colours[i] if colours else "black",
+                              arrowprops=dict(arrowstyle="-", color="grey", lw=0.6) if abs(dx) > 12 or abs(dy) > 18
+                              else None)
+            bb = ann.get_window_extent(renderer).expanded(1.02, 1.08)
+            inside = bb.x0 >= box.x0 and bb.x1 <= box.x1 and bb.y0 >= box.y0 and bb.y1 <= box.y1
+            if inside and not any(bb.overlaps(t) for t in taken):
+                best = ann
+                break
+            ann.remove()
+        if best is None:  # nowhere free: the nearest spot, still readable
+            best = ax.annotate(texts[i], (xs[i], ys[i]), xytext=(7, 5), textcoords="offset points", fontsize=7.5,
+                               color=colours[i] if colours else "black")
+        taken.append(best.get_window_extent(renderer))
+
+
+def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
+    """The paper's Figure 5: ``metric`` vs memory and vs GFLOP, the Pareto front dashed.
+
+    One row of panels per size where the most mechanisms ran, and per data source: a Pareto front
+    never mixes two data sets.
     """
-    ok = df[df["status"] == "ok"]
-    if ok.empty or metric not in ok.columns:
+    ok_all = df[df["status"] == "ok"]
+    if ok_all.empty or metric not in ok_all.columns:
         return None
-    size = int(ok["size"].max())
-    ok, df = ok[ok["size"] == size], df[df["size"] == size]
-    extra = [f for f in varying(ok, ("size", "mode") + ROW_FIELDS)
-             if not (f == "options" and (ok["trained_with"] != "").any())]
-    labels = [row_label(r, extra) + (f" ← {r['trained_with']}" if r.get("trained_with") else "")
-              for _, r in ok.iterrows()]
-    quality = _num(ok[metric])
-    panels = [(ax, axis) for ax, axis in ((None, MEMORY), (None, FLOPS)) if axis.metric in ok.columns]
-    if not panels or not np.isfinite(quality).any():
+    sizes = comparable_sizes(ok_all, metric)
+    groups = [(s, d) for s in sizes for d in dict.fromkeys(ok_all[ok_all["size"] == s]["data"])]
+    panels = [axis for axis in (MEMORY, FLOPS) if axis.metric in ok_all.columns]
+    if not groups or not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(len(groups), len(panels), figsize=(6.4 * len(panels), 4.4 * len(groups)),
+                             squeeze=False)
     better = "higher" if metric in HIGHER_IS_BETTER else "lower"
     shown: set[str] = set()
-    for ax, (_, axis) in zip(axes[0], panels):
-        cost = _num(ok[axis.metric]) / axis.scale
-        for x, y, label, mech, key in zip(cost, quality, labels, ok["label"], ok["key"]):
-            if np.isfinite(x) and np.isfinite(y) and x > 0:
-                shown.add(key)
-                ax.scatter(x, y, color=colour(mech), s=55, zorder=3, edgecolor="black", linewidth=0.5)
-                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7.5)
-        usable = np.isfinite(cost) & (cost > 0)
-        score = -quality if metric in HIGHER_IS_BETTER else quality
-        front = pareto_front(np.where(usable, cost, np.nan), score)
-        if len(front) > 1:
-            ax.step(cost[front], quality[front], where="post", color="grey", ls="--", lw=1.2, zorder=2,
-                    label="Pareto front")
-        if front:
-            ax.scatter(cost[front], quality[front], s=160, facecolor="none", edgecolor="grey", zorder=2,
-                       label=None if len(front) > 1 else "Pareto front")
-        ax.set_xscale("log")
-        finite = quality[np.isfinite(quality) & (quality > 0)]
-        if finite.size and finite.max() > 10 * finite.min():
-            ax.set_yscale("log")  # quality spanning decades: keep the good ones apart
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.margins(x=0.25)
-        ax.set_xlabel(axis.label)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-    axes[0][0].set_ylabel(f"{metric} ({better} is better)")
-    legend = " — labels: tested ← trained with" if (ok["trained_with"] != "").any() else ""
-    fig.suptitle(f"{suite} at {size} px: {metric} vs cost (as the paper's Figure 5){legend}", fontsize=10)
-    fig.tight_layout()
-    _not_plotted(fig, df, shown)
+    trained = (ok_all["trained_with"] != "").any()
+    extra = [f for f in varying(ok_all, PLOT_FIELDS) if f not in ("data",)]
+    placements = []
+    for row_axes, (size, data) in zip(axes, groups):
+        ok = ok_all[(ok_all["size"] == size) & (ok_all["data"] == data)]
+        labels = [row_label(r, extra) + (f" ← {r['trained_with']}" if r.get("trained_with") else "")
+                  for _, r in ok.iterrows()]
+        quality = _num(ok[metric])
+        for ax, axis in zip(row_axes, panels):
+            cost = _num(ok[axis.metric]) / axis.scale
+            usable = np.isfinite(cost) & (cost > 0) & np.isfinite(quality)
+            xs, ys, texts, cols = [], [], [], []
+            for x, y, label, mech, full, key, good in zip(cost, quality, labels, ok["mechanism"], ok["label"],
+                                                         ok["key"], usable):
+                if good:
+                    shown.add(key)
+                    ax.scatter(x, y, color=colour(mech), marker=marker(full), s=60, zorder=3, edgecolor="black",
+                               linewidth=0.5)
+                    xs.append(x), ys.append(y), texts.append(label), cols.append(colour(mech))
+            score = -quality if metric in HIGHER_IS_BETTER else quality
+            front = pareto_front(np.where(usable, cost, np.nan), np.where(usable, score, np.nan))
+            if len(front) > 1:
+                ax.step(cost[front], quality[front], where="post", color="grey", ls="--", lw=1.2, zorder=2,
+                        label="Pareto front")
+            if front:
+                ax.scatter(cost[front], quality[front], s=170, facecolor="none", edgecolor="grey", zorder=2,
+                           label=None if len(front) > 1 else "Pareto front")
+            ax.set_xscale("log")
+            finite = quality[np.isfinite(quality) & (quality > 0)]
+            if finite.size and finite.max() > 10 * finite.min():
+                ax.set_yscale("log")  # quality spanning decades: keep the good ones apart
+            else:
+                fmt = ScalarFormatter(useOffset=False)
+                ax.yaxis.set_major_formatter(fmt)
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.margins(x=0.3, y=0.15)
+            ax.set_xlabel(axis.label)
+            ax.set_ylabel(f"{metric} ({better} is better)")
+            ax.set_title(f"{size} px, data: {data}", fontsize=9)
+            ax.grid(True, alpha=0.3)
+            if front:
+                ax.legend(fontsize=8, loc="best")
+            placements.append((ax, xs, ys, texts, cols))
+    legend = " — labels: tested ← trained with" if trained else ""
+    fig.suptitle(f"{suite}: {metric} vs cost (as the paper's Figure 5) — {caption(ok_all)}{legend}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    for ax, xs, ys, texts, cols in placements:
+        place_labels(ax, xs, ys, texts, cols)
+    _not_plotted(fig, df[df["size"].isin(sizes)], shown)
     return fig
 
 
-def suite_plots(records: Sequence[dict[str, Any]], suite: str) -> dict[str, Figure]:
+def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | None = None) -> dict[str, Figure]:
     """All plots that a suite's records support, by a short name (``memory``, ``flops``, ``time``, ``quality``)."""
     df = to_frame([r for r in records if r.get("suite") == suite])
     if df.empty:
         return {}
     out: dict[str, Figure | None] = {}
     if df["size"].nunique() > 1:
-        out["memory"] = scaling_plot(df, MEMORY, suite, machine_memory([r for r in records if r.get("suite") == suite]))
+        out["memory"] = scaling_plot(df, MEMORY, suite, machine_memory([r for r in records if r.get("suite") == suite]),
+                                     budget)
         out["flops"] = scaling_plot(df, FLOPS, suite)
         out["time"] = scaling_plot(df, TIME, suite)
     metric = quality_metric(df)

@@ -1,11 +1,13 @@
 """Tables shaped like the paper's, one per suite, as pandas DataFrames of display strings.
 
 ``memory``: rows = mechanism and mode, columns = input sizes, each cell "measured (est.)" GiB or
-the cell's status, the paper's Table 1 figure beside it. ``speed``: median time (IQR) and the ratio
+the cell's status, the paper's Table 1 figure (GB, as published) beside it where the cells ran at the
+paper's settings. ``speed``: median time (IQR) and the ratio
 to a reference mechanism measured in the same run. Task suites (and any suite this module does not
 know): one row per cell with its quality metrics, GFLOPs and memory, the paper's figures beside.
 Failed, infeasible and unavailable cells are always shown with their status, never dropped; their
-reasons go to ``df.attrs["notes"]``.
+reasons go to ``df.attrs["notes"]``. Titles state the grid that was run (``df.attrs["settings"]``),
+units and formats come from :mod:`attnbench.metrics`, and runs on different data never share a row.
 """
 from __future__ import annotations
 
@@ -17,18 +19,21 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import UserError
+from .. import metrics as catalogue
+from ..metrics import NOT_QUALITY, QUALITY_METRICS
 from . import paper
-from .analysis import QUALITY_METRICS, fit_exponent
-from .frame import ROW_FIELDS, metric_columns, number, reference_values, row_label, to_frame, varying
-from .style import gib, seconds, sig
+from .analysis import crossover, fit_exponent
+from .frame import (ROW_FIELDS, caption, metric_columns, number, params_text, reference_values, row_label,
+                    settings, to_frame, varying)
+from .style import seconds, sig
 
-#: metrics that are costs or bookkeeping, not quality
-COST_METRICS: frozenset[str] = frozenset({
-    "peak_memory_bytes", "estimated_memory_bytes", "flops", "estimated_flops", "uncounted_ops",
-    "time_median_s", "time_iqr_s", "time_repeats", "time_samples_s"})
+#: metrics that are costs or bookkeeping, not quality (declared in the catalogue)
+COST_METRICS: frozenset[str] = NOT_QUALITY
 PAPER_SUFFIX = " paper"
-#: suites whose tables show the paper's quality metrics only (their records also hold bookkeeping)
+#: suites whose tables show the catalogue's quality metrics only (their records also hold bookkeeping)
 TASK_SUITES: tuple[str, ...] = ("reconstruction", "colorization", "inpainting", "substitution")
+MEMORY = catalogue.get("peak_memory_bytes")
+FLOPS = catalogue.get("flops")
 
 
 def _numeric(column: pd.Series) -> bool:
@@ -50,7 +55,7 @@ def status_text(row: pd.Series, estimate: str | None = None) -> str:
         # skipped because it could not finish within the cell's timeout, not for lack of memory
         seconds = str(row["reason"]).split()[1]
         return f"too slow (~{seconds} s; est. {estimate})" if estimate else f"too slow (~{seconds} s)"
-    if status in ("infeasible", "oom") and estimate:
+    if status in ("infeasible", "oom", "timeout") and estimate:
         return f"{status} (est. {estimate})"
     if status == "unavailable":
         return f"unavailable: {_short(row['reason'])}" if row["reason"] else "unavailable"
@@ -65,26 +70,24 @@ def _note(row: pd.Series, where: str) -> str | None:
     return f"{where}: {row['status']}: {str(row['reason']).strip().splitlines()[0]}"
 
 
-def _memory_cell(row: pd.Series) -> str:
-    est = number(row.get("estimated_memory_bytes"))
-    est_text = f"{gib(est)} GiB" if est is not None else None
+def _cost_cell(row: pd.Series, metric: catalogue.Metric, mark_uncounted: bool = False) -> str:
+    """``measured (est. estimate)`` in the metric's display unit, or the status with the estimate."""
+    estimate = catalogue.get(metric.estimate) if metric.estimate else None
+    est = estimate.display(row.get(estimate.name)) if estimate else None
     if row["status"] != "ok":
-        return status_text(row, est_text)
-    peak = number(row.get("peak_memory_bytes"))
-    measured = gib(peak) if peak is not None else "—"
-    return f"{measured} (est. {gib(est)})" if est is not None else measured
+        return status_text(row, estimate.format(row.get(estimate.name)) if est is not None else None)
+    measured = metric.format(row.get(metric.name), unit=False)
+    if mark_uncounted and row.get("uncounted_ops") and measured != "—":
+        measured += "*"
+    return f"{measured} (est. {sig(est)})" if est is not None else measured
+
+
+def _memory_cell(row: pd.Series) -> str:
+    return _cost_cell(row, MEMORY)
 
 
 def _flops_cell(row: pd.Series) -> str:
-    est = number(row.get("estimated_flops"))
-    est_text = f"{sig(est / 1e9)} GFLOPs" if est is not None else None
-    if row["status"] != "ok":
-        return status_text(row, est_text)
-    flops = number(row.get("flops"))
-    measured = sig(flops / 1e9) if flops is not None else "—"
-    if row.get("uncounted_ops"):
-        measured += "*"
-    return f"{measured} (est. {sig(est / 1e9)})" if est is not None else measured
+    return _cost_cell(row, FLOPS, mark_uncounted=True)
 
 
 def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_metric: str | None,
@@ -95,12 +98,16 @@ def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_
     table: dict[str, dict[str, str]] = {}
     fits: dict[str, tuple[list[float], list[float]]] = {}
     notes: list[str] = []
+    params: dict[str, list[str]] = {}
     for _, row in df.iterrows():
         name = f"{row_label(row, extra)} {row['mode']}"
         col = f"{int(row['size'])} px"
         table.setdefault(name, {})[col] = cell(row)
+        text = params_text(row)
+        if text not in params.setdefault(name, []):
+            params[name].append(text)
         if paper_metric:
-            fig = paper.lookup(suite, paper_metric, row["mechanism"], row["params"], int(row["size"]))
+            fig = paper.lookup(suite, paper_metric, row["mechanism"], row["params"], int(row["size"]), cell=row)
             if fig is not None:
                 table[name][col + PAPER_SUFFIX] = fig.text
         note = _note(row, f"{name} {col}")
@@ -120,26 +127,41 @@ def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_
     out = pd.DataFrame.from_dict(table, orient="index").reindex(columns=columns)
     for c in columns:
         out[c] = out[c].fillna("" if c.endswith(PAPER_SUFFIX) else "not run")
+    if any(t for texts in params.values() for t in texts):
+        out.insert(0, "params", [" | ".join(t or "-" for t in params.get(name, [""])) for name in out.index])
     if scaling_metric:
         exps = {name: fit_exponent(*fits.get(name, ([], []))) for name in out.index}
         out["scaling"] = [f"n^{e:.2f}" if e is not None else "—" for e in map(exps.get, out.index)]
+        if (out["scaling"] == "—").all():
+            out = out.drop(columns="scaling")  # fewer than 3 sizes measured: no exponent is worth showing
     out.index.name = "mechanism"
     return out, notes
 
 
-def memory_table(df: pd.DataFrame) -> pd.DataFrame:
-    out, notes = _grid(df, "memory", _memory_cell, "memory_gb", "peak_memory_bytes")
-    out.attrs.update(name="memory", title="memory: peak memory in GiB, measured (estimate); paper Table 1 in GB beside",
-                     notes=notes + [paper.NOTES["memory"], "scaling: fitted exponent of measured memory vs n pixels"])
+def _paper_notes(out: pd.DataFrame, suite: str) -> list[str]:
+    return [paper.NOTES[suite]] if suite in paper.NOTES and any(c.endswith(PAPER_SUFFIX) for c in out.columns) else []
+
+
+def _finish(out: pd.DataFrame, df: pd.DataFrame, name: str, title: str, notes: list[str]) -> pd.DataFrame:
+    out.attrs.update(name=name, title=f"{title} — {caption(df)}", notes=notes, settings=settings(df))
     return out
+
+
+def memory_table(df: pd.DataFrame, suite: str = "memory") -> pd.DataFrame:
+    out, notes = _grid(df, suite, _memory_cell, "memory_gb", "peak_memory_bytes")
+    paper_cols = any(c.endswith(PAPER_SUFFIX) for c in out.columns)
+    out = out.rename(columns={c: c + " (GB)" for c in out.columns if c.endswith(PAPER_SUFFIX)})
+    scaling = ["scaling: fitted exponent of measured memory vs n pixels (from 3 sizes or more)"] \
+        if "scaling" in out.columns else []
+    title = "peak memory (GiB), measured (estimate)" + ("; the paper's Table 1 in GB beside" if paper_cols else "")
+    return _finish(out, df, "memory", f"{suite}: {title}", notes + _paper_notes(out, suite) + scaling)
 
 
 def flops_table(df: pd.DataFrame, suite: str = "memory") -> pd.DataFrame:
     out, notes = _grid(df, suite, _flops_cell, "gflops", "flops")
     if (df.get("uncounted_ops") is not None) and df["uncounted_ops"].map(bool).any():
         notes.append("*: some ops were not counted (see uncounted_ops in the records)")
-    out.attrs.update(name="flops", title=f"{suite}: GFLOPs, counted (estimate)", notes=notes)
-    return out
+    return _finish(out, df, "flops", f"{suite}: GFLOP, counted (estimate)", notes + _paper_notes(out, suite))
 
 
 def speed_table(df: pd.DataFrame, reference: str = "flash") -> pd.DataFrame:
@@ -170,17 +192,21 @@ def speed_table(df: pd.DataFrame, reference: str = "flash") -> pd.DataFrame:
                 out[rc] = [ratio_col.get((name, rc), "") for name in out.index]
                 columns.append(rc)
         out = out[columns]
-    out.attrs.update(title=f"speed: median time (IQR); ratio to {reference} measured in the same run",
-                     notes=notes + ["scaling: fitted exponent of median time vs n pixels"])
-    return out
+    scaling = ["scaling: fitted exponent of median time vs n pixels (from 3 sizes or more)"] \
+        if "scaling" in out.columns else []
+    return _finish(out, df, "speed", f"speed: median time (IQR); ratio to {reference} measured in the same run",
+                   notes + scaling)
 
 
 def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
-    """One row per cell: status, quality metrics, cost; the paper's figures beside. Any suite renders."""
+    """One row per cell: status, parameters, quality metrics, cost; the paper's figures beside where the
+    cell ran at the paper's settings. Any suite renders."""
     metrics = metric_columns(df)
     quality = [m for m in QUALITY_METRICS if m in metrics]
-    if suite not in TASK_SUITES:  # a suite this module does not know: every numeric metric is a column
-        quality += sorted(m for m in metrics if m not in COST_METRICS and m not in quality and _numeric(df[m]))
+    if suite not in TASK_SUITES:  # a suite this module does not know: every numeric metric but costs is a column
+        hidden = {m for m in COST_METRICS if catalogue.get(m).kind in ("cost", "bookkeeping")} | {
+            "time_median_s", "time_iqr_s"}
+        quality += [m for m in metrics if m not in hidden and m not in quality and _numeric(df[m])]
     extra = varying(df, ("size", "mode") + ROW_FIELDS)
     has_trained = bool((df["trained_with"] != "").any())
     rows: dict[str, dict[str, str]] = {}
@@ -192,35 +218,28 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
             name = f"{name} (trained with {row['trained_with'] or row['mechanism']})"
         ok = row["status"] == "ok"
         cells["status"] = "ok" if ok else status_text(row)
+        cells["params"] = params_text(row)
         size = int(row["size"])
 
-        def beside(paper_metric: str, text: str, column: str) -> None:
+        def beside(paper_metric: str, text: str, column: str, paper_unit: str = "") -> None:
             cells[column] = text
-            fig = paper.lookup(suite, paper_metric, row["mechanism"], row["params"], size, row["trained_with"])
+            fig = paper.lookup(suite, paper_metric, row["mechanism"], row["params"], size, row["trained_with"],
+                               cell=row)
             if fig is not None:
-                cells[column + PAPER_SUFFIX] = fig.text + (" dB" if fig.unit == "dB" else "")  # text carries %
+                cells[column + PAPER_SUFFIX + paper_unit] = fig.text
 
         for m in quality:
-            # ratios sit near 1 and are read against targets like 1.10: one more digit
-            beside(m, sig(number(row.get(m)), 4 if m.endswith("_ratio") else 3) if ok else "—", m)
-        flops = number(row.get("flops")) if ok else None
-        if flops is None:
-            flops = number(row.get("estimated_flops"))
-            flops_text = f"est. {sig(flops / 1e9)}" if flops is not None else "—"
-        else:
-            flops_text = sig(flops / 1e9)
-        beside("gflops", flops_text, "GFLOPs")
-        mem = number(row.get("peak_memory_bytes")) if ok else None
-        if mem is None:
-            mem = number(row.get("estimated_memory_bytes"))
-            mem_text = f"est. {gib(mem)}" if mem is not None else "—"
-        else:
-            mem_text = gib(mem)
-        beside("memory_gb", mem_text, "memory GiB")
+            beside(m, catalogue.get(m).format(row.get(m), unit=False) if ok else "—", m)
+        for metric, column, paper_unit in ((FLOPS, "GFLOP", ""), (MEMORY, "memory GiB", " (GB)")):
+            value = number(row.get(metric.name)) if ok else None
+            est = catalogue.get(metric.estimate).display(row.get(metric.estimate))
+            text = metric.format(value, unit=False) if value is not None else (f"est. {sig(est)}" if est is not None
+                                                                               else "—")
+            beside(metric.paper or metric.name, text, column, paper_unit)
         if "time_median_s" in df.columns:
             cells["time"] = seconds(number(row.get("time_median_s"))) if ok else "—"
-        while name in rows:
-            name += "'"
+        if name in rows:  # same label twice: tell the runs apart by what differs, never by a prime
+            name = f"{name} [{row.get('preset')}]" if f"{name} [{row.get('preset')}]" not in rows else f"{name} [{row['key']}]"
         rows[name] = cells
         note = _note(row, name)
         if note:
@@ -228,9 +247,57 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
     out = pd.DataFrame.from_dict(rows, orient="index").fillna("")
     empty = [c for c in out.columns if c != "status" and (out[c].isin(["", "—"])).all()]
     out = out.drop(columns=empty)
+    mine = [c for c in out.columns if PAPER_SUFFIX not in c]  # each paper column right after ours
+    out = out[[x for c in mine for x in [c] + [p for p in out.columns if p.startswith(c + PAPER_SUFFIX)]]]
     out.index.name = "mechanism"
-    title = f"{suite}: " + (", ".join(quality) if quality else "cells") + " with GFLOPs and memory"
-    out.attrs.update(title=title, notes=notes + ([paper.NOTES[suite]] if suite in paper.NOTES else []))
+    costs = [c for c in ("GFLOP", "memory GiB") if c in out.columns]
+    title = f"{suite}: " + (", ".join(quality) if quality else "cells") + (
+        " with " + " and ".join(costs) if costs else "")
+    return _finish(out, df, suite, title, notes + _paper_notes(out, suite))
+
+
+def crossover_table(records: Sequence[dict[str, Any]], reference: str = "flash") -> pd.DataFrame:
+    """For each mechanism, the smallest image side at which it uses less memory, and less time, than
+    ``reference`` measured alongside it (CAB's "efficiency length"), interpolated on the measured curves.
+
+    Only cells of one run are compared (same suite, channels, patch size, mode, device, data...);
+    an empty frame when no suite measured the reference at two sizes or more.
+    """
+    df = to_frame([r for r in records if r.get("suite") not in ("search",)])
+    if df.empty:
+        return pd.DataFrame()
+    group = [f for f in ("suite", "preset", "channels", "patch_size", "batch", "mode", "device", "dtype", "machine",
+                         "data") if f in df.columns]
+    rows: dict[str, dict[str, str]] = {}
+    for _, sub in df[df["status"] == "ok"].groupby(group, dropna=False):
+        ref_rows = sub[(sub["label"] == reference)]
+        if ref_rows["size"].nunique() < 1:
+            continue
+        first = sub.iloc[0]
+        for label in sorted(set(sub["label"]) - {reference}, key=lambda x: x):
+            mine = sub[sub["label"] == label]
+            cells: dict[str, str] = {}
+            for metric, column in ((MEMORY, "less memory"), (catalogue.get("time_median_s"), "less time")):
+                if metric.name not in sub.columns:
+                    continue
+                joined = mine.merge(ref_rows, on="size", suffixes=("", "_ref"))
+                kind, where = crossover(joined["size"].astype(float).tolist(),
+                                        pd.to_numeric(joined[metric.name], errors="coerce").tolist(),
+                                        pd.to_numeric(joined[metric.name + "_ref"], errors="coerce").tolist())
+                cells[column] = {"at": lambda w: f"≈ {w:.0f} px", "below": lambda w: f"≤ {w:.0f} px",
+                                 "never": lambda w: f"> {w:.0f} px", "none": lambda w: ""}[kind](where)
+            if any(cells.values()):
+                where = f"{first['suite']} ({first['mode']}, C={first['channels']}, p={first['patch_size']}, {first['data']})"
+                rows[f"{label} — {where}"] = cells
+    if not rows:
+        return pd.DataFrame()
+    out = pd.DataFrame.from_dict(rows, orient="index").fillna("")
+    out.index.name = "mechanism — measured in"
+    out.attrs.update(name="crossover", title=f"crossover: smallest image side at which each mechanism needs less "
+                     f"than {reference} measured in the same run", notes=[
+                         f"interpolated on log-log axes between the two measured sizes where the ratio to {reference} "
+                         "crosses 1; ≤: less already at the smallest size compared; >: more at every size where "
+                         f"{reference} also ran (the largest such size shown)"])
     return out
 
 
@@ -295,9 +362,7 @@ def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
 
 
 def wide_console() -> "Console":
-    """A rich console that does not squeeze tables to 80 columns when output goes to a file or CI log."""
-    import sys
+    """The stdout console (console.make_console): no squeezing to 80 columns when piped, NO_COLOR honoured."""
+    from ..console import make_console
 
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=220)
+    return make_console()

@@ -30,6 +30,7 @@ from ..measure.call import AttentionCall, CallBudget
 from ..options import ImageOptions, MeasureOptions
 from ..tasks.costs import build, measure_attention
 from ..tasks.data import square_resize, task_pairs
+from ..tasks.examples import save_examples
 from ..tasks.inpainting import InpaintingCase, coarse_fill, full_attention_estimate, make_case, refine, upscaled_photo
 from ..tasks.metrics import all_metrics, l1, l2, mean_metrics, ssim, tv
 from .reconstruction import check_task_spec, mechanism_params
@@ -115,6 +116,8 @@ def run(spec: CellSpec) -> dict[str, Any]:
         t0 = time.perf_counter()
         result = refine(module, coarse, case, iterations, device, dtype, query_region, run_call)
         fill_time += time.perf_counter() - t0
+        if case is all_cases[0]:
+            save_examples(spec, result, {"input": np.where(case.mask[..., None], 1.0, case.image), "target": case.image})
         scores = all_metrics(result, case.image)
         scores.update(l1_hole=l1(result, case.image, case.mask), l2_hole=l2(result, case.image, case.mask))
         per_image.append(scores)

@@ -26,6 +26,7 @@ from ..measure.call import AttentionCall, CallBudget
 from ..options import ImageOptions, MeasureOptions
 from ..tasks.costs import build, measure_attention
 from ..tasks.data import square_pair, task_pairs, to_tensor
+from ..tasks.examples import save_examples
 from ..tasks.metrics import l2
 
 
@@ -83,6 +84,8 @@ def run(spec: CellSpec) -> dict[str, Any]:
         with torch.no_grad():
             out = module(a, b, b).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         errors.extend(l2(o, p.a) for o, p in zip(out, batch))
+        if batch is batches[0]:
+            save_examples(spec, out[0], {"reference": batch[0].b, "target": batch[0].a})
     metrics["l2"] = float(np.mean(errors))
     metrics["l2_per_pair"] = [round(e, 6) for e in errors]
     metrics["pairs"] = [p.name for p in pairs]

@@ -1,0 +1,148 @@
+"""The headline of a report: the memory / time / quality trade-off at the largest size measured,
+in a few sentences built from the records and one figure (memory per mechanism at that size)."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .. import metrics as catalogue
+from ..metrics import HIGHER_IS_BETTER
+from .frame import caption, number, to_frame
+from .plots import comparable_sizes, machine_memory, quality_metric
+from .style import colour, order_key
+
+#: suites a headline prefers for each question, in order (any suite with the metric otherwise)
+_MEMORY_SUITES = ("memory", "speed")
+_TIME_SUITES = ("speed", "memory", "reconstruction")
+_QUALITY_SUITES = ("reconstruction", "colorization", "inpainting", "substitution", "search")
+MEMORY = catalogue.get("peak_memory_bytes")
+
+
+def _pick(df: pd.DataFrame, metric: str, prefer: Sequence[str]) -> pd.DataFrame:
+    """The rows of the first preferred suite (then any suite) that has ``metric`` for two mechanisms or more."""
+    if metric not in df.columns:
+        return df.iloc[0:0]
+    have = df[pd.to_numeric(df[metric], errors="coerce").notna()]
+    suites = list(prefer) + sorted(set(have["suite"]) - set(prefer))
+    for suite in suites:
+        sub = have[have["suite"] == suite]
+        if sub["label"].nunique() >= 2:
+            return df[df["suite"] == suite]
+    return df.iloc[0:0]
+
+
+def memory_at_largest(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+    """Per mechanism at the largest size of the memory suite (fwd first): measured or estimated memory."""
+    mem = _pick(df, "estimated_memory_bytes" if "estimated_memory_bytes" in df.columns else MEMORY.name,
+                _MEMORY_SUITES)
+    if mem.empty:
+        return mem, None
+    mode = "fwd" if "fwd" in set(mem["mode"]) else sorted(set(mem["mode"]))[0]
+    mem = mem[mem["mode"] == mode]
+    size = int(mem["size"].max())
+    rows = []
+    for _, r in mem[mem["size"] == size].iterrows():
+        measured = number(r.get(MEMORY.name)) if r["status"] == "ok" else None
+        est = number(r.get(MEMORY.estimate))
+        value = measured if measured is not None else est
+        if value is not None:
+            rows.append({"label": r["label"], "mechanism": r["mechanism"], "bytes": value,
+                         "measured": measured is not None, "status": r["status"], "row": r})
+    out = pd.DataFrame(rows)
+    if not out.empty:
+        out = out.drop_duplicates("label", keep="last").sort_values("bytes").reset_index(drop=True)
+    out.attrs["caption"] = caption(mem[mem["size"] == size], sizes=False)
+    return out, size
+
+
+def sentences(records: Sequence[dict[str, Any]], reference: str = "flash") -> list[str]:
+    """A few sentences a reader can act on, each naming its suite, size and settings."""
+    df = to_frame(records)
+    if df.empty:
+        return []
+    out = []
+    mem, size = memory_at_largest(df)
+    if size is not None and not mem.empty:
+        totals = machine_memory(records)
+        lo, hi = mem.iloc[0], mem.iloc[-1]
+        text = (f"Memory at {size} px ({mem.attrs['caption']}): {lo['label']} needs the least, "
+                f"{MEMORY.format(lo['bytes'])}{'' if lo['measured'] else ' (estimate)'}; {hi['label']} the most, "
+                f"{MEMORY.format(hi['bytes'])}{'' if hi['measured'] else ' (estimate: it did not run)'}.")
+        ran = int(mem["measured"].sum())
+        where = f" within the {MEMORY.format(totals[0][1])} of {totals[0][0]}" if totals else ""
+        text += f" {ran} of {len(mem)} mechanisms ran at this size{where}."
+        out.append(text)
+    timed = _pick(df[df["status"] == "ok"], "time_median_s", _TIME_SUITES)
+    if not timed.empty:
+        timed = timed[pd.to_numeric(timed["time_median_s"], errors="coerce").notna()]
+        counts = timed.groupby("size")["label"].nunique()
+        tsize = int(max(s for s, c in counts.items() if c == counts.max()))
+        at = timed[timed["size"] == tsize].sort_values("time_median_s")
+        fast, slow = at.iloc[0], at.iloc[-1]
+        time = catalogue.get("time_median_s")
+        text = (f"Time at {tsize} px ({at['suite'].iloc[0]} suite, {caption(at, sizes=False)}): {fast['label']} is fastest "
+                f"({time.format(fast['time_median_s'])}), {slow['label']} slowest ({time.format(slow['time_median_s'])})")
+        ref = at[at["label"] == reference]
+        if not ref.empty and reference not in (fast["label"], slow["label"]):
+            text += f"; {reference} takes {time.format(ref['time_median_s'].iloc[0])}"
+        out.append(text + " (one run on a shared machine: ratios within it, not absolute times, carry over).")
+    for suite in list(_QUALITY_SUITES) + sorted(set(df["suite"]) - set(_QUALITY_SUITES)):
+        sub = df[(df["suite"] == suite) & (df["status"] == "ok")]
+        metric = quality_metric(sub) if not sub.empty else None
+        if not metric:
+            continue
+        sizes = comparable_sizes(sub, metric)
+        if not sizes:
+            continue
+        at = sub[sub["size"] == sizes[0]]
+        at = at[at["data"] == at["data"].iloc[0]]
+        values = pd.to_numeric(at[metric], errors="coerce")
+        at = at.assign(_v=values).dropna(subset=["_v"]).sort_values("_v", ascending=metric not in HIGHER_IS_BETTER)
+        if len(at) < 2:
+            continue
+        best, worst = at.iloc[0], at.iloc[-1]
+        fmt = catalogue.get(metric)
+        out.append(f"Quality ({suite} at {sizes[0]} px, {caption(at, sizes=False)}): best {metric} {fmt.format(best['_v'])} "
+                   f"with {best['label']}, worst {fmt.format(worst['_v'])} with {worst['label']}.")
+        break
+    return out
+
+
+def headline_figure(records: Sequence[dict[str, Any]], budget: float | None = None) -> Figure | None:
+    """Memory of each mechanism at the largest size measured: measured bars solid, estimates hatched,
+    the machine's memory (and a budget) as vertical lines."""
+    import matplotlib.pyplot as plt
+
+    df = to_frame(records)
+    if df.empty:
+        return None
+    mem, size = memory_at_largest(df)
+    if size is None or mem.empty:
+        return None
+    mem = mem.iloc[sorted(range(len(mem)), key=lambda i: order_key(mem["label"].iloc[i]), reverse=True)]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(mem) + 1.4))
+    values = mem["bytes"].to_numpy(float) / MEMORY.scale
+    for y, (v, (_, r)) in enumerate(zip(values, mem.iterrows())):
+        ax.barh(y, v, color=colour(r["mechanism"]), hatch=None if r["measured"] else "//",
+                alpha=1.0 if r["measured"] else 0.45, edgecolor="black", linewidth=0.5)
+        ax.annotate(f" {catalogue.sig(v)} GiB" + ("" if r["measured"] else f" (est., {r['status']})"), (v, y),
+                    va="center", fontsize=8)
+    ax.set_yticks(range(len(mem)), mem["label"])
+    ax.set_xscale("log")
+    ax.set_xlim(values.min() / 3, values.max() * 40)
+    for name, total in machine_memory(records):
+        ax.axvline(total / MEMORY.scale, color="black", ls=":", lw=1)
+        ax.annotate(f"memory of {name} ", (total / MEMORY.scale, 0.99), xycoords=("data", "axes fraction"),
+                    fontsize=8, ha="right", va="top", rotation=90)
+    if budget:
+        ax.axvline(budget / MEMORY.scale, color="#b00020", ls="--", lw=1.2)
+        ax.annotate(" budget", (budget / MEMORY.scale, 0.01), xycoords=("data", "axes fraction"), fontsize=8,
+                    color="#b00020", ha="right", va="bottom", rotation=90)
+    ax.set_xlabel("peak memory (GiB; hatched: estimate of a cell that did not run)")
+    ax.set_title(f"Peak memory at {size} px — {mem.attrs.get('caption', '')}", fontsize=9)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
