@@ -175,6 +175,18 @@ def speed_table(df: pd.DataFrame, reference: str = "flash") -> pd.DataFrame:
     return out
 
 
+def trained_note(row: pd.Series, metric: str) -> str:
+    """`` ± std`` over seeds when a trained task reports one, and `` (not converged)`` when its
+    network failed the convergence rule: such a figure is not a final result."""
+    text = ""
+    std, seeds = number(row.get(f"{metric}_std")), row.get(f"{metric}_seeds")
+    if std is not None and isinstance(seeds, list) and len(seeds) > 1:
+        text += f" ± {sig(std, 2)}"
+    if str(row.get("converged")) == "False":
+        text += " (not converged)"
+    return text
+
+
 def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
     """One row per cell: status, quality metrics, cost; the paper's figures beside. Any suite renders."""
     metrics = metric_columns(df)
@@ -202,7 +214,7 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
 
         for m in quality:
             # ratios sit near 1 and are read against targets like 1.10: one more digit
-            beside(m, sig(number(row.get(m)), 4 if m.endswith("_ratio") else 3) if ok else "—", m)
+            beside(m, sig(number(row.get(m)), 4 if m.endswith("_ratio") else 3) + trained_note(row, m) if ok else "—", m)
         flops = number(row.get("flops")) if ok else None
         if flops is None:
             flops = number(row.get("estimated_flops"))

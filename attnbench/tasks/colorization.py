@@ -11,7 +11,16 @@ shrinks the image and the step count, see suites/colorization.toml):
 * the test l2 is the same error on whole ``size`` x ``size`` test pairs (embedded: the stereo pair
   and a held-out photo), output clipped to [0, 1];
 * the attention layer's cost (peak memory, FLOPs, estimates) is measured on the first test pair,
-  forward only, as the paper's "test GFLOPs / test memory".
+  forward only, as the paper's "test GFLOPs / test memory";
+* ``seeds`` networks are trained per cell (seeds ``seed, seed + 1 ...``), with a learning-rate
+  ``schedule`` (``constant`` or ``cosine``, after ``warmup`` linear steps); each carries its
+  convergence evidence (:mod:`.training`): the sampled loss curve, the ``fit`` probe (loss on
+  ``probe_crops`` fixed training crops) and the ``test`` probe (test l2) at 0, 20, ... 100 % of
+  the steps, and the ``converged`` verdict;
+* two baselines share the setup and seeds (:data:`.networks.BASELINES`): ``no-attention`` (the
+  attention output replaced by zeros) and ``zero-motion`` (each query takes the value at its own
+  position in the reference); an attention layer that does not beat both has learned nothing a
+  copy without motion would not give.
 
 Used by the ``colorization`` suite and, with a swapped attention, by ``substitution``.
 """
