@@ -90,6 +90,35 @@ def test_colorization_trains_then_hits_the_cache_and_beats_grey() -> None:
     assert again["weights_cached"] and again["l2"] == pytest.approx(first["l2"])
 
 
+def test_colorization_records_carry_convergence_evidence_seeds_and_baselines() -> None:
+    from attnbench.runners.colorization import run
+    from attnbench.tasks.training import checkpoint_steps
+
+    opts = {"steps": 10, "crop": 16, "train_pairs": 2, "test_pairs": 1, "seeds": 2, "schedule": "cosine", "warmup": 2}
+    m = run(cell("colorization", "full", 24, **opts))
+    assert m["seeds"] == [0, 1] and len(m["l2_seeds"]) == 2 and len(m["training"]) == 2
+    assert m["l2"] == pytest.approx(sum(m["l2_seeds"]) / 2) and m["l2_std"] > 0
+    assert m["l2_range"] == pytest.approx([min(m["l2_seeds"]), max(m["l2_seeds"])], rel=1e-4)
+    for seed_run in m["training"]:
+        assert [s for s, _ in seed_run["fit_curve"]] == checkpoint_steps(10) == [s for s, _ in seed_run["test_curve"]]
+        assert seed_run["test_curve"][-1][1] == pytest.approx(m["l2_seeds"][seed_run["seed"]], rel=1e-5)
+        assert seed_run["train_loss_curve"][-1][0] == 10 and isinstance(seed_run["converged"], bool)
+    assert m["converged"] == all(m["converged_seeds"]) and "20%" in m["convergence_rule"]
+    for base in ("no_attention_l2", "zero_motion_l2"):
+        assert 0 < m[base] < 0.1 and len(m[f"{base}_seeds"]) == 2
+    worst = max(m["l2_seeds"])
+    assert m["beats_baselines"] == (worst < m["no_attention_l2"] and worst < m["zero_motion_l2"])
+
+
+def test_colorization_refuses_bad_training_options() -> None:
+    from attnbench.runners.colorization import run
+
+    with pytest.raises(UnsupportedRequest, match="schedule"):
+        run(cell("colorization", "full", 24, steps=5, schedule="step"))
+    with pytest.raises(UnsupportedRequest, match="seeds"):
+        run(cell("colorization", "full", 24, steps=5, seeds=0))
+
+
 def test_colorization_cache_key_follows_resolved_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     import attnbench_plugins.psal as psal
     from attnbench.tasks.colorization import ColorizationSetup, training_config
@@ -114,6 +143,8 @@ def test_substitution_evaluates_own_and_swapped_attention() -> None:
     assert swapped["l2"] == pytest.approx(trained["l2"])
     assert 0.0 < swapped["substituted_l2"] < 0.1
     assert swapped["substituted_estimated_memory_bytes"] < swapped["estimated_memory_bytes"]
+    assert swapped["substituted_ratio"] == pytest.approx(swapped["substituted_l2"] / swapped["l2"])
+    assert swapped["substituted_converged"] == swapped["converged"] == trained["converged"]
     if available("psal-1"):
         psal = run(cell("substitution", "full", 24, **opts))
         assert psal["substitute"] == "psal-1" and psal["substituted_l2"] > 0
@@ -146,3 +177,7 @@ def test_suite_files_load_with_quick_and_paper_presets(suite: str) -> None:
     assert loaded.runner.startswith(f"attnbench.runners.{suite}:")
     _name, grid, _options = loaded.resolved("quick")
     assert grid["channels"] == 3 and grid["modes"] == ["fwd"]
+    if suite in ("colorization", "substitution"):
+        assert "smoke" in loaded.presets
+        _name, _grid, options = loaded.resolved("quick")
+        assert options["seeds"] >= 3  # headline rows carry a spread

@@ -104,3 +104,70 @@ def test_a_damaged_checkpoint_restarts_cleanly(tmp_path: Path) -> None:
     calls.clear()
     result = _train(tmp_path, 3, calls)
     assert result.resumed_from == 0 and calls == [0, 1, 2]
+
+
+def test_learning_rate_schedules() -> None:
+    from attnbench.tasks.training import lr_factor
+
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert lr_factor("cosine", 0, 10) == pytest.approx(1.0) and lr_factor("cosine", 10, 10) == pytest.approx(0.0)
+    assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert [lr_factor("cosine", s, 10, warmup=4) for s in range(3)] == [0.25, 0.5, 0.75]
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor("step", 0, 10)
+
+
+def test_sampled_curve_bins_the_losses() -> None:
+    from attnbench.tasks.training import sampled_curve
+
+    curve = sampled_curve([float(i) for i in range(100)], points=4)
+    assert [s for s, _ in curve] == [25, 50, 75, 100]
+    assert [v for _, v in curve] == pytest.approx([12.0, 37.0, 62.0, 87.0])
+    assert sampled_curve([1.0, 2.0], points=20) == [[1, 1.0], [2, 2.0]]
+
+
+def test_convergence_rule_compares_the_last_fifth() -> None:
+    from attnbench.tasks.training import convergence
+
+    flat = convergence([[0, 1.0], [80, 0.100], [100, 0.099]], 100)
+    assert flat["converged"] and flat["late_improvement"] == pytest.approx(0.01)
+    falling = convergence([[0, 1.0], [80, 0.2], [100, 0.1]], 100)
+    assert not falling["converged"] and falling["late_improvement"] == pytest.approx(0.5)
+    assert not convergence([[0, 1.0], [100, 0.1]], 100)["converged"]  # no probe at 80 %: no verdict
+
+
+def test_probes_run_at_checkpoints_and_survive_cache_and_resume(tmp_path: Path) -> None:
+    from attnbench.tasks.training import checkpoint_steps
+
+    a, b = tiny_problem()
+
+    def build() -> ColorizationNet:
+        return ColorizationNet(needs("full", patch_size=3), features=4)
+
+    def loss_at(net: torch.nn.Module, step: int) -> torch.Tensor:
+        if step == stop_at[0]:
+            raise KeyboardInterrupt("interrupted on purpose")
+        return torch.mean((net(grey3(a), b) - a) ** 2)
+
+    def fit(net: torch.nn.Module) -> float:
+        return float(torch.mean((net(grey3(a), b) - a) ** 2))
+
+    def train(directory: Path):  # type: ignore[no-untyped-def]
+        return train_cached({"task": "probe"}, build, loss_at, 20, lr=1e-2, directory=directory, checkpoint_every_s=0.0,
+                            schedule="cosine", warmup=2, probes={"fit": fit})
+
+    stop_at = [-1]
+    straight = train(tmp_path / "straight")
+    assert [s for s, _ in straight.probes["fit"]] == checkpoint_steps(20) == [0, 4, 8, 12, 16, 20]
+    assert straight.probes["fit"][-1][1] < straight.probes["fit"][0][1]
+    evidence = straight.evidence()
+    assert set(evidence) >= {"train_loss_curve", "fit_curve", "converged", "late_improvement"}
+    assert train(tmp_path / "straight").cached and train(tmp_path / "straight").probes == straight.probes
+    stop_at[0] = 11
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "cut")
+    stop_at[0] = -1
+    resumed = train(tmp_path / "cut")
+    assert resumed.resumed_from == 11
+    assert [s for s, _ in resumed.probes["fit"]] == checkpoint_steps(20)
+    assert [v for _, v in resumed.probes["fit"]] == pytest.approx([v for _, v in straight.probes["fit"]], rel=1e-4)

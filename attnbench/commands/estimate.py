@@ -129,6 +129,7 @@ def _g(value: Optional[float], digits: int = 3) -> str:
 
 def measure(rows: list[dict[str, Any]], args: argparse.Namespace, rate: float, console: Any) -> None:
     """Run the fitting rows as memory-suite cells (memory, FLOPs, time); add what was measured."""
+    from dataclasses import replace
     from pathlib import Path
 
     from .. import schema
@@ -142,8 +143,10 @@ def measure(rows: list[dict[str, Any]], args: argparse.Namespace, rate: float, c
         "table1", mechanisms=[r["mechanism"] for r in fitting], sizes=[args.size], modes=[args.mode],
         channels=args.channels, patch_size=args.patch_size, batch=args.batch, device=args.device,
         dtype=args.dtype, timeout=args.timeout,
-        options={"metrics": ["memory", "flops", "time"], "flops_per_s": rate, "time_margin": 1.0},
+        options={"metrics": ["memory", "flops", "time"], "time_margin": 1.0},
     )
+    # the yardstick this command already measured travels as the cells' calibration (not their identity)
+    cells = [replace(c, calibration={**c.calibration, "flops_per_s": rate}) for c in cells]
     by_key = {c.key: r for c, r in zip(cells, fitting)}
     console.print(f"measuring {len(cells)} cells of the memory suite (timeout {args.timeout:g} s each)...")
     executor = make_executor(args)

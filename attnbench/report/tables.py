@@ -198,6 +198,18 @@ def speed_table(df: pd.DataFrame, reference: str = "flash") -> pd.DataFrame:
                    notes + scaling)
 
 
+def trained_note(row: pd.Series, metric: str) -> str:
+    """`` ± std`` over seeds when a trained task reports one, and `` (not converged)`` when its
+    network failed the convergence rule: such a figure is not a final result."""
+    text = ""
+    std, seeds = number(row.get(f"{metric}_std")), row.get(f"{metric}_seeds")
+    if std is not None and isinstance(seeds, list) and len(seeds) > 1:
+        text += f" ± {sig(std, 2)}"
+    if str(row.get("converged")) == "False":
+        text += " (not converged)"
+    return text
+
+
 def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
     """One row per cell: status, parameters, quality metrics, cost; the paper's figures beside where the
     cell ran at the paper's settings. Any suite renders."""
@@ -229,7 +241,7 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
                 cells[column + PAPER_SUFFIX + paper_unit] = fig.text
 
         for m in quality:
-            beside(m, catalogue.get(m).format(row.get(m), unit=False) if ok else "—", m)
+            beside(m, catalogue.get(m).format(row.get(m), unit=False) + trained_note(row, m) if ok else "—", m)
         for metric, column, paper_unit in ((FLOPS, "GFLOP", ""), (MEMORY, "memory GiB", " (GB)")):
             value = number(row.get(metric.name)) if ok else None
             est = catalogue.get(metric.estimate).display(row.get(metric.estimate))

@@ -25,7 +25,7 @@ def grey3(rgb: torch.Tensor) -> torch.Tensor:
 class ColorizationNet(nn.Module):
     """conv3x3 (3 -> features) -> attention(q = f(grey A), k = v = f(B)) -> conv3x3 (-> 3) + grey A."""
 
-    def __init__(self, attention: AttentionMechanism, features: int = 16):
+    def __init__(self, attention: "AttentionMechanism | nn.Module", features: int = 16):
         super().__init__()
         self.embed = nn.Conv2d(3, features, 3, padding=1, padding_mode="replicate")
         self.attention = attention
@@ -54,3 +54,41 @@ class ColorizationNet(nn.Module):
     def convolution_state(self) -> dict[str, torch.Tensor]:
         """The trained weights that do not belong to the attention layer."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("attention.")}
+
+
+class NoAttention(nn.Module):
+    """Baseline ``no-attention``: the attention output replaced by zeros (same convolutions).
+
+    The network can then only add a learned constant colour to the grey frame: what a useless
+    attention layer leaves. Not an :class:`AttentionMechanism` (it has no cost worth measuring).
+    """
+
+    differentiable_wrt = ("q", "k", "v")
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(q[:, : v.shape[1]])
+
+    def params(self) -> dict[str, object]:
+        return {}
+
+
+class SamePosition(nn.Module):
+    """Baseline ``zero-motion``: each query takes the value at its own position in the reference.
+
+    An attention that assumes no motion between the frames; with the same trained convolutions
+    it gives the colour at the same position in the reference frame.
+    """
+
+    differentiable_wrt = ("q", "k", "v")
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if v.shape[2:] != q.shape[2:]:
+            v = nn.functional.interpolate(v, size=q.shape[2:], mode="bilinear", align_corners=False)
+        return v
+
+    def params(self) -> dict[str, object]:
+        return {}
+
+
+#: the baseline layers a colorization record is compared with, by record name
+BASELINES: dict[str, type[nn.Module]] = {"no-attention": NoAttention, "zero-motion": SamePosition}

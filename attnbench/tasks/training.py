@@ -11,22 +11,37 @@ While training, a checkpoint (model, optimizer, losses, step) is written atomica
 resumes from it. Each step draws its data and its random numbers from ``(seed, step)``, so a
 resumed run follows the same trajectory as an uninterrupted one. A checkpoint that cannot be read
 is deleted and training restarts from step 0.
+
+Convergence evidence (kept with the weights, so a cache hit reports it too): the training loss
+sampled in ``CURVE_POINTS`` bins, and at ``CHECKPOINTS`` fractions of the run two fixed-input
+probes: ``fit`` (the loss on a fixed set of training crops: the smoothed loss, free of the noise
+of random crops) and ``test`` (the test l2). :func:`convergence` states the rule.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 #: bump when the training code changes in a way that makes old cached weights wrong
-TRAINING_VERSION = 1
+TRAINING_VERSION = 2
+#: fractions of the run at which the probes are evaluated (0 = the untrained network)
+CHECKPOINTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+#: bins of the sampled training-loss curve
+CURVE_POINTS = 20
+#: the convergence rule: the last CONVERGENCE_SPAN of the steps improved the fit loss by < CONVERGENCE_TOLERANCE
+CONVERGENCE_SPAN = 0.2
+CONVERGENCE_TOLERANCE = 0.02
+SCHEDULES = ("constant", "cosine")
 CACHE_ENV = "ATTNBENCH_CACHE"
 
 
@@ -39,6 +54,46 @@ def config_key(config: dict[str, Any]) -> str:
     """Stable hash of a JSON-able configuration (key order does not matter)."""
     blob = json.dumps({**config, "training_version": TRAINING_VERSION}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def lr_factor(schedule: str, step: int, steps: int, warmup: int = 0) -> float:
+    """Multiplier of the base learning rate at ``step``: linear warm-up, then constant or cosine to 0."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def checkpoint_steps(steps: int) -> list[int]:
+    """The steps (number of updates done) at which the probes run."""
+    return sorted({int(round(f * steps)) for f in CHECKPOINTS})
+
+
+def sampled_curve(losses: list[float], points: int = CURVE_POINTS) -> list[list[float]]:
+    """``[[last step of bin, mean loss of bin], ...]``: the loss curve in ``points`` bins."""
+    if not losses:
+        return []
+    edges = np.linspace(0, len(losses), min(points, len(losses)) + 1).round().astype(int)
+    return [[int(hi), round(float(np.mean(losses[lo:hi])), 7)] for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+
+def convergence(fit: list[list[float]], steps: int, span: float = CONVERGENCE_SPAN,
+                tolerance: float = CONVERGENCE_TOLERANCE) -> dict[str, Any]:
+    """Converged = the fit loss improved by less than ``tolerance`` (relative) over the last ``span`` of the steps.
+
+    ``fit`` holds ``[step, loss on fixed training crops]`` pairs; the loss at ``(1 - span) steps``
+    is compared with the final one. Fewer than two probes, or none at that step: not converged.
+    """
+    by_step = {int(s): float(v) for s, v in fit}
+    start = int(round((1.0 - span) * steps))
+    if steps not in by_step or start not in by_step or start == steps:
+        return {"converged": False, "late_improvement": None}
+    before, after = by_step[start], by_step[steps]
+    improvement = (before - after) / before if before > 0 else 0.0
+    return {"converged": bool(improvement < tolerance), "late_improvement": round(improvement, 5)}
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -57,6 +112,16 @@ class TrainResult:
     #: step a checkpoint resumed from (0 = trained from scratch)
     resumed_from: int = 0
     train_time_s: float = 0.0
+    #: ``{probe name: [[step, value], ...]}`` at :data:`CHECKPOINTS` (empty without probes)
+    probes: dict[str, list[list[float]]] = field(default_factory=dict)
+    steps: int = 0
+
+    def evidence(self) -> dict[str, Any]:
+        """What a record needs to show that training converged: curves, probes and the rule's verdict."""
+        out: dict[str, Any] = {"train_loss_curve": sampled_curve(self.losses)}
+        out.update({f"{name}_curve": values for name, values in self.probes.items()})
+        out.update(convergence(self.probes.get("fit", []), self.steps))
+        return out
 
     def loss_summary(self) -> dict[str, float]:
         """First and last losses, averaged over a tenth of the run, to show that training worked."""
@@ -93,14 +158,23 @@ def train_cached(
     directory: Optional[Path] = None,
     checkpoint_every_s: float = 20.0,
     description: str = "training",
+    schedule: str = "constant",
+    warmup: int = 0,
+    probes: Optional[dict[str, Callable[[nn.Module], float]]] = None,
 ) -> TrainResult:
     """Train ``build()`` for ``steps`` Adam steps of ``loss_at(model, step)``, or load cached weights.
 
     ``config`` must name everything that changes the result; its hash is the cache key.
+    ``schedule``/``warmup`` shape the learning rate (:func:`lr_factor`). ``probes`` (name ->
+    function of the model, called under ``no_grad`` in eval mode with a fixed torch seed) are
+    evaluated at :func:`checkpoint_steps`; name one ``fit`` for :func:`convergence`.
     """
+    probes = probes or {}
     directory = Path(directory) if directory is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    key = config_key({**config, "steps": steps, "lr": lr, "seed": seed})
+    lr_factor(schedule, 0, steps, warmup)  # an unknown schedule fails before any work
+    key = config_key({**config, "steps": steps, "lr": lr, "seed": seed, "schedule": schedule, "warmup": warmup,
+                      "probes": sorted(probes)})
     final, partial = directory / f"{key}.pt", directory / f"{key}.partial.pt"
     torch.manual_seed(seed)
     model = build()
@@ -110,12 +184,14 @@ def train_cached(
             saved = torch.load(final, map_location="cpu", weights_only=False)
             model.load_state_dict(saved["model"])
             return TrainResult(model, key, final, list(saved.get("losses", [])), cached=True,
-                               train_time_s=float(saved.get("train_time_s", 0.0)))
+                               train_time_s=float(saved.get("train_time_s", 0.0)),
+                               probes=dict(saved.get("probes", {})), steps=steps)
         except Exception:  # a damaged cache entry is only a missed cache hit
             final.unlink(missing_ok=True)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses: list[float] = []
+    probed: dict[str, list[list[float]]] = {name: [] for name in probes}
     start_step, elapsed_before = 0, 0.0
     if partial.exists():
         try:
@@ -123,6 +199,7 @@ def train_cached(
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             losses, start_step = list(ckpt["losses"]), int(ckpt["step"])
+            probed = {name: list(ckpt.get("probes", {}).get(name, [])) for name in probes}
             elapsed_before = float(ckpt.get("train_time_s", 0.0))
         except Exception:
             partial.unlink(missing_ok=True)
@@ -130,14 +207,32 @@ def train_cached(
             model = build()
             optimizer = torch.optim.Adam(model.parameters(), lr=lr)
             losses, start_step = [], 0
-    (directory / f"{key}.json").write_text(json.dumps({**config, "steps": steps, "lr": lr, "seed": seed},
+            probed = {name: [] for name in probes}
+    (directory / f"{key}.json").write_text(json.dumps({**config, "steps": steps, "lr": lr, "seed": seed,
+                                                       "schedule": schedule, "warmup": warmup},
                                                       sort_keys=True, indent=1, default=str))
+
+    at_checkpoint = set(checkpoint_steps(steps))
+
+    def run_probes(done: int) -> None:
+        if done not in at_checkpoint:
+            return
+        model.eval()
+        with torch.no_grad():
+            for name, probe in probes.items():
+                if not any(s == done for s, _ in probed[name]):
+                    torch.manual_seed(step_seed(seed, -1))  # stochastic layers: the same draw at every probe
+                    probed[name].append([done, round(float(probe(model)), 7)])
+        model.train()
 
     t0 = last_save = time.perf_counter()
     model.train()
     with _progress(steps, description) as bar:
         task = bar.add_task(description, total=steps, completed=start_step, loss="-")
+        run_probes(start_step)
         for step in range(start_step, steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * lr_factor(schedule, step, steps, warmup)
             torch.manual_seed(step_seed(seed, step))
             optimizer.zero_grad(set_to_none=True)
             loss = loss_at(model, step)
@@ -145,12 +240,16 @@ def train_cached(
             optimizer.step()
             losses.append(float(loss.detach()))
             bar.update(task, advance=1, loss=f"{losses[-1]:.5f}")
+            run_probes(step + 1)
             if time.perf_counter() - last_save > checkpoint_every_s and step + 1 < steps:
                 _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "losses": losses,
-                              "step": step + 1, "train_time_s": elapsed_before + time.perf_counter() - t0}, partial)
+                              "probes": probed, "step": step + 1,
+                              "train_time_s": elapsed_before + time.perf_counter() - t0}, partial)
                 last_save = time.perf_counter()
     model.eval()
     train_time = elapsed_before + time.perf_counter() - t0
-    _atomic_save({"model": model.state_dict(), "losses": losses, "config": config, "train_time_s": train_time}, final)
+    _atomic_save({"model": model.state_dict(), "losses": losses, "probes": probed, "config": config,
+                  "train_time_s": train_time}, final)
     partial.unlink(missing_ok=True)
-    return TrainResult(model, key, final, losses, cached=False, resumed_from=start_step, train_time_s=train_time)
+    return TrainResult(model, key, final, losses, cached=False, resumed_from=start_step, train_time_s=train_time,
+                       probes=probed, steps=steps)
