@@ -23,7 +23,7 @@ from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 from attnbench.resultsfile import ResultsFile
 from attnbench.suites import load
 
-from conftest import REPO, TESTS, write_suite
+from conftest import TESTS, write_suite
 from cell_fixtures import CRASH, HANG, OK, RAISE, SELF_KILL
 
 
