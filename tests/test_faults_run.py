@@ -23,7 +23,7 @@ from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 from attnbench.resultsfile import ResultsFile
 from attnbench.suites import load
 
-from conftest import REPO, TESTS, write_suite
+from conftest import TESTS, write_suite
 from cell_fixtures import CRASH, HANG, OK, RAISE, SELF_KILL
 
 
@@ -207,7 +207,9 @@ def test_interrupting_the_run_kills_the_running_worker(tmp_path: Path, worker_pa
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "attnbench.cli", "run", str(write_suite(tmp_path, [OK, HANG], timeout=120)),
                              "--out", str(out), "--no-table"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "NO_COLOR": "1"})
+                            env={**os.environ, "NO_COLOR": "1"},
+                            # a shell's background job ignores SIGINT, and children inherit that
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline, workers = time.monotonic() + 400, []  # a loaded 2-core machine starts workers slowly
     while time.monotonic() < deadline and not (workers and len(schema.read(out)) == 1 if out.exists() else False):
         workers = _workers_of(proc.pid)

@@ -12,12 +12,12 @@ import torch
 from attnbench import runloop, schema
 from attnbench.cells import CellSpec
 from attnbench.cli import main
-from attnbench.errors import Infeasible, UserError
+from attnbench.errors import Infeasible
 from attnbench.resultsfile import ResultsFile
 from attnbench.suites import load
 
 from conftest import write_suite
-from cell_fixtures import HANG, HANG_AFTER_ESTIMATE, OK
+from cell_fixtures import HANG_AFTER_ESTIMATE
 
 
 def _microbench_suite(tmp_path: Path, options: str = "", preset_options: str = "") -> Path:
