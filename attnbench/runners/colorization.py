@@ -30,7 +30,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
     trained = [train_network(spec, seed) for seed in seeds]
     pairs = test_pairs(spec)
     metrics: dict[str, Any] = attention_cost(trained[0].model, pairs, spec)
-    scores = [test_l2(t.model, pairs, spec) for t in trained]
+    scores = [test_l2(t.model, pairs, spec, save_example=i == 0) for i, t in enumerate(trained)]
     metrics.update(spread([s[0] for s in scores], "l2"))
     metrics["l2_per_pair"] = [round(float(v), 6) for v in np.mean([s[1] for s in scores], axis=0)]
     metrics.update(training_evidence(trained, seeds))

@@ -39,6 +39,7 @@ from ..measure.call import AttentionCall, CallBudget
 from ..options import ImageOptions, MeasureOptions
 from .costs import build, measure_attention
 from .data import FramePair, data_identity, square_pair, task_pairs
+from .examples import save_examples
 from .metrics import l2
 from .networks import BASELINES, ColorizationNet, grey3
 from .training import (CONVERGENCE_SPAN, CONVERGENCE_TOLERANCE, SCHEDULES, TrainResult,
@@ -201,8 +202,10 @@ def test_pairs(spec: CellSpec) -> list[FramePair]:
     return [square_pair(p, setup.size) for p in task_pairs(spec.options, setup.test_pairs, spec.seed, "test")]
 
 
-def test_l2(net: torch.nn.Module, pairs: list[FramePair], spec: CellSpec) -> tuple[float, list[float]]:
-    """Mean and per-pair l2 of the network's output (clipped to [0, 1]) on whole test frames."""
+def test_l2(net: torch.nn.Module, pairs: list[FramePair], spec: CellSpec,
+            save_example: bool = False) -> tuple[float, list[float]]:
+    """Mean and per-pair l2 of the network's output (clipped to [0, 1]) on whole test frames;
+    ``save_example`` saves the first pair's output beside the results (tasks/examples.py)."""
     device, dtype = torch.device(spec.device), dtype_from_name(spec.dtype)
     errors = []
     was_training = net.training
@@ -214,6 +217,9 @@ def test_l2(net: torch.nn.Module, pairs: list[FramePair], spec: CellSpec) -> tup
         with torch.no_grad():
             out = net(grey3(a), b).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
         errors.append(l2(out, pair.a))
+        if save_example and pair is pairs[0]:
+            save_examples(spec, out, {"input": grey3(a)[0].permute(1, 2, 0).cpu().numpy(), "reference": pair.b,
+                                      "target": pair.a})
     net.train(was_training)
     return float(np.mean(errors)), errors
 
