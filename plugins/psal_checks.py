@@ -103,43 +103,43 @@ def _backend_check(device: str) -> str:
     return f"all ops: native {dev} kernels ({', '.join(OPS)})"
 
 
-def _reference_search_check(quick: bool) -> str:
-    """Native CPU search = PyTorch reference search: identical matches and evaluation counts."""
-    from attnbench_plugins import psal_reference
+SearchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int, bool, int, int],
+                   tuple[torch.Tensor, torch.Tensor]]
 
-    mod = _module()
+
+def _same_searches(first: SearchFn, second: SearchFn, quick: bool) -> str:
+    """Two searches make the same decisions on every case and schedule: identical matches and counts."""
     cases = SEARCH_CASES[:4] if quick else SEARCH_CASES
     for B, C, hq, wq, hk, wk, p, K, iters, dot, hole in cases:
         q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
         valid = _valid(B, hk, wk, p, hole)
         for schedule in (0, 1):
-            idx_n, ev_n = mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule)
-            idx_r, ev_r = psal_reference.search(q, k, valid, p, K, iters, dot, 1234, schedule)
-            if not torch.equal(idx_n, idx_r):
-                raise AssertionError(f"p={p} K={K} schedule {schedule}: {(idx_n != idx_r).sum().item()} matches differ")
-            if not torch.equal(ev_n, ev_r):
-                raise AssertionError(f"p={p} K={K} schedule {schedule}: evaluations {ev_n.tolist()} vs {ev_r.tolist()}")
+            idx_a, ev_a = (t.cpu() for t in first(q, k, valid, p, K, iters, dot, 1234, schedule))
+            idx_b, ev_b = (t.cpu() for t in second(q, k, valid, p, K, iters, dot, 1234, schedule))
+            if not torch.equal(idx_a, idx_b):
+                raise AssertionError(f"p={p} K={K} schedule {schedule}: {(idx_a != idx_b).sum().item()} matches differ")
+            if not torch.equal(ev_a, ev_b):
+                raise AssertionError(f"p={p} K={K} schedule {schedule}: evaluations {ev_a.tolist()} vs {ev_b.tolist()}")
     return f"{len(cases)} cases x 2 schedules (batch 2, cross-attention, holes, K up to 40): identical"
+
+
+def _reference_search_check(quick: bool) -> str:
+    """Native CPU search = PyTorch reference search."""
+    from attnbench_plugins import psal_reference
+
+    return _same_searches(_module().psal_search_cpu, psal_reference.search, quick)
 
 
 def _cuda_search_check(device: str, quick: bool) -> str:
-    """CUDA search = CPU search: identical matches and evaluation counts, every case and schedule."""
+    """CUDA search = CPU search."""
     mod = _module()
     if not hasattr(mod, "psal_search_cuda"):
         raise AssertionError("the extension has no CUDA kernels")
-    cases = SEARCH_CASES[:4] if quick else SEARCH_CASES
-    for B, C, hq, wq, hk, wk, p, K, iters, dot, hole in cases:
-        q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
-        valid = _valid(B, hk, wk, p, hole)
-        for schedule in (0, 1):
-            idx_c, ev_c = mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule)
-            idx_g, ev_g = mod.psal_search_cuda(q.to(device), k.to(device), valid.to(device), p, K, iters, dot, 1234,
-                                               schedule)
-            if not torch.equal(idx_g.cpu(), idx_c):
-                raise AssertionError(f"p={p} K={K} schedule {schedule}: {(idx_g.cpu() != idx_c).sum().item()} matches differ")
-            if not torch.equal(ev_g.cpu(), ev_c):
-                raise AssertionError(f"p={p} K={K} schedule {schedule}: evaluations {ev_g.tolist()} vs {ev_c.tolist()}")
-    return f"{len(cases)} cases x 2 schedules (batch 2, cross-attention, holes, K up to 40): identical"
+
+    def on_device(q, k, valid, *args):  # type: ignore[no-untyped-def]
+        return mod.psal_search_cuda(q.to(device), k.to(device), valid.to(device), *args)
+
+    return _same_searches(mod.psal_search_cpu, on_device, quick)
 
 
 def _cuda_patch_sizes_check(device: str, quick: bool) -> str:
