@@ -3,6 +3,8 @@
 The paper reports end-task quality only; users picking ``iterations`` need the search's own
 curve: the recall of the exact nearest neighbour and how far PSAL's best patch is from the exact
 best, as iterations grow. ``python -m attnbench_plugins.psal_quality IMG_Q IMG_K`` prints it.
+The measures (exact search, recall, distance ratio, image loading) are the search suite's own,
+:mod:`attnbench.runners.search_quality`; this module only runs PSAL's search at each count.
 """
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
-from .psal import PSAL, KnnExact
+from attnbench.runners import search_quality as sq
+from attnbench.runners.search_quality import load_image, reconstruction_mse  # noqa: F401  (re-exported)
+
+from .psal import PSAL
+from .psal_contract import matchable_map
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class ConvergencePoint:
 
 
 def _best_cost(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, patch_size: int, dot: bool) -> torch.Tensor:
+    """(B, Hq, Wq) cost of each query's best match ``idx[..., 0]`` (flat key-image indices)."""
     best = idx[..., :1].contiguous()
     return -torch.ops.attnbench.psal_similarity(q, k, best, patch_size, dot)[..., 0]
 
@@ -44,41 +50,25 @@ def convergence(
     seed: int = 0,
     key_mask: Optional[torch.Tensor] = None,
 ) -> list[ConvergencePoint]:
-    """PSAL-``k_nn`` search quality against ``knn-exact`` on the same (q, k), per iteration count."""
+    """PSAL-``k_nn`` search quality against the exact search on the same (q, k) (batch 1), per count."""
     dot = similarity == "dot"
-    exact = KnnExact(k=1, patch_size=patch_size, similarity=similarity).search(q, k, key_mask)
-    exact_cost = _best_cost(q, k, exact, patch_size, dot)
-    tolerance = 1e-5 * exact_cost.abs().clamp(min=1.0)
+    r, rows = patch_size // 2, list(range(q.shape[2]))
+    valid = matchable_map(tuple(k.shape[2:]), patch_size, key_mask, 1, k.device)[0, r : k.shape[2] - r, r : k.shape[3] - r]
+    exact = sq.exact_matches(q, k, rows, patch_size, dot, valid.flatten())
+    exact_cost = sq.patch_cost(q, k, rows, exact, patch_size, dot)
     points = []
     for n in iterations:
         psal = PSAL(k=k_nn, iterations=n, seed=seed, patch_size=patch_size, similarity=similarity)
-        idx = psal.search(q, k, key_mask)
-        cost = _best_cost(q, k, idx, patch_size, dot)
-        recall = float((cost <= exact_cost + tolerance).double().mean())
-        ratio = float(cost.double().mean() / exact_cost.double().mean())
+        best = psal.search(q, k, key_mask)[0, ..., 0]
+        cost = sq.patch_cost(q, k, rows, sq.grid_index(best, k.shape[3], patch_size), patch_size, dot)
         evals = float(psal.last_evaluations.double().sum()) / (q.shape[0] * q.shape[2] * q.shape[3])
-        points.append(ConvergencePoint(n, recall, ratio, evals))
+        points.append(ConvergencePoint(n, sq.recall(cost, exact_cost), sq.distance_ratio(cost, exact_cost), evals))
     return points
 
 
-def reconstruction_mse(out: torch.Tensor, target: torch.Tensor, patch_size: int) -> float:
-    """MSE over query centres whose whole patch is inside the image (border queries excluded)."""
-    r = patch_size // 2
-    h, w = target.shape[-2:]
-    return float(((out - target)[..., r : h - r, r : w - r] ** 2).mean())
-
-
 def load_rgb(path: str, size: Optional[int] = None) -> torch.Tensor:
-    """An image file as (1, 3, H, W) float32 in [0, 1], optionally resized to size x size."""
-    from skimage import io, transform
-
-    image = io.imread(path).astype(np.float32) / 255.0
-    if image.ndim == 2:
-        image = np.stack([image] * 3, -1)
-    image = image[..., :3]
-    if size is not None and image.shape[:2] != (size, size):
-        image = transform.resize(image, (size, size), anti_aliasing=True).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].contiguous()
+    """An image file as (1, 3, H, W) float32 in [0, 1] (``size``: centre-cropped square, resized)."""
+    return load_image(path, size)
 
 
 def table(points: Sequence[ConvergencePoint]) -> pd.DataFrame:

@@ -40,7 +40,7 @@ def _frozen(module):
 )
 def test_variant_names_resolve(name, k, aggregation):
     m = mechanism(name)
-    assert isinstance(m, PSAL) and m.k == k and m.aggregation == aggregation
+    assert isinstance(m, PSAL) and m.k_nn == k and m.aggregation == aggregation
     assert m.params()["iterations"] == 5 and m.params()["patch_size"] == 7 and m.params()["backend"] in ("native", "reference")
 
 
@@ -52,7 +52,7 @@ def test_parse_variant_rejects_other_suffixes():
 
 def test_knn_exact_spec_with_parameters():
     m = mechanism("knn-exact[k=3,similarity=dot]")
-    assert isinstance(m, KnnExact) and m.k == 3 and m.similarity == "dot"
+    assert isinstance(m, KnnExact) and m.k_nn == 3 and m.similarity == "dot"
 
 
 def test_differentiable_wrt_depends_on_k_and_aggregation():
