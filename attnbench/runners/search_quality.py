@@ -124,12 +124,12 @@ def reconstruction_mse(out: torch.Tensor, target: torch.Tensor, patch_size: int)
 
 # ------------------------------------------------------------------------------ cell runner
 def _sweep(spec: CellSpec, base_params: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The parameter varied along the curve and its values: ``sweep = {param = [...]}`` when the
-    suite gives one for this mechanism family, else ``iterations`` (when the mechanism has it)."""
-    family = spec.mechanism.split("[")[0].split("-")[0]
+    """The parameter varied along the curve and its values: the suite's ``sweep.<name> = {param =
+    [...]}`` for this mechanism name (without its [params]), else ``iterations`` when it has one."""
+    name_only = spec.mechanism.split("[")[0]
     sweeps = spec.options.get("sweep", {}) or {}
-    if family in sweeps:
-        (name, values), = sweeps[family].items()
+    if name_only in sweeps:
+        (name, values), = sweeps[name_only].items()
         return name, list(values)
     target = base_params.get("iterations")
     if target is None:
@@ -162,6 +162,8 @@ def run(spec: CellSpec) -> dict[str, Any]:
                                "row_step": step, "convergence": []}
     base = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **spec.params)
     metrics["resolved_params"] = base.params()  # defaults included (search_k, seed, backend...)
+    with torch.no_grad():  # untimed warm-up: library loading, thread pools, compilation
+        base(q[..., :32, :32], k[..., :32, :32], values[..., :32, :32])
     swept, points = _sweep(spec, metrics["resolved_params"])
     if swept:
         metrics["swept"] = swept
