@@ -24,7 +24,7 @@ namespace {
 
 constexpr int64_t kGrain = 64;        // queries per task in the search (heavy items)
 constexpr int64_t kLightGrain = 2048;  // items per task in the cheap gathers
-constexpr int64_t kTile = 16;          // queries per tile side (both schedules; any value gives the same result)
+constexpr int64_t kTile = 16;          // wavefront schedule: queries per tile side (any value gives the same result)
 
 // Runtime-dispatched clones: the compiler vectorises the hot loops for AVX2/FMA when the CPU has
 // them and falls back to the baseline ISA otherwise (no -march=native, so the build is portable).
@@ -353,23 +353,13 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
         const int32_t* pj = j_buf[cur].data_ptr<int32_t>();
         T* nd = d_buf[1 - cur].data_ptr<T>();
         int32_t* nj = j_buf[1 - cur].data_ptr<int32_t>();
-        // Queries in kTile x kTile tiles (any order gives the same result under Jacobi): the
-        // matches of a tile are spatially coherent, so its propagated candidates' key rows are
-        // shared between neighbouring queries and stay in cache.
-        const int64_t nty = (g.Hq + kTile - 1) / kTile, ntx = (g.Wq + kTile - 1) / kTile;
-        at::parallel_for(0, nty * ntx, 1, [&](int64_t begin, int64_t end) {
+        at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
           int64_t local = 0;
           std::vector<int32_t> snap(K), cand(16 * K + levels * K);
-          for (int64_t t = begin; t < end; ++t) {
-            const int64_t ya = (t / ntx) * kTile, yb = std::min(g.Hq, ya + kTile);
-            const int64_t xa = (t % ntx) * kTile, xb = std::min(g.Wq, xa + kTile);
-            for (int64_t y = ya; y < yb; ++y)
-              for (int64_t x = xa; x < xb; ++x) {
-                const int64_t i = y * g.Wq + x;
-                std::copy(pd + i * K, pd + (i + 1) * K, nd + i * K);
-                std::copy(pj + i * K, pj + (i + 1) * K, nj + i * K);
-                update_query(i, it, pj, nd + i * K, nj + i * K, local, snap, cand);
-              }
+          for (int64_t i = begin; i < end; ++i) {
+            std::copy(pd + i * K, pd + (i + 1) * K, nd + i * K);
+            std::copy(pj + i * K, pj + (i + 1) * K, nj + i * K);
+            update_query(i, it, pj, nd + i * K, nj + i * K, local, snap, cand);
           }
           evals += local;
         });
