@@ -178,3 +178,17 @@ def test_search_suite_sweeps_each_peer_parameter(tmp_path):
     assert faiss["swept"] == "nprobe" and [p["nprobe"] for p in faiss["convergence"]] == [1, 4]
     assert all(p["mse_ratio"] > 0 and p["time_s"] > 0 and 0 <= p["recall"] <= 1 for p in faiss["convergence"])
     assert records["psal-1"]["metrics"]["swept"] == "iterations"
+
+
+def test_exact_search_is_cached_per_input(tmp_path, monkeypatch):
+    # every cell of a size searches the same frames: the brute force runs once, then is read back
+    from attnbench.runners import search_quality as sq
+
+    monkeypatch.setattr(sq.tempfile, "gettempdir", lambda: str(tmp_path))
+    q, k = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    first, seconds = sq.cached_exact_matches(q, k, [3, 5], 3)
+    monkeypatch.setattr(sq, "exact_matches", lambda *a, **kw: pytest.fail("searched again"))
+    again, seconds_again = sq.cached_exact_matches(q, k, [3, 5], 3)
+    assert torch.equal(first, again) and seconds == seconds_again
+    with pytest.raises(pytest.fail.Exception):
+        sq.cached_exact_matches(q + 1, k, [3, 5], 3)  # other inputs: a new search
