@@ -87,8 +87,10 @@ def time_to_quality(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             continue
         metrics = record["metrics"]
         swept = metrics.get("swept", "")
+        params = record.get("params") or {}
+        name = record["mechanism"] + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
         for point in metrics.get("convergence", []):
-            rows.append({"mechanism": record["mechanism"], "size": record["size"], "swept": swept,
+            rows.append({"mechanism": name, "size": record["size"], "swept": swept,
                          "value": point.get(swept), "time_s": point["time_s"], "mse_ratio": point["mse_ratio"]})
     return pd.DataFrame(rows)
 
@@ -110,23 +112,28 @@ def plot_time_to_quality(points: pd.DataFrame, path: Path, quality: float) -> No
 
     from attnbench.report.style import colour
 
+    from matplotlib.ticker import ScalarFormatter
+
     sizes = sorted(points["size"].unique())
+    names = list(dict.fromkeys(points["mechanism"]))
+    colours = {name: colour(name) if "[" not in name else f"C{index}" for index, name in enumerate(names)}
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         here = points[points["size"] == size]
-        for index, (name, curve) in enumerate(here.groupby("mechanism", sort=False)):
+        for name, curve in here.groupby("mechanism", sort=False):
             curve = curve.sort_values("value")  # along the swept parameter (iterations, nprobe, efSearch)
             style = "-" if name.startswith("psal") else "--"
-            ax.plot(curve["time_s"], curve["mse_ratio"], style, marker="o", ms=4, label=name,
-                    color=colour(name) if "[" not in name else f"C{index}")
+            ax.plot(curve["time_s"], curve["mse_ratio"], style, marker="o", ms=4, label=name, color=colours[name])
         ax.axhline(quality, color="0.5", lw=0.8, ls=":")
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.legend(fontsize=7)
         ax.set_ylim(0.98, min(1.6, max(1.2, float(here["mse_ratio"].quantile(0.8)) + 0.05)))
         ax.set_xlabel("seconds per call (index build included)")
         ax.set_ylabel("reconstruction MSE / exact 1-NN's")
         ax.set_title(f"{size} x {size} px")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
