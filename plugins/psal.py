@@ -22,11 +22,9 @@ import torch.nn.functional as F
 from attnbench.errors import UnsupportedRequest
 from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 
+from . import psal_contract as contract
 from . import psal_ops
 from .psal_cost import expected_evaluations
-from .psal_reference import SCHEDULE_DEFAULT, SCHEDULE_JACOBI, SCHEDULES, matchable_map
-
-_INDEX_BYTES = 8
 
 #: Matches the search keeps per query when ``search_k`` is not given: ``max(k, DEFAULT_SEARCH_K)``.
 #: A one-entry heap converges slowly on large images. PSAL-1 reconstructing the 512^2 video pair
@@ -44,55 +42,13 @@ def _check_positive_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _valid_keys(k: torch.Tensor, key_mask: Optional[torch.Tensor], patch_size: int, k_nn: int, who: str) -> tuple[torch.Tensor, int]:
-    """Matchable key centres (B, Hk, Wk) and the fewest of any batch element; refuse fewer than k."""
-    valid = matchable_map((k.shape[2], k.shape[3]), patch_size, key_mask, k.shape[0], k.device)
+def _valid_keys(keys: torch.Tensor, key_mask: Optional[torch.Tensor], patch_size: int, k_nn: int, who: str) -> tuple[torch.Tensor, int]:
+    """Matchable key centres (B, Hk, Wk) and the fewest of any batch element; refuse fewer than k_nn."""
+    valid = contract.matchable_map((keys.shape[2], keys.shape[3]), patch_size, key_mask, keys.shape[0], keys.device)
     fewest = int(valid.flatten(1).sum(1).min())
     if fewest < k_nn:
         raise UnsupportedRequest(f"{who}: only {fewest} key patches avoid the border and the mask; k = {k_nn} needs more")
     return valid, fewest
-
-
-def _attend_memory(shape: ProblemShape, k_nn: int) -> dict[str, int]:
-    """Bytes of the similarity + attend phases that every k-NN mechanism here shares."""
-    s = shape.dtype_bytes
-    B, C, Cv, nq, nk = shape.batch, shape.channels, shape.value_channels, shape.n_queries, shape.n_keys
-    r = shape.patch_size // 2
-    padded_q = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
-    return {
-        "idx": B * nq * k_nn * _INDEX_BYTES,
-        "similarity": padded_q + nk * C * s + B * nq * k_nn * s,
-        "attend": nk * Cv * s + B * Cv * nq * s + B * nq * s,
-        "padded_q": padded_q,
-    }
-
-
-def _backward_memory(shape: ProblemShape, k_nn: int, needs_qk: bool) -> int:
-    """Extra bytes of the backward ops (gathers through an inverse index, per batch element)."""
-    s = shape.dtype_bytes
-    B, C, Cv, nq, nk = shape.batch, shape.channels, shape.value_channels, shape.n_queries, shape.n_keys
-    r = shape.patch_size // 2
-    padded = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
-    inverse = 2 * (nk + 1) * 8 + nq * k_nn * 4
-    grad_out = B * Cv * nq * s
-    # grad_out copied channel-last + grad_v (+ for grad_s: values copied, g.out, g*out, grad_s)
-    attend_bwd = nq * Cv * s + B * Cv * nk * s + inverse
-    if needs_qk:
-        attend_bwd += nq * Cv * s + nk * Cv * s + nq * s + B * nq * k_nn * s
-    similarity_bwd = 2 * padded + nk * C * s + B * C * (nq + nk) * s + inverse if needs_qk else 0
-    # grad_v and grad_s stay alive while the similarity backward runs
-    return grad_out + max(attend_bwd, similarity_bwd + B * nq * k_nn * s + B * Cv * nk * s)
-
-
-def _attend_flops(shape: ProblemShape, k_nn: int, aggregation: bool, with_similarity: bool) -> int:
-    B, nq, d, Cv = shape.batch, shape.n_queries, shape.patch_dim, shape.value_channels
-    terms = B * nq * k_nn * (shape.patch_size**2 if aggregation else 1)
-    flops = psal_ops.FLOPS_PER_ELEMENT * terms * Cv
-    similarity = psal_ops.FLOPS_PER_ELEMENT * B * nq * k_nn * d if with_similarity else 0
-    flops += similarity
-    if shape.backward:
-        flops += 2 * psal_ops.FLOPS_PER_ELEMENT * terms * Cv + 2 * similarity
-    return flops
 
 
 class PSAL(AttentionMechanism):
@@ -106,6 +62,9 @@ class PSAL(AttentionMechanism):
     pixel of a matchable key patch). Memory stays O(k n): the p^2 k terms are never stored.
     Search width: the search keeps ``search_k`` (default ``max(k, 2)``, see ``DEFAULT_SEARCH_K``)
     matches per query and the attention uses the best k; ``search_k=1`` is the paper's PSAL-1.
+    Naming: the spec parameter ``k`` (``psal-3`` = ``psal[k=3]``) is stored as ``k_nn``, the
+    neighbour count; ``k``/``keys`` in method signatures is always the keys tensor.
+    Backend: resolved once, in the constructor (``backend``, reported in ``params()``).
     """
 
     variants = ("psal-1", "psal-3", "psal-aggreg")
@@ -135,14 +94,15 @@ class PSAL(AttentionMechanism):
         **params: Any,
     ):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
-        self.k = _check_positive_int("k", k, 1)
-        #: matches the search keeps per query (its heap); the attention uses the best k of them
-        self.search_k = max(self.k, DEFAULT_SEARCH_K) if search_k is None else _check_positive_int("search_k", search_k, self.k)
+        #: neighbours each query attends to (the spec's ``k``)
+        self.k_nn = _check_positive_int("k", k, 1)
+        #: matches the search keeps per query (its heap); the attention uses the best k_nn of them
+        self.search_k = max(self.k_nn, DEFAULT_SEARCH_K) if search_k is None else _check_positive_int("search_k", search_k, self.k_nn)
         self.iterations = _check_positive_int("iterations", iterations, 0)
         if schedule is None:
-            schedule = next(name for name, code in SCHEDULES.items() if code == SCHEDULE_DEFAULT)
-        if schedule not in SCHEDULES:
-            raise UnsupportedRequest(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+            schedule = contract.schedule_name(contract.SCHEDULE_DEFAULT)
+        if schedule not in contract.SCHEDULES:
+            raise UnsupportedRequest(f"schedule must be one of {', '.join(contract.SCHEDULES)}, got {schedule!r}")
         #: search schedule (psal.h): "wavefront" (in-place sweeps) or "jacobi" (double-buffered)
         self.schedule = schedule
         if not isinstance(aggregation, bool):
@@ -152,7 +112,7 @@ class PSAL(AttentionMechanism):
         self.aggregation = aggregation
         self.seed = seed
         # PSAL-1 without aggregation has one weight of 1 per query: no gradient reaches q or k.
-        self.differentiable_wrt = ("v",) if (self.k == 1 and not aggregation) else ("q", "k", "v")
+        self.differentiable_wrt = ("v",) if (self.k_nn == 1 and not aggregation) else ("q", "k", "v")
         #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
         self.backend = psal_ops.prepare()
         #: cost evaluations of the last search, (B,) int64 tensor (what the FLOP counter reports)
@@ -180,7 +140,7 @@ class PSAL(AttentionMechanism):
     def params(self) -> dict[str, Any]:
         return {
             **super().params(),
-            "k": self.k,
+            "k": self.k_nn,
             "aggregation": self.aggregation,
             "iterations": self.iterations,
             "seed": self.seed,
@@ -189,13 +149,18 @@ class PSAL(AttentionMechanism):
             "backend": self.backend,
         }
 
+    @property
+    def with_similarity(self) -> bool:
+        """Whether the weights depend on S (more than one term per query)."""
+        return self.k_nn > 1 or self.aggregation
+
     def search(self, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The k-NN field alone: (B, Hq, Wq, k) flat key-image indices of the matched centres.
+        """The k-NN field alone: (B, Hq, Wq, k_nn) flat key-image indices of the matched centres.
 
         The search keeps ``search_k`` matches per query (fewer when fewer keys are matchable);
-        its heaps are sorted best first, so the best k are its first k entries.
+        its heaps are sorted best first, so the best k_nn are its first k_nn entries.
         """
-        valid, fewest = _valid_keys(k, key_mask, self.patch_size, self.k, self.name or "psal")
+        valid, fewest = _valid_keys(k, key_mask, self.patch_size, self.k_nn, self.name or "psal")
         width = min(self.search_k, fewest)
         idx, evaluations = torch.ops.attnbench.psal_search(
             q.detach(),
@@ -206,66 +171,32 @@ class PSAL(AttentionMechanism):
             self.iterations,
             self.similarity == "dot",
             self.seed,
-            SCHEDULES[self.schedule],
+            contract.SCHEDULES[self.schedule],
+            self.backend == contract.BACKEND_REFERENCE,
         )
         self.last_evaluations = evaluations
-        return idx if width == self.k else idx[..., : self.k].contiguous()
+        return idx if width == self.k_nn else idx[..., : self.k_nn].contiguous()
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         idx = self.search(q, k, key_mask)
         return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", self.aggregation,
-                                          self.temperature, with_similarity=self.k > 1 or self.aggregation)
-
-    def _reference_memory(self, shape: ProblemShape, width: int, with_similarity: bool) -> int:
-        """Peak bytes of the pure-PyTorch reference (psal_reference.py), which unrolls patches.
-
-        Search (one batch element at a time): all query and key patches, plus the query patches,
-        the candidates' key patches, their difference and its square gathered for every query
-        at once. Similarity: query and key patches, the k matched key patches, difference and
-        square (backward keeps about 3/4 of a matched set more). Attend: scores, pixels, values and
-        products per term (backward keeps scores, weights and pixels). Each phase adds index and
-        RNG temporaries (64 int64 per query). Calibrated on measured peaks (tests bound them).
-        """
-        s, d = shape.dtype_bytes, shape.patch_dim
-        B, nq, n_grid, K, cv = shape.batch, shape.n_queries, shape.n_valid_keys, self.k, shape.value_channels
-        temporaries = 64 * nq * 8
-        search = B * nq * width * _INDEX_BYTES + (5 * nq + n_grid) * d * s + nq * width * (2 * _INDEX_BYTES + s) + temporaries
-        terms = B * nq * K * (shape.patch_size**2 if self.aggregation else 1)
-        attend = terms * (2 * _INDEX_BYTES + 3 * s + 2 * cv * s) + temporaries
-        similarity = B * (nq + n_grid + 3 * nq * K) * d * s + temporaries if with_similarity else 0
-        if not shape.backward:
-            return max(search, similarity, attend)
-        kept = (3 * B * nq * K * d * s) // 4 if with_similarity else 0
-        return max(search, similarity + kept + terms * (_INDEX_BYTES + 3 * s), attend)
-
-    def _native_memory(self, shape: ProblemShape, width: int, with_similarity: bool) -> int:
-        """Peak bytes of the native kernels: heaps, channel-last copies, O(k n) indices."""
-        s = shape.dtype_bytes
-        B, C, nq, nk, K = shape.batch, shape.channels, shape.n_queries, shape.n_keys, self.k
-        shared = _attend_memory(shape, K)
-        searched = B * nq * width * _INDEX_BYTES  # the search's output, before keeping the best k
-        # (cost, int32 index) heaps: double-buffered (jacobi) or updated in place (wavefront)
-        heaps = (2 if SCHEDULES[self.schedule] == SCHEDULE_JACOBI and self.iterations > 0 else 1) * nq * width * (s + 4)
-        search = searched + B * nq * width * 4 + B * nk + B * 8 + shared["padded_q"] + nk * C * s + heaps + nk * 4
-        best_k_copy = searched + shared["idx"] if width > K else 0
-        forward = max(search, best_k_copy, shared["idx"] + max(shared["similarity"], shared["attend"]))
-        if not shape.backward:
-            return forward
-        saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
-        return max(forward, saved + _backward_memory(shape, K, with_similarity))
+                                          self.temperature, with_similarity=self.with_similarity, backend=self.backend)
 
     def estimate(self, shape: ProblemShape) -> CostEstimate:
         """Peak bytes (net of inputs) of the backend in use and FLOPs (evaluation model of psal_cost)."""
-        width = min(self.search_k, max(shape.n_valid_keys, self.k))
-        with_similarity = not (self.k == 1 and not self.aggregation)
-        memory_of = self._reference_memory if self.backend == "reference" else self._native_memory
+        width = min(self.search_k, max(shape.n_valid_keys, self.k_nn))
+        if self.backend == contract.BACKEND_REFERENCE:
+            memory = contract.reference_memory(shape, self.k_nn, width, self.aggregation, self.with_similarity)
+        else:
+            memory = contract.native_memory(shape, self.k_nn, width, self.iterations, contract.SCHEDULES[self.schedule],
+                                            self.with_similarity)
         evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
-        flops = int(shape.batch * evals * psal_ops.FLOPS_PER_ELEMENT * shape.patch_dim)
-        flops += _attend_flops(shape, self.k, self.aggregation, with_similarity)
+        flops = contract.search_flops(shape.batch * evals, shape.channels, shape.patch_size)
+        flops += contract.matched_attention_flops(shape, self.k_nn, self.aggregation, self.with_similarity)
         return CostEstimate(
-            memory_bytes=int(memory_of(shape, width, with_similarity)),
+            memory_bytes=int(memory),
             flops=int(flops),
             formula=self.complexity,
             notes=f"{evals / max(shape.n_queries, 1):.0f} evaluations per query; backend {self.backend}",
@@ -284,25 +215,27 @@ class KnnExact(AttentionMechanism):
 
     def __init__(self, k: int = 1, patch_size: int = 7, similarity: str = "l2", temperature: float = 1.0, **params: Any):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
-        self.k = _check_positive_int("k", k, 1)
-        self.differentiable_wrt = ("v",) if self.k == 1 else ("q", "k", "v")
-        psal_ops.prepare()
+        #: neighbours each query attends to (the spec's ``k``)
+        self.k_nn = _check_positive_int("k", k, 1)
+        self.differentiable_wrt = ("v",) if self.k_nn == 1 else ("q", "k", "v")
+        #: backend of the similarity + attend ops, resolved once (the search is plain PyTorch)
+        self.backend = psal_ops.prepare()
 
     @classmethod
     def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
         return {"k": usable_keys}
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "k": self.k}
+        return {**super().params(), "k": self.k_nn, "backend": self.backend}
 
     def search(self, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Exact k-NN field: (B, Hq, Wq, k) flat key-image indices, best first."""
+        """Exact k-NN field: (B, Hq, Wq, k_nn) flat key-image indices, best first."""
         p, r = self.patch_size, self.patch_size // 2
         B, C, hq, wq = q.shape
         hk, wk = k.shape[2], k.shape[3]
         gw = wk - 2 * r
-        valid = _valid_keys(k, key_mask, p, self.k, self.name or "knn-exact")[0][:, r : hk - r, r : wk - r].flatten(1)
-        idx = torch.empty(B, hq * wq, self.k, dtype=torch.long, device=q.device)
+        valid = _valid_keys(k, key_mask, p, self.k_nn, self.name or "knn-exact")[0][:, r : hk - r, r : wk - r].flatten(1)
+        idx = torch.empty(B, hq * wq, self.k_nn, dtype=torch.long, device=q.device)
         rows_per_chunk = max(1, self.chunk_elements // max(valid.shape[1] * wq, 1))
         with torch.no_grad():
             qpad = F.pad(q, (r, r, r, r), mode="replicate") if r else q
@@ -314,34 +247,34 @@ class KnnExact(AttentionMechanism):
                     y1 = min(hq, y0 + rows_per_chunk)
                     qp = F.unfold(qpad[b : b + 1, :, y0 : y1 + 2 * r], p)[0].T  # (rows * wq, d)
                     scores = torch.addmm(bias, qp, kp, alpha=2.0 if self.similarity == "l2" else 1.0)
-                    best = scores.topk(self.k, dim=1).indices
+                    best = scores.topk(self.k_nn, dim=1).indices
                     idx[b, y0 * wq : y1 * wq] = (best // gw + r) * wk + best % gw + r
                     del qp, scores, best  # free this chunk before the next one is allocated
-        return idx.reshape(B, hq, wq, self.k)
+        return idx.reshape(B, hq, wq, self.k_nn)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
         idx = self.search(q, k, key_mask)
         return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", False,
-                                          self.temperature, with_similarity=self.k > 1)
+                                          self.temperature, with_similarity=self.k_nn > 1, backend=self.backend)
 
     def estimate(self, shape: ProblemShape) -> CostEstimate:
         s = shape.dtype_bytes
-        B, nq, d, K = shape.batch, shape.n_queries, shape.patch_dim, self.k
+        B, nq, d, K = shape.batch, shape.n_queries, shape.patch_dim, self.k_nn
         n_grid = max(shape.n_valid_keys, 1)
         wq = shape.query_hw[1]
         rows = max(1, min(shape.query_hw[0], self.chunk_elements // max(n_grid * wq, 1)))
         r = shape.patch_size // 2
-        shared = _attend_memory(shape, K)
+        shared = contract.matched_attention_memory(shape, K)
         padded_q = B * shape.channels * (shape.query_hw[0] + 2 * r) * (wq + 2 * r) * s
         chunk = rows * wq * (2 * d * s + n_grid * s + K * 16)  # patches (+ a contiguous copy), scores, top-k
         search = shared["idx"] + B * shape.n_keys + padded_q + n_grid * (d + 2) * s + chunk
         forward = max(search, shared["idx"] + max(shared["similarity"], shared["attend"]))
         memory = forward
         if shape.backward:
-            saved = shared["idx"] + B * nq * K * s + B * shape.value_channels * nq * s + B * nq * s
-            memory = max(forward, saved + _backward_memory(shape, K, K > 1))
-        flops = psal_ops.FLOPS_PER_ELEMENT * B * nq * n_grid * d
-        flops += _attend_flops(shape, K, False, K > 1)
+            memory = max(forward, contract.saved_for_backward_memory(shape, K)
+                         + contract.matched_attention_backward_memory(shape, K, K > 1))
+        flops = contract.FLOPS_PER_ELEMENT * B * nq * n_grid * d
+        flops += contract.matched_attention_flops(shape, K, False, K > 1)
         return CostEstimate(memory_bytes=int(memory), flops=int(flops), formula=self.complexity)

@@ -3,9 +3,13 @@
 One op, several kernels: the default implementation runs the native CPU kernel when the
 extension is loaded (else the pure-PyTorch reference, on any device); when the extension was
 built with CUDA, :func:`prepare` registers its ``*_cuda`` functions as the ops' "cuda" kernels.
+The backend is resolved once per layer (:func:`prepare`, which reads ATTNBENCH_PSAL_BACKEND);
+the layer passes it on: ``use_reference`` of the search op, ``backend`` of
+:func:`matched_attention`. Constants and FLOP formulas come from :mod:`.psal_contract`.
 
 Ops (semantics in native/psal.h):
-  psal_search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=0) -> (idx, n_evals)
+  psal_search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=0, use_reference=False)
+      -> (idx, n_evals)
   psal_similarity(q, k, idx, patch_size, dot) -> S                       (autograd: q, k)
   psal_attend(S, idx, v, patch_size, aggregation, temperature) -> (out, lse)  (autograd: S, v)
 and their backward ops. ``FlopCounterMode`` counts the search by the evaluations the kernel
@@ -20,16 +24,20 @@ from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
 from . import psal_build
+from . import psal_contract as contract
 from . import psal_reference as reference
+from .psal_contract import FLOPS_PER_ELEMENT  # noqa: F401  (re-exported)
+from .psal_cost import search_flops_estimate  # noqa: F401  (re-exported: the FLOPs of a search on shapes)
 
 NAMESPACE = "attnbench"
 _EMPTY = (0,)
 
 
 def _kernel(name: str, device_type: str) -> Optional[Callable[..., Any]]:
-    """The native function for ``name`` on ``device_type``, or None to use the reference."""
-    if psal_build.active_backend() != "native":
-        return None
+    """The native function for ``name`` on ``device_type`` (None: no native kernel, use the reference).
+
+    No backend choice here: the layer made it once (:func:`prepare`) and routes to the reference
+    itself when it resolved to it."""
     module = psal_build.native_module()
     return getattr(module, f"{name}_{device_type}", None) if module is not None else None
 
@@ -50,19 +58,21 @@ def psal_search(
     iterations: int,
     dot: bool,
     seed: int,
-    schedule: int = reference.SCHEDULE_DEFAULT,
+    schedule: int = contract.SCHEDULE_DEFAULT,
+    use_reference: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """PatchMatch k-NN search: (idx (B, Hq, Wq, K) int64 key-centre indices, n_evals (B,) int64).
 
-    ``schedule``: 0 = jacobi, 1 = wavefront (psal.h PSAL_SCHEDULE_*, reference.SCHEDULES)."""
-    fn = _kernel("psal_search", q.device.type)
+    ``schedule``: 0 = jacobi, 1 = wavefront (psal.h PSAL_SCHEDULE_*, contract.SCHEDULES);
+    ``use_reference``: run the pure-PyTorch reference even where a native kernel exists."""
+    fn = None if use_reference else _kernel("psal_search", q.device.type)
     if fn is not None:
         return fn(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule)
     return reference.search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule)
 
 
 @psal_search.register_fake
-def _(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=reference.SCHEDULE_DEFAULT):
+def _(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=contract.SCHEDULE_DEFAULT, use_reference=False):
     idx = q.new_empty((q.shape[0], q.shape[2], q.shape[3], k_nn), dtype=torch.long)
     return idx, q.new_empty((q.shape[0],), dtype=torch.long)
 
@@ -194,21 +204,10 @@ psal_attend.register_autograd(_attend_backward, setup_context=_attend_setup)
 
 
 # ------------------------------------------------------------------------------------- FLOPs
-FLOPS_PER_ELEMENT = 2  # one multiply-add per patch element, the GEMM convention
-
-
 def _is_real(t: Any) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(t, Tensor) and not isinstance(t, FakeTensor) and t.device.type != "meta"
-
-
-def search_flops_estimate(batch: int, query_hw: tuple[int, int], key_hw: tuple[int, int], channels: int, patch_size: int, k_nn: int, iterations: int) -> int:
-    """FLOPs of the search from shapes alone (used on fake tensors and by ``estimate``)."""
-    from .psal_cost import expected_evaluations
-
-    evals = expected_evaluations(query_hw, key_hw, patch_size, k_nn, iterations)
-    return int(batch * evals * FLOPS_PER_ELEMENT * patch_size**2 * channels)
 
 
 def _register_flops() -> None:
@@ -220,30 +219,28 @@ def _register_flops() -> None:
         return
 
     @register_flop_formula(ops.psal_search, get_raw=True)
-    def _search_flops(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=None, out_val=None, **kwargs) -> int:
+    def _search_flops(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=None, use_reference=False,
+                      out_val=None, **kwargs) -> int:
         evals = out_val[1] if out_val is not None else None
-        d = patch_size**2 * q.shape[1]
         if _is_real(evals):
-            return int(evals.sum().item()) * FLOPS_PER_ELEMENT * d
+            return contract.search_flops(int(evals.sum().item()), q.shape[1], patch_size)
         return search_flops_estimate(q.shape[0], tuple(q.shape[2:]), tuple(k.shape[2:]), q.shape[1], patch_size, k_nn, iterations)
 
     @register_flop_formula(ops.psal_similarity)
     def _similarity_flops(q_shape, k_shape, idx_shape, patch_size, dot, out_shape=None, **kwargs) -> int:
-        return FLOPS_PER_ELEMENT * patch_size**2 * q_shape[1] * _numel(idx_shape)
+        return contract.similarity_flops(_numel(idx_shape), q_shape[1], patch_size)
 
     @register_flop_formula(ops.psal_similarity_backward)
     def _similarity_bwd_flops(gs_shape, q_shape, k_shape, idx_shape, patch_size, dot, need_q, need_k, out_shape=None, **kwargs) -> int:
-        return (int(need_q) + int(need_k)) * FLOPS_PER_ELEMENT * patch_size**2 * q_shape[1] * _numel(idx_shape)
+        return (int(need_q) + int(need_k)) * contract.similarity_flops(_numel(idx_shape), q_shape[1], patch_size)
 
     @register_flop_formula(ops.psal_attend)
     def _attend_flops(s_shape, idx_shape, v_shape, patch_size, aggregation, temperature, out_shape=None, **kwargs) -> int:
-        terms = _numel(s_shape) * (patch_size**2 if aggregation else 1)
-        return FLOPS_PER_ELEMENT * terms * v_shape[1]
+        return contract.attend_flops(_numel(s_shape), v_shape[1], patch_size, aggregation)
 
     @register_flop_formula(ops.psal_attend_backward)
     def _attend_bwd_flops(go_shape, s_shape, idx_shape, v_shape, out_shape_, lse_shape, patch_size, aggregation, temperature, need_s, need_v, out_shape=None, **kwargs) -> int:
-        terms = _numel(s_shape) * (patch_size**2 if aggregation else 1)
-        return (int(need_s) + int(need_v)) * FLOPS_PER_ELEMENT * terms * v_shape[1]
+        return (int(need_s) + int(need_v)) * contract.attend_flops(_numel(s_shape), v_shape[1], patch_size, aggregation)
 
 
 def _numel(shape) -> int:
@@ -261,10 +258,8 @@ _cuda_registered = False
 
 
 def prepare() -> str:
-    """Pick the backend (building the extension if needed) and register CUDA kernels if built.
-
-    Returns ``"native"`` or ``"reference"``.
-    """
+    """Resolve the backend, once per layer (building the extension if needed; CUDA kernels
+    registered if built): ``"native"`` or ``"reference"`` (contract.BACKEND_*)."""
     global _cuda_registered
     backend = psal_build.active_backend()
     if backend == "native" and not _cuda_registered and psal_build.has_device_kernels("cuda"):
@@ -290,13 +285,14 @@ def prepare() -> str:
 
 
 def matched_attention(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, patch_size: int, dot: bool,
-                      aggregation: bool, temperature: float, with_similarity: bool) -> Tensor:
-    """Softmax attention over the matched keys ``idx`` (B, Hq, Wq, K): the custom ops where a
-    native kernel exists for the device, else plain autograd through the reference.
+                      aggregation: bool, temperature: float, with_similarity: bool, backend: str) -> Tensor:
+    """Softmax attention over the matched keys ``idx`` (B, Hq, Wq, K): the custom ops on the
+    native backend where it has a kernel for the device, else plain autograd through the reference.
 
-    Without ``with_similarity`` (one term per query, PSAL-1), every weight is 1 whatever S is.
+    ``backend``: what :func:`prepare` resolved for the calling layer. Without ``with_similarity``
+    (one term per query, PSAL-1), every weight is 1 whatever S is.
     """
-    if _kernel("psal_attend", v.device.type) is None:
+    if backend != contract.BACKEND_NATIVE or _kernel("psal_attend", v.device.type) is None:
         s = reference.similarity(q, k, idx, patch_size, dot) if with_similarity else q.new_zeros(idx.shape)
         return reference.attend(s, idx, v, patch_size, aggregation, temperature)[0]
     ops = torch.ops.attnbench

@@ -3,18 +3,27 @@
 The paper reports end-task quality only; users picking ``iterations`` need the search's own
 curve: the recall of the exact nearest neighbour and how far PSAL's best patch is from the exact
 best, as iterations grow. ``python -m attnbench_plugins.psal_quality IMG_Q IMG_K`` prints it.
+``... psal_quality --time-to-quality RECORDS.jsonl --plot FIG.png`` draws the search suite's
+time-to-quality curves (MSE ratio vs seconds, per mechanism and size; ``--preset peers``) and
+prints, per size, the fastest point of each mechanism within ``--quality`` (1.05) of exact.
+The measures (exact search, recall, distance ratio, image loading) are the search suite's own,
+:mod:`attnbench.runners.search_quality`; this module only runs PSAL's search at each count.
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import asdict, dataclass
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
-from .psal import PSAL, KnnExact
+from attnbench.runners import search_quality as sq
+from attnbench.runners.search_quality import load_image, reconstruction_mse  # noqa: F401  (re-exported)
+
+from .psal import PSAL
+from .psal_contract import matchable_map
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class ConvergencePoint:
 
 
 def _best_cost(q: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, patch_size: int, dot: bool) -> torch.Tensor:
+    """(B, Hq, Wq) cost of each query's best match ``idx[..., 0]`` (flat key-image indices)."""
     best = idx[..., :1].contiguous()
     return -torch.ops.attnbench.psal_similarity(q, k, best, patch_size, dot)[..., 0]
 
@@ -44,56 +54,114 @@ def convergence(
     seed: int = 0,
     key_mask: Optional[torch.Tensor] = None,
 ) -> list[ConvergencePoint]:
-    """PSAL-``k_nn`` search quality against ``knn-exact`` on the same (q, k), per iteration count."""
+    """PSAL-``k_nn`` search quality against the exact search on the same (q, k) (batch 1), per count."""
     dot = similarity == "dot"
-    exact = KnnExact(k=1, patch_size=patch_size, similarity=similarity).search(q, k, key_mask)
-    exact_cost = _best_cost(q, k, exact, patch_size, dot)
-    tolerance = 1e-5 * exact_cost.abs().clamp(min=1.0)
+    r, rows = patch_size // 2, list(range(q.shape[2]))
+    valid = matchable_map(tuple(k.shape[2:]), patch_size, key_mask, 1, k.device)[0, r : k.shape[2] - r, r : k.shape[3] - r]
+    exact = sq.exact_matches(q, k, rows, patch_size, dot, valid.flatten())
+    exact_cost = sq.patch_cost(q, k, rows, exact, patch_size, dot)
     points = []
     for n in iterations:
         psal = PSAL(k=k_nn, iterations=n, seed=seed, patch_size=patch_size, similarity=similarity)
-        idx = psal.search(q, k, key_mask)
-        cost = _best_cost(q, k, idx, patch_size, dot)
-        recall = float((cost <= exact_cost + tolerance).double().mean())
-        ratio = float(cost.double().mean() / exact_cost.double().mean())
+        best = psal.search(q, k, key_mask)[0, ..., 0]
+        cost = sq.patch_cost(q, k, rows, sq.grid_index(best, k.shape[3], patch_size), patch_size, dot)
         evals = float(psal.last_evaluations.double().sum()) / (q.shape[0] * q.shape[2] * q.shape[3])
-        points.append(ConvergencePoint(n, recall, ratio, evals))
+        points.append(ConvergencePoint(n, sq.recall(cost, exact_cost), sq.distance_ratio(cost, exact_cost), evals))
     return points
 
 
-def reconstruction_mse(out: torch.Tensor, target: torch.Tensor, patch_size: int) -> float:
-    """MSE over query centres whose whole patch is inside the image (border queries excluded)."""
-    r = patch_size // 2
-    h, w = target.shape[-2:]
-    return float(((out - target)[..., r : h - r, r : w - r] ** 2).mean())
-
-
 def load_rgb(path: str, size: Optional[int] = None) -> torch.Tensor:
-    """An image file as (1, 3, H, W) float32 in [0, 1], optionally resized to size x size."""
-    from skimage import io, transform
-
-    image = io.imread(path).astype(np.float32) / 255.0
-    if image.ndim == 2:
-        image = np.stack([image] * 3, -1)
-    image = image[..., :3]
-    if size is not None and image.shape[:2] != (size, size):
-        image = transform.resize(image, (size, size), anti_aliasing=True).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].contiguous()
+    """An image file as (1, 3, H, W) float32 in [0, 1] (``size``: centre-cropped square, resized)."""
+    return load_image(path, size)
 
 
 def table(points: Sequence[ConvergencePoint]) -> pd.DataFrame:
     return pd.DataFrame([asdict(p) for p in points])
 
 
+def time_to_quality(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per curve point of the search suite's records: mechanism, size, swept value, time, MSE ratio."""
+    rows = []
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        metrics = record["metrics"]
+        swept = metrics.get("swept", "")
+        params = record.get("params") or {}
+        name = record["mechanism"] + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
+        for point in metrics.get("convergence", []):
+            rows.append({"mechanism": name, "size": record["size"], "swept": swept,
+                         "value": point.get(swept), "time_s": point["time_s"], "mse_ratio": point["mse_ratio"]})
+    return pd.DataFrame(rows)
+
+
+def fastest_within(points: pd.DataFrame, quality: float) -> pd.DataFrame:
+    """Per size and mechanism, the fastest point whose MSE ratio is <= ``quality``."""
+    good = points[points["mse_ratio"] <= quality]
+    if good.empty:
+        return good
+    return good.loc[good.groupby(["size", "mechanism"])["time_s"].idxmin()].sort_values(["size", "time_s"])
+
+
+def plot_time_to_quality(points: pd.DataFrame, path: Path, quality: float) -> None:
+    """MSE ratio vs seconds, one panel per size, one curve per mechanism (log time axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnbench.report.style import colour
+
+    from matplotlib.ticker import ScalarFormatter
+
+    sizes = sorted(points["size"].unique())
+    names = list(dict.fromkeys(points["mechanism"]))
+    colours = {name: colour(name) if "[" not in name else f"C{index}" for index, name in enumerate(names)}
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        here = points[points["size"] == size]
+        for name, curve in here.groupby("mechanism", sort=False):
+            curve = curve.sort_values("value")  # along the swept parameter (iterations, nprobe, efSearch)
+            style = "-" if name.startswith("psal") else "--"
+            ax.plot(curve["time_s"], curve["mse_ratio"], style, marker="o", ms=4, label=name, color=colours[name])
+        ax.axhline(quality, color="0.5", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(ScalarFormatter())
+        ax.legend(fontsize=7)
+        ax.set_ylim(0.98, min(1.6, max(1.2, float(here["mse_ratio"].quantile(0.8)) + 0.05)))
+        ax.set_xlabel("seconds per call (index build included)")
+        ax.set_ylabel("reconstruction MSE / exact 1-NN's")
+        ax.set_title(f"{size} x {size} px")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("queries", help="image whose patches are searched for (e.g. img2_512.png)")
-    parser.add_argument("keys", help="image searched in (e.g. img1_512.png)")
+    parser.add_argument("--time-to-quality", nargs="+", metavar="RECORDS", help="search-suite records (JSON Lines)")
+    parser.add_argument("--plot", type=Path, help="where to draw the time-to-quality figure (PNG)")
+    parser.add_argument("--quality", type=float, default=1.05, help="MSE ratio a method must reach")
+    parser.add_argument("queries", nargs="?", help="image whose patches are searched for (e.g. img2_512.png)")
+    parser.add_argument("keys", nargs="?", help="image searched in (e.g. img1_512.png)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--patch-size", type=int, default=7)
     parser.add_argument("--k", type=int, default=1)
     parser.add_argument("--iterations", default="1,2,3,5,10")
     args = parser.parse_args(argv)
+    if args.time_to_quality:
+        from attnbench.schema import read_all
+
+        points = time_to_quality(read_all(args.time_to_quality))
+        if args.plot:
+            plot_time_to_quality(points, args.plot, args.quality)
+        print(fastest_within(points, args.quality).to_string(index=False))
+        return
+    if not (args.queries and args.keys):
+        parser.error("give QUERIES and KEYS images, or --time-to-quality RECORDS")
     q, k = load_rgb(args.queries, args.size), load_rgb(args.keys, args.size)
     points = convergence(q, k, [int(s) for s in args.iterations.split(",")], k_nn=args.k, patch_size=args.patch_size)
     print(table(points).to_string(index=False))

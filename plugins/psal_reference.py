@@ -13,18 +13,19 @@ import torch.nn.functional as F
 
 from attnbench.patches import query_patches
 
-_MIX_ADD = 0x9E3779B97F4A7C15
-_MIX_M1 = 0xBF58476D1CE4E5B9
-_MIX_M2 = 0x94D049BB133111EB
-_INIT_TRIALS_PER_K = 64
-_PROPAGATION_STEPS = (1, 2, 4, 8)
-#: search schedules (psal.h PSAL_SCHEDULE_*): "jacobi" reads the neighbours' heaps of the previous
-#: iteration; "wavefront" sweeps in place (scan order, reversed on even iterations)
-SCHEDULE_JACOBI = 0
-SCHEDULE_WAVEFRONT = 1
-SCHEDULES = {"jacobi": SCHEDULE_JACOBI, "wavefront": SCHEDULE_WAVEFRONT}
-SCHEDULE_DEFAULT = SCHEDULE_JACOBI
-
+from .psal_contract import (  # noqa: F401  (re-exported: the reference speaks the contract's names)
+    INIT_TRIALS_PER_K,
+    MIX_ADD,
+    MIX_M1,
+    MIX_M2,
+    PROPAGATION_STEPS,
+    SCHEDULE_DEFAULT,
+    SCHEDULE_JACOBI,
+    SCHEDULE_WAVEFRONT,
+    SCHEDULES,
+    matchable_map,
+    search_levels,
+)
 
 def _signed(c: int) -> int:
     """A uint64 constant as the int64 with the same bits (torch has no uint64 arithmetic)."""
@@ -38,9 +39,9 @@ def _srl(x: torch.Tensor, s: int) -> torch.Tensor:
 
 def mix(x: torch.Tensor) -> torch.Tensor:
     """splitmix64 finaliser on int64 tensors (wrapping arithmetic), as psal_mix in psal.h."""
-    x = x + _signed(_MIX_ADD)
-    x = (x ^ _srl(x, 30)) * _signed(_MIX_M1)
-    x = (x ^ _srl(x, 27)) * _signed(_MIX_M2)
+    x = x + _signed(MIX_ADD)
+    x = (x ^ _srl(x, 30)) * _signed(MIX_M1)
+    x = (x ^ _srl(x, 27)) * _signed(MIX_M2)
     return x ^ _srl(x, 31)
 
 
@@ -59,24 +60,6 @@ def uniform_hi(h: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
 
 def uniform_lo(h: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
     return ((h & 0xFFFFFFFF) * n) >> 32
-
-
-def search_levels(hk: int, wk: int) -> int:
-    """Number of random-search windows: floor(log2(max(Hk, Wk))) + 1."""
-    return max(hk, wk).bit_length()
-
-
-def matchable_map(k_hw: tuple[int, int], patch_size: int, key_mask: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
-    """(B, Hk, Wk) bool: key centres whose whole patch is in the image and avoids the hole."""
-    hk, wk = k_hw
-    r = patch_size // 2
-    valid = torch.zeros(batch, hk, wk, dtype=torch.bool, device=device)
-    if key_mask is None:
-        valid[:, r : hk - r, r : wk - r] = True
-    else:
-        touched = F.max_pool2d(key_mask.reshape(batch, 1, hk, wk).to(torch.float32), patch_size, stride=1) > 0
-        valid[:, r : hk - r, r : wk - r] = ~touched[:, 0]
-    return valid
 
 
 class _Costs:
@@ -165,7 +148,7 @@ def search(
                 _insert(D, J, target, cost_of(target, cand[sel]), cand[sel])
 
             # Initialisation (it = 0): distinct random usable centres.
-            for trial in range(_INIT_TRIALS_PER_K * K):
+            for trial in range(INIT_TRIALS_PER_K * K):
                 need = (J >= 0).sum(1) < K
                 if not need.any():
                     break
@@ -173,7 +156,7 @@ def search(
                 consider(c // wk, c % wk, need)
             need = (J >= 0).sum(1) < K
             if need.any():
-                start = uniform_hi(rng_hash(seed, b, qi, 0, _INIT_TRIALS_PER_K * K), n_usable)
+                start = uniform_hi(rng_hash(seed, b, qi, 0, INIT_TRIALS_PER_K * K), n_usable)
                 for s in range(n_usable):
                     need = (J >= 0).sum(1) < K
                     if not need.any():
@@ -188,7 +171,7 @@ def search(
                 everyone = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
                 ry, rx = ys[rows], xs[rows]
                 # Jump flooding: neighbours' matches, shifted back.
-                for step in _PROPAGATION_STEPS:
+                for step in PROPAGATION_STEPS:
                     for dy, dx in ((-step, 0), (step, 0), (0, -step), (0, step)):
                         ny, nx = ry + dy, rx + dx
                         inside = (ny >= 0) & (ny < hq) & (nx >= 0) & (nx < wq)

@@ -40,7 +40,7 @@ def _frozen(module):
 )
 def test_variant_names_resolve(name, k, aggregation):
     m = mechanism(name)
-    assert isinstance(m, PSAL) and m.k == k and m.aggregation == aggregation
+    assert isinstance(m, PSAL) and m.k_nn == k and m.aggregation == aggregation
     assert m.params()["iterations"] == 5 and m.params()["patch_size"] == 7 and m.params()["backend"] in ("native", "reference")
 
 
@@ -52,7 +52,7 @@ def test_parse_variant_rejects_other_suffixes():
 
 def test_knn_exact_spec_with_parameters():
     m = mechanism("knn-exact[k=3,similarity=dot]")
-    assert isinstance(m, KnnExact) and m.k == 3 and m.similarity == "dot"
+    assert isinstance(m, KnnExact) and m.k_nn == 3 and m.similarity == "dot"
 
 
 def test_differentiable_wrt_depends_on_k_and_aggregation():
@@ -315,3 +315,37 @@ def test_backend_variable_is_validated(monkeypatch):
     monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "gpu-magic")
     with pytest.raises(UserError, match="ATTNBENCH_PSAL_BACKEND"):
         mechanism("psal-1")
+
+
+# ------------------------------------------------------------------------------- the contract
+def test_contract_module_mirrors_psal_h():
+    # one Python copy of psal.h's constants: the header's values are the module's
+    import re
+
+    from attnbench_plugins import psal_build, psal_contract as contract
+
+    header = (psal_build.source_dir() / "psal.h").read_text()
+    defines = dict(re.findall(r"#define (PSAL_SCHEDULE_\w+) (\w+)", header))
+    assert int(defines["PSAL_SCHEDULE_JACOBI"]) == contract.SCHEDULES["jacobi"] == contract.SCHEDULE_JACOBI
+    assert int(defines["PSAL_SCHEDULE_WAVEFRONT"]) == contract.SCHEDULES["wavefront"] == contract.SCHEDULE_WAVEFRONT
+    assert defines["PSAL_SCHEDULE_DEFAULT"] == f"PSAL_SCHEDULE_{contract.schedule_name(contract.SCHEDULE_DEFAULT).upper()}"
+    for constant in (contract.MIX_ADD, contract.MIX_M1, contract.MIX_M2):
+        assert f"0x{constant:016X}ULL" in header
+    assert f"for l in {', '.join(map(str, contract.PROPAGATION_STEPS))}" in header
+    assert f"After {contract.INIT_TRIALS_PER_K} * K trials" in header
+    assert contract.search_levels(512, 300) == 10 and contract.search_levels(1, 1) == 1
+
+
+def test_backend_is_resolved_once_per_layer(monkeypatch):
+    # a layer built on the reference keeps it (no native kernel looked up) when the variable goes
+    from attnbench_plugins import psal_ops
+
+    q, k, v = _rand(1, 2, 10, 10), _rand(1, 2, 10, 10, seed=1), _rand(1, 2, 10, 10, seed=2)
+    monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "reference")
+    layer = mechanism("psal-3", patch_size=3, iterations=2)
+    monkeypatch.delenv("ATTNBENCH_PSAL_BACKEND")
+    looked_up = []
+    real = psal_ops._kernel
+    monkeypatch.setattr(psal_ops, "_kernel", lambda *a: looked_up.append(a) or real(*a))
+    out = layer(q, k, v)
+    assert layer.params()["backend"] == "reference" and looked_up == [] and torch.isfinite(out).all()

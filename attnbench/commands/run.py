@@ -170,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     }
     cells = suite.cells(args.preset, **overrides)
     validate_specs(cells)  # bad mechanism parameters or seed: one line, exit 2, before any worker
+    if not args.data and any(c.options.get("require_data") for c in cells):
+        raise UserError(f"suite {suite.name!r} preset {cells[0].preset!r} measures your own image pair: pass --data DIR "
+                        "(a folder of NAME_a/NAME_b images, or of sub-folders of two frames; see README)")
     if args.data:
         data = check_data(args.data, cells, suite.runner, suite.name)
         cells = suite.cells(args.preset, **overrides, options={"data": data})

@@ -1,15 +1,20 @@
-"""Cell runner of the ``search`` suite: how close an approximate search gets to the exact 1-NN.
+"""Search quality: how close an approximate patch search gets to the exact nearest neighbour.
 
-Reconstruct frame A (queries) from frame B's patches (keys; values = B's pixels), as the PSAL
-paper's reconstruction test does, and compare with the exact nearest neighbour found by brute
-force on the same input, for several iteration counts (the convergence curve users need to pick
-``iterations``):
+One implementation of the measures (exact search, patch cost, recall, distance ratio,
+reconstruction MSE, frame loading), used by the ``search`` suite's cell runner (:func:`run`,
+below) and by ``attnbench_plugins.psal_quality`` (PSAL's convergence report).
+
+The runner reconstructs frame A (queries) from frame B's patches (keys; values = B's pixels), as
+the PSAL paper's reconstruction test does, and compares with the exact nearest neighbour found
+by brute force on the same input, for several iteration counts (the convergence curve users need
+to pick ``iterations``), or for the mechanism's own parameter ``sweep`` (e.g. faiss' nprobe):
 
 * ``mse``: mean squared error of the reconstruction to A over valid query centres (rows sampled
   every ``row_step`` rows at large sizes, the same rows for both methods);
 * ``mse_ratio``: that MSE over the exact 1-NN's (issue 3's target: <= 1.10 at 10 iterations);
-* ``recall``: share of queries whose match is the exact 1-NN (meaningful for k = 1);
-* ``distance_ratio``: mean patch distance of the matches over the exact one's.
+* ``recall``: share of queries whose match is as close as the exact 1-NN (ties count);
+* ``distance_ratio``: mean patch distance of the matches over the exact one's;
+* ``time_s``: wall time of the call (index build included for index-based searches).
 
 The mechanism only sees the ``AttentionMechanism`` interface: the match of each query is read
 back by appending the key centres' coordinates to the values (for k = 1 the output at a query is
@@ -17,10 +22,12 @@ exactly the value at its match).
 """
 from __future__ import annotations
 
+import hashlib
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,70 +36,158 @@ from ..cells import CellSpec
 from ..errors import UserError
 from ..options import ImageOptions
 from ..registry import mechanism
-from ..tasks.data import FramePair, read_image, square_pair, stereo_pair, to_tensor, user_pairs
+from ..tasks.data import read_image, square_resize, stereo_pair, to_tensor, user_pairs
+
+#: two costs within this relative distance are a tie (recall counts a tie with the exact 1-NN as found)
+TIE_TOLERANCE = 1e-5
 
 
 @dataclass(frozen=True)
 class SearchOptions(ImageOptions):
+    """Options of the ``search`` suite (an unknown key in a suite file is an error)."""
+
     #: iteration counts of the convergence curve (the mechanism's own count is always added)
     iterations: list[int] = field(default_factory=list)
     #: above ``all_rows_up_to`` px the exact search runs on every ``row_step``-th row
     row_step: int = 1
     all_rows_up_to: int = 256
-    #: a query/key image pair given by path (else ``data`` or the embedded stereo pair)
-    query_image: Optional[str] = None
-    key_image: Optional[str] = None
+    #: the preset measures the user's own pair: ``--data`` is required (checked before any work)
+    require_data: bool = False
+    #: ``"b"``: search frame B's patches in frame A (the video pair's direction)
+    query_frame: str = "a"
+    #: mechanism name -> {parameter: [values]}: the points of its time-to-quality curve
+    sweep: dict[str, Any] = field(default_factory=dict)
 
 
 OPTIONS = SearchOptions
 
 
-def load_frames(spec: CellSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """(query frame A, key frame B) as (1, 3, S, S) tensors in [0, 1]."""
-    opts = spec.options
-    if opts.get("data"):
-        pair = user_pairs(opts["data"], 1)[0]
-    elif opts.get("query_image"):
-        paths = [Path(opts["query_image"]), Path(opts["key_image"])]
-        for path in paths:
-            if not path.exists():
-                raise UserError(f"image {path} not found (paths are relative to where attnbench runs); "
-                                "run from the repository root or pass --data DIR")
-        pair = FramePair(paths[0].stem, read_image(paths[0]), read_image(paths[1]))
+# ---------------------------------------------------------------------------------- frames
+def load_image(path: str, size: Optional[int] = None) -> torch.Tensor:
+    """An image file as (1, 3, H, W) float32 RGB in [0, 1], optionally centre-cropped and resized."""
+    image = read_image(path)
+    return to_tensor([image if size is None else square_resize(image, size)])
+
+
+def load_frames(options: dict[str, Any], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(queries, keys) as (1, 3, size, size): the first pair of ``options['data']`` (``--data``)
+    or the embedded stereo pair; ``query_frame = "b"`` searches frame B's patches in frame A."""
+    if options.get("data"):
+        pair = user_pairs(options["data"], 1)[0]
+    elif options.get("require_data"):
+        raise UserError("this preset measures your own pair: pass --data DIR (a folder with NAME_a/NAME_b "
+                        "images or one sub-folder of two images)")
     else:
         pair = stereo_pair()
-    pair = square_pair(pair, spec.size)
-    return to_tensor([pair.a]), to_tensor([pair.b])
+    a, b = square_resize(pair.a, size), square_resize(pair.b, size)
+    frame = options.get("query_frame", "a")
+    if frame not in ("a", "b"):
+        raise UserError(f"search: query_frame must be \"a\" or \"b\", got {frame!r}")
+    return (to_tensor([a]), to_tensor([b])) if frame == "a" else (to_tensor([b]), to_tensor([a]))
 
 
-def exact_matches(q: torch.Tensor, k: torch.Tensor, rows: list[int], patch_size: int) -> torch.Tensor:
-    """Valid-grid index of the exact l2 nearest key patch for every query on ``rows`` (brute force)."""
+# --------------------------------------------------------------------------------- measures
+def _row_patches(padded: torch.Tensor, y: int, patch_size: int) -> torch.Tensor:
+    """(W, d) query patches of row y of a replicate-padded (1, C, H + 2r, W + 2r) image."""
+    return F.unfold(padded[:, :, y : y + patch_size], patch_size)[0].T
+
+
+def exact_matches(q: torch.Tensor, k: torch.Tensor, rows: Sequence[int], patch_size: int, dot: bool = False,
+                  valid_grid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Valid-grid index (rows, Wq) of the exact best key patch of every query on ``rows`` (brute force).
+
+    ``valid_grid`` (n_grid,) bool: keys that may be matched (a hole excluded); all when None."""
     r = patch_size // 2
-    keys = F.unfold(k, patch_size)[0]  # (d, n_valid)
-    neg_norm = -(keys * keys).sum(0)
+    keys = F.unfold(k, patch_size)[0]  # (d, n_grid)
+    bias = torch.zeros_like(keys[0]) if dot else -(keys * keys).sum(0)
+    if valid_grid is not None:
+        bias = torch.where(valid_grid, bias, torch.full_like(bias, -torch.inf))
     padded = F.pad(q, (r, r, r, r), mode="replicate")
-    best = []
-    for y in rows:
-        patches = F.unfold(padded[:, :, y : y + patch_size], patch_size)[0].T  # (W, d)
-        best.append(torch.addmm(neg_norm, patches, keys, alpha=2.0).argmax(1))
-    return torch.stack(best)  # (rows, W)
+    best = [torch.addmm(bias, _row_patches(padded, y, patch_size), keys, alpha=1.0 if dot else 2.0).argmax(1)
+            for y in rows]
+    return torch.stack(best)
 
 
-def patch_distance(q: torch.Tensor, k: torch.Tensor, rows: list[int], index: torch.Tensor, patch_size: int) -> torch.Tensor:
+def patch_cost(q: torch.Tensor, k: torch.Tensor, rows: Sequence[int], index: torch.Tensor, patch_size: int,
+               dot: bool = False) -> torch.Tensor:
+    """(rows, Wq) cost of each query's match ``index`` (valid-grid): ||q - k||^2, or -(q . k) for dot."""
     r = patch_size // 2
     keys = F.unfold(k, patch_size)[0]
     padded = F.pad(q, (r, r, r, r), mode="replicate")
     out = []
     for i, y in enumerate(rows):
-        patches = F.unfold(padded[:, :, y : y + patch_size], patch_size)[0]  # (d, W)
-        out.append(((patches - keys[:, index[i]]) ** 2).sum(0))
+        patches = _row_patches(padded, y, patch_size).T  # (d, W)
+        matched = keys[:, index[i]]
+        out.append(-(patches * matched).sum(0) if dot else ((patches - matched) ** 2).sum(0))
     return torch.stack(out)
+
+
+def cached_exact_matches(q: torch.Tensor, k: torch.Tensor, rows: Sequence[int], patch_size: int) -> tuple[torch.Tensor, float]:
+    """:func:`exact_matches` and the seconds it took, cached in the temp folder by a hash of the
+    inputs: every cell of a size searches the same frames (brute force is minutes at 512 px)."""
+    digest = hashlib.sha1()
+    for t in (q, k, torch.tensor(list(rows)), torch.tensor([patch_size])):
+        digest.update(t.contiguous().numpy().tobytes())
+    path = Path(tempfile.gettempdir()) / f"attnbench-exact-{digest.hexdigest()[:20]}.pt"
+    if path.exists():
+        try:
+            cached = torch.load(path)
+            return cached["index"], float(cached["seconds"])
+        except Exception:  # a partial file from a killed cell: search again
+            pass
+    t0 = time.perf_counter()
+    index = exact_matches(q, k, rows, patch_size)
+    seconds = time.perf_counter() - t0
+    partial = path.with_suffix(f".{time.time_ns()}.tmp")
+    torch.save({"index": index, "seconds": seconds}, partial)
+    partial.replace(path)  # atomic: concurrent cells never read half a file
+    return index, seconds
+
+
+def recall(cost: torch.Tensor, exact_cost: torch.Tensor) -> float:
+    """Share of queries whose match is as good as the exact best (ties count)."""
+    tolerance = TIE_TOLERANCE * exact_cost.abs().clamp(min=1.0)
+    return float((cost <= exact_cost + tolerance).double().mean())
+
+
+def distance_ratio(cost: torch.Tensor, exact_cost: torch.Tensor) -> float:
+    """Mean cost over the exact mean (l2: >= 1, 1 = exact); for dot costs (negative) S_exact / S."""
+    ratio = float(cost.double().mean() / exact_cost.double().mean())
+    return 1.0 / ratio if float(exact_cost.double().mean()) < 0 else ratio
+
+
+def grid_index(flat: torch.Tensor, key_w: int, patch_size: int) -> torch.Tensor:
+    """Flat key-image indices of key centres -> valid-grid indices."""
+    r = patch_size // 2
+    return (flat // key_w - r) * (key_w - 2 * r) + flat % key_w - r
+
+
+def reconstruction_mse(out: torch.Tensor, target: torch.Tensor, patch_size: int) -> float:
+    """MSE over query centres whose whole patch is inside the image (border queries excluded)."""
+    r = patch_size // 2
+    h, w = target.shape[-2:]
+    return float(((out - target)[..., r : h - r, r : w - r] ** 2).mean())
+
+
+# ------------------------------------------------------------------------------ cell runner
+def _sweep(spec: CellSpec, base_params: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The parameter varied along the curve and its values: the suite's ``sweep.<name> = {param =
+    [...]}`` for this mechanism name (without its [params]), else ``iterations`` when it has one."""
+    name_only = spec.mechanism.split("[")[0]
+    sweeps = spec.options.get("sweep", {}) or {}
+    if name_only in sweeps:
+        (name, values), = sweeps[name_only].items()
+        return name, list(values)
+    target = base_params.get("iterations")
+    if target is None:
+        return "", [None]
+    return "iterations", sorted(set(spec.options.get("iterations", [])) | {target})
 
 
 def run(spec: CellSpec) -> dict[str, Any]:
     opts = spec.options
     p, r = spec.patch_size, spec.patch_size // 2
-    q, k = load_frames(spec)
+    q, k = load_frames(opts, spec.size)
     size = spec.size
     step = int(opts.get("row_step", 1)) if size > int(opts.get("all_rows_up_to", 256)) else 1
     rows = list(range(r, size - r, step))
@@ -103,22 +198,25 @@ def run(spec: CellSpec) -> dict[str, Any]:
     values = torch.cat([k, ys[None, None], xs[None, None]], 1)  # RGB + the key centre's coordinates
     target = q[0][:, rows][:, :, cols]
 
-    t0 = time.perf_counter()
-    exact = exact_matches(q, k, rows, p)
-    exact_time = time.perf_counter() - t0
+    exact, exact_time = cached_exact_matches(q, k, rows, p)
     ey, ex = exact // grid_w + r, exact % grid_w + r
     exact_mse = float(((k[0][:, ey, ex][:, :, cols] - target) ** 2).mean())
-    exact_dist = patch_distance(q, k, rows, exact, p)[:, cols].mean()
+    exact_cost = patch_cost(q, k, rows, exact, p)[:, cols]
 
     metrics: dict[str, Any] = {"exact_mse": exact_mse, "exact_time_s": exact_time, "rows_sampled": len(rows),
                                "row_step": step, "convergence": []}
     base = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **spec.params)
     metrics["resolved_params"] = base.params()  # defaults included (search_k, seed, backend...)
-    target_iterations = metrics["resolved_params"].get("iterations")
-    counts = sorted(set(opts.get("iterations", [])) | ({target_iterations} if target_iterations else set()))
-    for iterations in counts or [None]:
-        extra = {} if iterations is None else {"iterations": iterations}
-        module = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **{**spec.params, **extra})
+    with torch.no_grad():  # untimed warm-up: library loading, thread pools, compilation
+        base(q[..., :32, :32], k[..., :32, :32], values[..., :32, :32])
+    swept, points = _sweep(spec, metrics["resolved_params"])
+    if swept:
+        metrics["swept"] = swept
+    target_value = metrics["resolved_params"].get(swept) if swept else None
+    for value in points:
+        extra = {} if value is None else {swept: value}
+        module = base if value is None else mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed,
+                                                      **{**spec.params, **extra})
         t0 = time.perf_counter()
         with torch.no_grad():
             out = module(q, k, values)[0]
@@ -126,18 +224,22 @@ def run(spec: CellSpec) -> dict[str, Any]:
         recon = out[:3][:, rows][:, :, cols]
         my = out[3][rows].round().long() - r
         mx = out[4][rows].round().long() - r
-        index = (my.clamp(0, grid_w - 1) * grid_w + mx.clamp(0, grid_w - 1))
+        index = my.clamp(0, grid_w - 1) * grid_w + mx.clamp(0, grid_w - 1)
+        cost = patch_cost(q, k, rows, index, p)[:, cols]
         mse = float(((recon - target) ** 2).mean())
         point = {
-            "iterations": iterations,
             "mse": mse,
             "mse_ratio": mse / exact_mse if exact_mse > 0 else float("nan"),
-            "recall": float((index == exact)[:, cols].float().mean()),
-            "distance_ratio": float(patch_distance(q, k, rows, index, p)[:, cols].mean() / exact_dist),
+            "recall": recall(cost, exact_cost),
+            "distance_ratio": distance_ratio(cost, exact_cost),
             "time_s": elapsed,
         }
+        if swept:
+            point = {swept: value, **point}
         metrics["convergence"].append(point)
-        if iterations == target_iterations or iterations is None:
+        if value == target_value or value is None:
             metrics.update({key: point[key] for key in ("mse", "mse_ratio", "recall", "distance_ratio")})
             metrics["time_s"] = elapsed
+    if "mse" not in metrics and metrics["convergence"]:  # the spec's own value is not on the sweep
+        metrics.update({key: metrics["convergence"][-1][key] for key in ("mse", "mse_ratio", "recall", "distance_ratio", "time_s")})
     return metrics
