@@ -51,11 +51,11 @@ def _valid(B: int, hk: int, wk: int, p: int, hole: bool) -> torch.Tensor:
 
 
 def _int_images(B: int, C: int, hq: int, wq: int, hk: int, wk: int, seed: int,
-                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                dtype: torch.dtype = torch.float32, levels: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     """Small-integer images (exact costs in any summation order); k holds a shifted copy of q."""
     g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, 4, (B, C, hq, wq), generator=g).to(dtype)
-    k = torch.randint(0, 4, (B, C, hk, wk), generator=g).to(dtype)
+    q = torch.randint(0, levels, (B, C, hq, wq), generator=g).to(dtype)
+    k = torch.randint(0, levels, (B, C, hk, wk), generator=g).to(dtype)
     h, w = min(hq, hk - 2), min(wq, wk - 1)
     k[:, :, 2 : 2 + h, 1 : 1 + w] = q[:, :, :h, :w]
     return q, k

@@ -171,28 +171,18 @@ def kern(request) -> Kernels:
 
 
 # ----------------------------------------------------------------------------------- inputs
+# the valid-centre map and the small-integer images are attnbench check's own (plugins/psal_checks.py)
+from attnbench_plugins.psal_checks import _int_images as _check_int_images
+from attnbench_plugins.psal_checks import _valid as _check_valid
+
+
 def _valid(B: int, hk: int, wk: int, p: int, hole: bool = False) -> torch.Tensor:
-    """(B, Hk, Wk) matchable map as Python builds it: border rule, optionally minus a hole."""
-    r = p // 2
-    v = torch.zeros(B, hk, wk, dtype=torch.bool)
-    v[:, r : hk - r, r : wk - r] = True
-    if hole:
-        mask = torch.zeros(B, 1, hk, wk)
-        mask[:, :, hk // 4 : hk // 2 + 1, wk // 3 : (2 * wk) // 3] = 1
-        mask[1:, :, 1:3, 1:4] = 1  # different holes per batch element
-        touched = torch.nn.functional.max_pool2d(mask, p, stride=1)[:, 0] > 0
-        v[:, r : hk - r, r : wk - r] &= ~touched
-    return v
+    return _check_valid(B, hk, wk, p, hole)
 
 
 def _int_images(B, C, hq, wq, hk, wk, seed, levels=4, dtype=torch.float32):
     """Small-integer images (exact costs in any order); k is partly a shifted copy of q."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randint(0, levels, (B, C, hq, wq), generator=g).to(dtype)
-    k = torch.randint(0, levels, (B, C, hk, wk), generator=g).to(dtype)
-    h, w = min(hq, hk - 2), min(wq, wk - 1)
-    k[:, :, 2 : 2 + h, 1 : 1 + w] = q[:, :, :h, :w]
-    return q, k
+    return _check_int_images(B, C, hq, wq, hk, wk, seed, dtype=dtype, levels=levels)
 
 
 def _smooth_images(B, C, hq, wq, hk, wk, seed, dtype=torch.float32):

@@ -58,8 +58,27 @@ def memory_at_largest(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     return out, size
 
 
+def by_device(records: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Records grouped by the machine that measured them (device kind and name), most records first:
+    a headline never compares a CPU figure with a GPU one."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        env = r.get("env") if isinstance(r.get("env"), dict) else {}
+        name = env.get("device_name") or ""
+        kind = str(r.get("device", "cpu")).split(":")[0]
+        groups.setdefault(f"{kind}, {name}" if name and kind != "cpu" else kind, []).append(r)
+    return sorted(groups.items(), key=lambda kv: -len(kv[1]))
+
+
 def sentences(records: Sequence[dict[str, Any]], reference: str = "flash") -> list[str]:
-    """A few sentences a reader can act on, each naming its suite, size and settings."""
+    """A few sentences a reader can act on, each naming its suite, size, settings and machine."""
+    groups = by_device(records)
+    if len(groups) <= 1:
+        return _sentences(records, reference)
+    return [f"On {device}: {text}" for device, group in groups for text in _sentences(group, reference)]
+
+
+def _sentences(records: Sequence[dict[str, Any]], reference: str) -> list[str]:
     df = to_frame(records)
     if df.empty:
         return []
@@ -116,6 +135,8 @@ def headline_figure(records: Sequence[dict[str, Any]], budget: float | None = No
     the machine's memory (and a budget) as vertical lines."""
     import matplotlib.pyplot as plt
 
+    groups = by_device(records)
+    records = groups[0][1] if groups else records  # one machine's figures only: the one with most records
     df = to_frame(records)
     if df.empty:
         return None
