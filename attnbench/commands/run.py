@@ -10,6 +10,7 @@ import argparse
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -226,6 +227,10 @@ def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make
     from ..tasks.examples import ENV_VAR as EXAMPLES_ENV
 
     os.environ[EXAMPLES_ENV] = str(results.path.with_suffix(".examples"))  # task runners save output images there
+    from ..tasks.data import RESIZED_CACHE_ENV
+
+    resized = tempfile.TemporaryDirectory(prefix="attnbench-resized-")  # --data images, resized once per run
+    os.environ[RESIZED_CACHE_ENV] = resized.name
     try:
         executor = make_executor(args)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -249,6 +254,8 @@ def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make
     finally:
         os.environ.pop(prepared_env, None)
         os.environ.pop(EXAMPLES_ENV, None)
+        os.environ.pop(RESIZED_CACHE_ENV, None)
+        resized.cleanup()
     return summary
 
 

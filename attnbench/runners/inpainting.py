@@ -72,7 +72,7 @@ def cases(spec: CellSpec) -> list[InpaintingCase]:
     if opts.highres:
         images = [(opts.photo, upscaled_photo(opts.photo, spec.size))]
     else:
-        pairs = task_pairs(spec.options, opts.images, spec.seed)
+        pairs = task_pairs(spec.options, opts.images, spec.seed, size=spec.size)
         images = [(p.name, square_resize(p.a, spec.size)) for p in pairs]
     margin = max(spec.patch_size, spec.size // 16)
     return [make_case(name, image, np.random.default_rng((spec.seed, index)), opts.holes,

@@ -67,7 +67,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
     opts = ReconstructionOptions.of(spec)
     device, dtype = torch.device(spec.device), dtype_from_name(spec.dtype)
     module = build(spec.mechanism, spec.patch_size, mechanism_params(spec), spec.device)
-    pairs = [square_pair(p, spec.size) for p in task_pairs(spec.options, opts.pairs, spec.seed)]
+    pairs = [square_pair(p, spec.size) for p in task_pairs(spec.options, opts.pairs, spec.seed, size=spec.size)]
     batches = [pairs[i : i + spec.batch] for i in range(0, len(pairs), spec.batch)]
 
     def tensors(batch: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,7 +73,7 @@ def load_frames(options: dict[str, Any], size: int) -> tuple[torch.Tensor, torch
     """(queries, keys) as (1, 3, size, size): the first pair of ``options['data']`` (``--data``)
     or the embedded stereo pair; ``query_frame = "b"`` searches frame B's patches in frame A."""
     if options.get("data"):
-        pair = user_pairs(options["data"], 1)[0]
+        pair = user_pairs(options["data"], 1, size=size)[0]
     elif options.get("require_data"):
         raise UserError("this preset measures your own pair: pass --data DIR (a folder with NAME_a/NAME_b "
                         "images or one sub-folder of two images)")

@@ -173,7 +173,7 @@ def train_network(spec: CellSpec, seed: Optional[int] = None, layer: Optional[st
     setup = ColorizationSetup.from_spec(spec)
     seed = spec.seed if seed is None else seed
     device, dtype = torch.device(spec.device), dtype_from_name(spec.dtype)
-    pairs = [square_pair(p, setup.size) for p in task_pairs(spec.options, setup.train_pairs, spec.seed, "train")]
+    pairs = [square_pair(p, setup.size) for p in task_pairs(spec.options, setup.train_pairs, spec.seed, "train", setup.size)]
     sampler = CropSampler(pairs, setup.crop, setup.batch, seed, device, dtype)
     probe_a, probe_b = CropSampler(pairs, setup.crop, setup.probe_crops, seed, device, dtype)(PROBE_STEP)
     tests = test_pairs(spec)
@@ -199,7 +199,7 @@ def train_network(spec: CellSpec, seed: Optional[int] = None, layer: Optional[st
 
 def test_pairs(spec: CellSpec) -> list[FramePair]:
     setup = ColorizationSetup.from_spec(spec)
-    return [square_pair(p, setup.size) for p in task_pairs(spec.options, setup.test_pairs, spec.seed, "test")]
+    return [square_pair(p, setup.size) for p in task_pairs(spec.options, setup.test_pairs, spec.seed, "test", setup.size)]
 
 
 def test_l2(net: torch.nn.Module, pairs: list[FramePair], spec: CellSpec,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -114,6 +115,46 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
         return np.ascontiguousarray(crop, dtype=np.float32)
     out = resize(crop, (size, size), order=1, anti_aliasing=side > size, preserve_range=True)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def read_image_shape(path: Path) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # not a format PIL reads: decode (read_image says why it fails, if it does)
+        h, w = read_image(path).shape[:2]
+        return w, h
+
+
+#: a folder (set by ``attnbench run`` for the run's duration) where user images are kept already
+#: decoded, centre-cropped and resized per cell size: a huge --data image is resized once per run,
+#: not once per cell (each cell is its own process)
+RESIZED_CACHE_ENV = "ATTNBENCH_RESIZED_IMAGES"
+
+
+def read_square(path: Path, size: int) -> np.ndarray:
+    """``square_resize(read_image(path), size)``, through the run's resized-image cache when set."""
+    folder = os.environ.get(RESIZED_CACHE_ENV)
+    if not folder:
+        return square_resize(read_image(path), size)
+    stat = Path(path).stat()
+    key = hashlib.sha1(f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{size}".encode()).hexdigest()
+    cached = Path(folder) / f"{key}.npy"
+    try:
+        return np.load(cached)
+    except (OSError, ValueError):
+        pass
+    image = square_resize(read_image(path), size)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
+    try:
+        np.save(tmp, image)
+        os.replace(tmp, cached)  # atomic: a concurrent cell reads the whole file or none
+    except OSError:
+        pass  # a cache that cannot be written only costs time
+    return image
 
 
 def square_pair(pair: FramePair, size: int) -> FramePair:
@@ -222,7 +263,12 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_pair(name: str, path_a: Path, path_b: Path) -> FramePair:
+def load_pair(name: str, path_a: Path, path_b: Path, size: Optional[int] = None) -> FramePair:
+    """A user pair at full size, or centre-cropped and resized to ``size`` (through the run's cache)."""
+    if size is not None:
+        if read_image_shape(path_a) != read_image_shape(path_b):
+            load_pair(name, path_a, path_b)  # the full-size check below names the sizes
+        return FramePair(name, read_square(path_a, size), read_square(path_b, size))
     a, b = read_image(path_a), read_image(path_b)
     if a.shape != b.shape:
         raise UserError(f"frames of pair {name!r} differ in size: {path_a} is {a.shape[1]}x{a.shape[0]}, "
@@ -300,9 +346,10 @@ def split_entries(entries: list, split: str) -> list:
     return entries[: len(entries) - n_test] if split == "train" else entries[len(entries) - n_test :]
 
 
-def user_pairs(folder: str | Path, count: int, split: str = "all") -> list[FramePair]:
-    """Read the first ``count`` pairs of ``split`` (``all``, ``train``, ``test``) of a user folder."""
-    return [load_pair(*entry) for entry in user_pair_paths(folder, split)[:count]]
+def user_pairs(folder: str | Path, count: int, split: str = "all", size: Optional[int] = None) -> list[FramePair]:
+    """Read the first ``count`` pairs of ``split`` (``all``, ``train``, ``test``) of a user folder,
+    at full size or square at ``size``."""
+    return [load_pair(*entry, size=size) for entry in user_pair_paths(folder, split)[:count]]
 
 
 def check_user_images(folder: str | Path, count: int) -> int:
@@ -315,11 +362,12 @@ def check_user_images(folder: str | Path, count: int) -> int:
     return len(entries)
 
 
-def task_pairs(options: dict, count: int, seed: int, split: str = "all") -> list[FramePair]:
-    """The pairs a cell uses: ``options['data']`` (from ``--data``) when set, else the embedded ones."""
+def task_pairs(options: dict, count: int, seed: int, split: str = "all", size: Optional[int] = None) -> list[FramePair]:
+    """The pairs a cell uses: ``options['data']`` (from ``--data``) when set, else the embedded ones;
+    with ``size``, user pairs come square at that size (resized once per run, see read_square)."""
     folder = options.get("data")
     if folder:
-        return user_pairs(folder, count, split)
+        return user_pairs(folder, count, split, size)
     if split == "all":
         return embedded_pairs(count, seed)
     return embedded_split(split, count, seed)
