@@ -34,7 +34,9 @@ import torch.nn.functional as F
 
 from ..cells import CellSpec
 from ..errors import UserError
-from ..options import ImageOptions
+from ..interface import ProblemShape
+from ..measure.call import CallBudget, check_feasible, check_output, estimate_metrics, oom_as_outcome
+from ..options import ImageOptions, MeasureOptions
 from ..registry import mechanism
 from ..tasks.data import read_image, square_resize, stereo_pair, to_tensor, user_pairs
 
@@ -207,6 +209,11 @@ def run(spec: CellSpec) -> dict[str, Any]:
                                "row_step": step, "convergence": []}
     base = mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed, **spec.params)
     metrics["resolved_params"] = base.params()  # defaults included (search_k, seed, backend...)
+    # the same estimate, feasibility rule, output check and OOM mapping as every other suite
+    # (measure/call.py); the time axis stays one wall-clock call per point, index build included
+    shape = ProblemShape.of(q, k, values, p)
+    metrics.update(estimate_metrics(base, shape))
+    check_feasible(base, shape, CallBudget.for_cell(spec, MeasureOptions.subset_of(spec), {"time"}), metrics)
     with torch.no_grad():  # untimed warm-up: library loading, thread pools, compilation
         base(q[..., :32, :32], k[..., :32, :32], values[..., :32, :32])
     swept, points = _sweep(spec, metrics["resolved_params"])
@@ -217,10 +224,13 @@ def run(spec: CellSpec) -> dict[str, Any]:
         extra = {} if value is None else {swept: value}
         module = base if value is None else mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed,
                                                       **{**spec.params, **extra})
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = module(q, k, values)[0]
-        elapsed = time.perf_counter() - t0
+        with oom_as_outcome(metrics):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                full_out = module(q, k, values)
+            elapsed = time.perf_counter() - t0
+            check_output(full_out, (1, values.shape[1], q.shape[2], q.shape[3]), q.dtype)
+        out = full_out[0]
         recon = out[:3][:, rows][:, :, cols]
         my = out[3][rows].round().long() - r
         mx = out[4][rows].round().long() - r
