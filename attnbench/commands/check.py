@@ -5,7 +5,6 @@ import argparse
 import json
 import sys
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -37,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(set(names) - set(plugins()))
         if unknown:
             raise UserError(f"unknown mechanism(s) {', '.join(unknown)}; valid: {', '.join(sorted(plugins()))}")
+    from ..console import make_console
+
     checks = all_checks(device, quick=args.quick, mechanisms=names)
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     results = []
     for check in checks:
         if not args.json and console.is_terminal:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         table.add_row(escape(r.group), escape(r.name), f"[{STATUS_STYLE[r.status]}]{r.status}[/]", escape(r.detail),
                       f"{r.seconds:.1f}")
-    Console(width=max(Console().width, 160) if not sys.stdout.isatty() else None).print(table)
+    make_console().print(table)  # full width when piped, NO_COLOR honoured
     console.print(("[green]all checks that could run passed[/]" if code == 0 else "[bold red]some checks failed[/]")
                   + f": {summary_line(results)}")
     return code
