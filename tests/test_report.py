@@ -231,3 +231,19 @@ def test_report_rejects_a_bad_budget(tmp_path: Path, capsys: pytest.CaptureFixtu
     src = write(memory_records(), tmp_path / "runs")
     assert main(["report", str(src), "--budget", "lots"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_cost_plots_never_mix_devices() -> None:
+    """CPU and GPU records of one suite get separate plots (and each its own machine's memory line)."""
+    from pathlib import Path
+
+    from attnbench.report.plots import suite_plots
+    from attnbench.schema import read
+
+    root = Path(__file__).resolve().parents[1] / "results" / "published"
+    records = read(root / "memory-table1.jsonl") + read(root / "gpu-h200" / "memory-table1-cuda.jsonl")
+    figures = suite_plots(records, "memory")
+    assert {"memory", "memory-cuda"} <= set(figures)
+    legend_cpu = [t.get_text() for t in figures["memory"].legends[0].get_texts()]
+    legend_gpu = [t.get_text() for t in figures["memory-cuda"].legends[0].get_texts()]
+    assert not any("cuda" in t for t in legend_cpu) and not any("cpu" in t for t in legend_gpu)

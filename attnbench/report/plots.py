@@ -341,15 +341,24 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
 
 def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | None = None) -> dict[str, Figure]:
     """All plots that a suite's records support, by a short name (``memory``, ``flops``, ``time``, ``quality``)."""
-    df = to_frame([r for r in records if r.get("suite") == suite])
+    mine = [r for r in records if r.get("suite") == suite]
+    df = to_frame(mine)
     if df.empty:
         return {}
     out: dict[str, Figure | None] = {}
-    if df["size"].nunique() > 1:
-        out["memory"] = scaling_plot(df, MEMORY, suite, machine_memory([r for r in records if r.get("suite") == suite]),
-                                     budget)
-        out["flops"] = scaling_plot(df, FLOPS, suite)
-        out["time"] = scaling_plot(df, TIME, suite)
+    # one set of cost plots per kind of device: a CPU curve never shares axes (or its machine's
+    # memory line) with a GPU one; the first device keeps the plain names
+    kind = df["device"].astype(str).str.split(":").str[0]
+    devices = sorted(set(kind), key=lambda d: (d != "cpu", d))
+    for device in devices:
+        sub = df[kind == device]
+        if sub["size"].nunique() <= 1:
+            continue
+        tail = "" if device == devices[0] else f"-{device}"
+        on_device = [r for r in mine if str(r.get("device", "cpu")).split(":")[0] == device]
+        out[f"memory{tail}"] = scaling_plot(sub, MEMORY, suite, machine_memory(on_device), budget)
+        out[f"flops{tail}"] = scaling_plot(sub, FLOPS, suite)
+        out[f"time{tail}"] = scaling_plot(sub, TIME, suite)
     metric = quality_metric(df)
     if metric:
         out["quality"] = quality_plot(df, suite, metric)
