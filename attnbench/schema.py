@@ -67,6 +67,24 @@ def outside_record(spec: CellSpec, status: str, reason: str, *, started_at: str,
                        duration_s=round(duration_s, 3), **extra)
 
 
+def driver_record(spec: CellSpec, status: str, reason: str, since: tuple[str, float], **env: Any) -> dict[str, Any]:
+    """A record a cluster run's driver makes for a cell whose worker never reported (the engine
+    killed or lost it). ``since`` is the driver's (ISO time, ``time.monotonic()``) at submission:
+    started_at and duration_s are the driver's view; env holds what the driver knows (engine, job
+    id), marked ``recorded_by: driver`` -- never the driver's own machine passed off as the node's."""
+    import time
+
+    return make_record(spec, status, reason, {}, {"recorded_by": "driver", **env}, started_at=since[0],
+                       duration_s=round(time.monotonic() - since[1], 3))
+
+
+def submitted_now() -> tuple[str, float]:
+    """The ``since`` of :func:`driver_record`: now, as the driver sees it."""
+    import time
+
+    return now_iso(), time.monotonic()
+
+
 def append(path: Path, record: dict[str, Any]) -> None:
     """Append one record and flush it to disk, so a killed run keeps every finished cell."""
     path.parent.mkdir(parents=True, exist_ok=True)

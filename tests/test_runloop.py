@@ -166,3 +166,20 @@ def test_run_cells_takes_an_injected_executor_and_reports_what_happened(tmp_path
     assert summary.counts == {"ok": 2, "error": 1} and summary.exit_code == runloop.EXIT_CELLS_FAILED
     assert [r["size"] for r in schema.read(tmp_path / "r.jsonl")] == [3, 2, 1]
     assert json.loads(json.dumps(summary.to_json()))["failed"] == [f"{cells[1].label}: error"]
+
+
+def test_a_record_the_cluster_driver_makes_has_times_and_says_who_made_it() -> None:
+    """Ray/Slurm driver records (a task the engine killed) carry started_at, duration_s and env, and
+    never pass the driver's machine off as the node's."""
+    import time
+
+    from attnbench.cells import CellSpec
+    from attnbench.schema import check_record, driver_record, submitted_now
+
+    spec = CellSpec(suite="memory", runner="attnbench.runners.microbench:run", mechanism="full")
+    since = submitted_now()
+    time.sleep(0.01)
+    rec = driver_record(spec, "error", "job 7: the Slurm job ended (FAILED)", since, slurm_job_id="7")
+    assert check_record(rec) == ""
+    assert rec["started_at"] == since[0] and rec["duration_s"] >= 0.01
+    assert rec["env"] == {"recorded_by": "driver", "slurm_job_id": "7"}

@@ -21,6 +21,8 @@ import math
 import re
 from typing import Any, Optional
 
+from . import int_option
+
 NAME = "estimate"
 HELP = "which mechanisms fit a memory budget at a size, and how fast: estimates in seconds (--measure confirms)"
 GiB = 2**30
@@ -42,26 +44,12 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
-def _positive_int(flag: str, odd: bool = False):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> int:
-        from ..errors import UserError
-
-        try:
-            value = int(text)
-        except ValueError:
-            raise UserError(f"{flag} must be an integer, got {text!r}") from None
-        if value < 1 or value > 1_000_000 or (odd and value % 2 == 0):
-            raise UserError(f"{flag} must be a {'positive odd' if odd else 'positive'} integer up to 10^6, got {value}")
-        return value
-    return parse
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--size", type=_positive_int("--size"), required=True, help="input size H = W in pixels")
-    parser.add_argument("--channels", type=_positive_int("--channels"), default=16, help="channels C (default 16)")
-    parser.add_argument("--patch-size", type=_positive_int("--patch-size", odd=True), default=7,
+    parser.add_argument("--size", type=int_option("--size", maximum=1_000_000), required=True, help="input size H = W in pixels")
+    parser.add_argument("--channels", type=int_option("--channels", maximum=1_000_000), default=16, help="channels C (default 16)")
+    parser.add_argument("--patch-size", type=int_option("--patch-size", maximum=1_000_000, odd=True), default=7,
                         help="patch size p, odd (default 7)")
-    parser.add_argument("--batch", type=_positive_int("--batch"), default=1, help="batch size B (default 1)")
+    parser.add_argument("--batch", type=int_option("--batch", maximum=1_000_000), default=1, help="batch size B (default 1)")
     parser.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd",
                         help="forward only (inference) or forward + backward (training); default fwd")
     parser.add_argument("--dtype", default="float32", help="float32 (default), float64, float16, bfloat16")

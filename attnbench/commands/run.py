@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UserError
+from . import int_option
 
 NAME = "run"
 HELP = "run a suite (memory, speed, reconstruction, ...) and append one record per cell"
@@ -39,12 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", help="fwd, fwd+bwd, or both (default: the preset's)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the preset's, cpu)")
     parser.add_argument("--dtype", help="float32, float64, float16, bfloat16 (default: the preset's, float32)")
-    parser.add_argument("--channels", type=_int_arg("--channels"), metavar="C",
+    parser.add_argument("--channels", type=int_option("--channels"), metavar="C",
                         help="channels of q and k (default: the preset's; 16 in memory/speed, 3 in the image tasks)")
-    parser.add_argument("--patch-size", type=_int_arg("--patch-size"), metavar="P",
+    parser.add_argument("--patch-size", type=int_option("--patch-size"), metavar="P",
                         help="odd patch side p of the similarity, at most the image size (default: the preset's, 7)")
-    parser.add_argument("--batch", type=_int_arg("--batch"), metavar="B", help="batch size (default: the preset's, 1)")
-    parser.add_argument("--seed", type=_int_arg("--seed", allow_zero=True),
+    parser.add_argument("--batch", type=int_option("--batch"), metavar="B", help="batch size (default: the preset's, 1)")
+    parser.add_argument("--seed", type=int_option("--seed", minimum=0),
                         help="seed of inputs and stochastic mechanisms (default: the preset's, 0)")
     parser.add_argument("--timeout", type=_timeout_arg, metavar="SECONDS",
                         help="seconds per cell before it is recorded as timeout (default: the preset's)")
@@ -65,20 +66,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..executors import add_executor_arguments
 
     add_executor_arguments(parser)
-
-
-def _int_arg(flag: str, allow_zero: bool = False):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UserError(f"{flag} must be an integer, got {text!r}") from None
-        if value < 0 or (value == 0 and not allow_zero):
-            raise UserError(f"{flag} must be positive, got {value}")
-        if value >= 2**63:
-            raise UserError(f"{flag} must be below 2^63, got {value}")
-        return value
-    return parse
 
 
 def _timeout_arg(text: str) -> float:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from ..cells import CellSpec
+from ..commands import int_option
 from ..errors import UserError
 from . import forkserver
 
@@ -102,18 +103,8 @@ def make_launcher(method: str, python: str = sys.executable, env: Optional[dict[
     return ForkServerLauncher(python, env, strict=method == "forkserver")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(f"--jobs must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise UserError(f"--jobs must be a positive integer, got {value}")
-    return value
-
-
 def add_arguments(group: argparse._ArgumentGroup) -> None:  # noqa: SLF001 -- argparse's own type
-    group.add_argument("--jobs", type=positive_int, default=1,
+    group.add_argument("--jobs", type=int_option("--jobs"), default=1,
                        help="cells run at once on this machine (default 1; timing suites need 1)")
     group.add_argument("--start-method", choices=START_METHODS, default="auto",
                        help="how each cell's fresh worker process starts: forked from a warm fork server "

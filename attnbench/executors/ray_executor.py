@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from ..cells import CellSpec
 from ..errors import UserError
-from ..schema import make_record
+from ..schema import driver_record, submitted_now
 from . import resources
 
 
@@ -103,6 +103,8 @@ class RayExecutor:
         self.cpus_per_cell, self.gpus_per_cell, self.timing_cpus = cpus_per_cell, gpus_per_cell, timing_cpus
         self.init_kwargs = dict(init_kwargs or {})
         self._outstanding: dict[Any, CellSpec] = {}
+        #: cell key -> when the driver submitted it (for the records the driver itself has to make)
+        self._since: dict[str, tuple[str, float]] = {}
         self._ledger: Any = None
         self._connected = False
 
@@ -159,27 +161,28 @@ class RayExecutor:
                 options["memory"] = memory
             ref = task.options(**options).remote(spec.to_dict(), self._ledger, share)
             self._outstanding[ref] = spec
+            self._since[spec.key] = submitted_now()
         while self._outstanding:
             done, _ = ray.wait(list(self._outstanding), num_returns=1, timeout=5.0)
             for ref in done:
                 spec = self._outstanding.pop(ref)
-                record = self._collect(ray, ref, spec)
+                record = self._collect(ray, ref, spec, self._since.pop(spec.key))
                 ex = record.get("env", {}).get("executor")
                 if ex and "span" in ex:
                     ex["beside"] = ray.get(self._ledger.beside.remote(ex["node_id"], spec.key, *ex["span"]))
                 yield record
 
     @staticmethod
-    def _collect(ray: Any, ref: Any, spec: CellSpec) -> dict[str, Any]:
+    def _collect(ray: Any, ref: Any, spec: CellSpec, since: tuple[str, float]) -> dict[str, Any]:
         try:
             return ray.get(ref)
         except ray.exceptions.OutOfMemoryError as exc:
-            return make_record(spec, "oom", f"Ray's memory monitor killed the task: {str(exc).splitlines()[0]}")
+            status, reason = "oom", f"Ray's memory monitor killed the task: {str(exc).splitlines()[0]}"
         except ray.exceptions.TaskCancelledError:
-            return make_record(spec, "error", "the Ray task was cancelled")
+            status, reason = "error", "the Ray task was cancelled"
         except ray.exceptions.RayError as exc:
-            return make_record(spec, "error", f"Ray task failed: {type(exc).__name__}: "
-                                              f"{(str(exc).strip().splitlines() or [''])[0][:400]}")
+            status, reason = "error", f"Ray task failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:400]}"
+        return driver_record(spec, status, reason, since, executor={"name": "ray"})
 
     def close(self) -> None:
         """Cancel outstanding tasks (their cells' process groups are killed), then leave the cluster."""

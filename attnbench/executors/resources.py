@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..cells import CellSpec
 from ..errors import UserError
+from ..commands import int_option
 from .launch import is_timing_cell
 
 #: resident memory of a worker process with torch and the plugins imported, before the cell allocates
@@ -33,29 +34,17 @@ class CellResources:
 def add_arguments(group: argparse._ArgumentGroup) -> None:  # noqa: SLF001 -- argparse's own type
     """``--cpus-per-cell`` and ``--gpus-per-cell``, declared once whichever cluster executor comes first."""
     for flag, kwargs in (
-        ("--cpus-per-cell", dict(type=_positive("--cpus-per-cell"), default=1,
+        ("--cpus-per-cell", dict(type=int_option("--cpus-per-cell"), default=1,
                                  help="CPUs each cell gets on a cluster (default 1; timing cells: see --timing-cpus)")),
-        ("--gpus-per-cell", dict(type=_positive("--gpus-per-cell", zero=True), default=1,
+        ("--gpus-per-cell", dict(type=int_option("--gpus-per-cell", minimum=0), default=1,
                                  help="GPUs each cuda cell gets on a cluster (default 1; cpu cells get none)")),
-        ("--timing-cpus", dict(type=_positive("--timing-cpus"), default=None,
+        ("--timing-cpus", dict(type=int_option("--timing-cpus"), default=None,
                                help="CPUs a timing cell (speed suite) holds on a cluster; default: a whole node")),
     ):
         try:
             group.add_argument(flag, **kwargs)
         except argparse.ArgumentError:
             pass  # declared by the other cluster executor
-
-
-def _positive(flag: str, zero: bool = False):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UserError(f"{flag} must be an integer, got {text!r}") from None
-        if value < 0 or (value == 0 and not zero):
-            raise UserError(f"{flag} must be {'>= 0' if zero else 'positive'}, got {value}")
-        return value
-    return parse
 
 
 def estimated_memory_bytes(spec: CellSpec) -> Optional[int]:

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from ..cells import CellSpec
 from ..errors import UserError
-from ..schema import make_record
+from ..schema import driver_record, submitted_now
 from . import resources
 
 #: Slurm states of a job that ended without a record, and the status its cell gets
@@ -102,6 +102,8 @@ class SlurmExecutor:
         self.mem_per_cell_gb, self.array_parallelism, self.poll_s = mem_per_cell_gb, array_parallelism, poll_s
         self.slurm_options = dict(slurm_options or {})
         self._pending: dict[str, tuple[Any, CellSpec]] = {}
+        #: job id -> when the driver submitted (or found) it (for the records the driver itself has to make)
+        self._since: dict[str, tuple[str, float]] = {}
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:  # noqa: SLF001 -- argparse's own type
@@ -167,6 +169,7 @@ class SlurmExecutor:
             job = submitit.SlurmJob(folder=self.folder, job_id=job_id)
             if job.paths.result_pickle.exists() or job_id in queue or _state(job_id) in ENDED:
                 self._pending[job_id] = (job, spec)  # finished, running, or ended: collect, never re-run
+                self._since[job_id] = submitted_now()  # submitted by a driver before this one: as seen from now
             else:
                 fresh.append(spec)  # cancelled (or forgotten by Slurm) before it finished
         self._submit(submitit, fresh)
@@ -177,12 +180,12 @@ class SlurmExecutor:
             for job_id, (job, spec) in list(self._pending.items()):
                 if job.paths.result_pickle.name in present:
                     del self._pending[job_id]
-                    yield self._collect(job, spec)
+                    yield self._collect(job, spec, self._since.pop(job_id))
                 elif job_id not in queue:
                     absent[job_id] = absent.get(job_id, 0) + 1
                     if absent[job_id] >= 3:  # gone from the queue and still no record: it ended without one
                         del self._pending[job_id]
-                        yield _ended_record(spec, job_id, self.folder)
+                        yield _ended_record(spec, job_id, self.folder, self._since.pop(job_id))
                 else:
                     absent.pop(job_id, None)
             if self._pending:
@@ -214,15 +217,16 @@ class SlurmExecutor:
             self._remember([(spec.key, job.job_id) for spec, job in zip(group, jobs)])
             for spec, job in zip(group, jobs):
                 self._pending[job.job_id] = (job, spec)
+                self._since[job.job_id] = submitted_now()
 
     @staticmethod
-    def _collect(job: Any, spec: CellSpec) -> dict[str, Any]:
+    def _collect(job: Any, spec: CellSpec, since: tuple[str, float]) -> dict[str, Any]:
         try:
             return job.result()
         except Exception as exc:  # noqa: BLE001 -- the task failed outside the cell's worker
             lines = [l for l in str(exc).strip().splitlines() if l.strip()]
-            return make_record(spec, "error", f"Slurm job {job.job_id} failed: {(lines[-1] if lines else type(exc).__name__)[:400]}",
-                               env={"slurm_job_id": job.job_id})
+            return driver_record(spec, "error", f"Slurm job {job.job_id} failed: {(lines[-1] if lines else type(exc).__name__)[:400]}",
+                                 since, slurm_job_id=job.job_id)
 
     def close(self) -> None:
         """Cancel every cell of this run still queued or running (scancel). Idempotent."""
@@ -255,10 +259,10 @@ def _state(job_id: str) -> str:
     return ""
 
 
-def _ended_record(spec: CellSpec, job_id: str, folder: Path) -> dict[str, Any]:
+def _ended_record(spec: CellSpec, job_id: str, folder: Path, since: tuple[str, float]) -> dict[str, Any]:
     state = _state(job_id) or "ended"
     status = ENDED.get(state, "error")
     reason = {"timeout": "Slurm killed the cell at its time limit (raise --time-limit)",
               "oom": "Slurm killed the cell for exceeding its memory (raise --mem-per-cell)"}.get(
         status, f"the Slurm job ended ({state}) without a record; see {folder}/{job_id}_0_log.err")
-    return make_record(spec, status, f"job {job_id}: {reason}", env={"slurm_job_id": job_id})
+    return driver_record(spec, status, f"job {job_id}: {reason}", since, slurm_job_id=job_id)
