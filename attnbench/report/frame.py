@@ -93,7 +93,7 @@ def expand_substitution(records: Sequence[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-#: options a run measures before its cells start (the matmul yardstick): they differ run to run and are
+#: options that records written before the calibration field existed carry (the matmul yardstick): they differ run to run and are
 #: no part of what a cell measured, so rows never differ by them
 CALIBRATION_OPTIONS: frozenset[str] = frozenset({"flops_per_s"})
 

@@ -29,7 +29,7 @@ from scipy.stats import mannwhitneyu
 from ..errors import UserError
 from ..metrics import DEFAULT_TOLERANCES, HIGHER_IS_BETTER, NOT_GATED, TIME_RATIO  # noqa: F401  (the catalogue)
 from .frame import LOOSE_IDENTITY, is_reference, number, reference_values, row_label, to_frame  # noqa: F401
-from .frame import match_cells as _match
+from .frame import match_cells
 
 DEFAULT_ALPHA = 0.05
 @dataclass(frozen=True)
@@ -165,7 +165,7 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
 
     extra = [f for f in ("channels", "batch", "device", "dtype") if base[f].astype(str).nunique() > 1]
     time_unjudged: set[str] = set()
-    for i, j in _match(base, cur):
+    for i, j in match_cells(base, cur):
         b = base.loc[i]
         cell = f"{b['suite']}: {row_label(b, extra)} {int(b['size'])}px {b['mode']}"
         if j is None:
@@ -232,7 +232,7 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
         result.warnings.append(f"{s}: some times not judged: no ok {ref_of(s)} cell measured alongside them "
                                f"in both runs (time is only gated as a ratio to the reference)")
     base_keys = set(base["key"])
-    matched = {j for _, j in _match(base, cur) if j is not None}
+    matched = {j for _, j in match_cells(base, cur) if j is not None}
     for j in cur.index:
         if j not in matched and cur.at[j, "key"] not in base_keys:
             c = cur.loc[j]
