@@ -26,97 +26,138 @@ constexpr int64_t kGrain = 64;        // queries per task in the search (heavy i
 constexpr int64_t kLightGrain = 2048;  // items per task in the cheap gathers
 constexpr int64_t kTile = 16;          // wavefront schedule: queries per tile side (any value gives the same result)
 
-// Runtime-dispatched clones: the compiler vectorises the hot loops for AVX2/FMA when the CPU has
-// them and falls back to the baseline ISA otherwise (no -march=native, so the build is portable).
+// Runtime-dispatched clones: the compiler vectorises the hot loops for AVX-512 or AVX2/FMA when
+// the CPU has them and falls back to the baseline ISA otherwise (no -march=native, so the build is
+// portable).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PSAL_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define PSAL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PSAL_CLONES
 #endif
 
-// 32-byte SIMD vectors (GCC/Clang vector extensions): 8 floats or 4 doubles. The compiler maps
-// them to one AVX2 register in the x86-64-v3 clone and to two SSE registers otherwise.
-typedef float psal_v8f __attribute__((vector_size(32)));
-typedef double psal_v4d __attribute__((vector_size(32)));
+// 64-byte SIMD vectors (GCC/Clang vector extensions): 16 floats or 8 doubles, one zmm register
+// in the x86-64-v4 clone, two ymm in x86-64-v3, four xmm otherwise. With p = 7 and C = 16 a patch
+// row is 112 floats: exactly 7 vectors.
+typedef float psal_vf __attribute__((vector_size(64)));
+typedef double psal_vd __attribute__((vector_size(64)));
+typedef int32_t psal_vfi __attribute__((vector_size(64)));
+typedef int64_t psal_vdi __attribute__((vector_size(64)));
 template <typename T>
 struct Simd;
 template <>
 struct Simd<float> {
-  using V = psal_v8f;
-  static constexpr int N = 8;
+  using V = psal_vf;
+  using Mask = psal_vfi;
+  static constexpr int N = 16;
+  // lanes 8..15 onto 0..7, then 4, 2, 1: a tree of vector adds, not N dependent scalar adds
+  static inline float hsum(V v) {
+    typedef float V8 __attribute__((vector_size(32)));
+    typedef float V4 __attribute__((vector_size(16)));
+    V8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    V4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+  }
 };
 template <>
 struct Simd<double> {
-  using V = psal_v4d;
-  static constexpr int N = 4;
+  using V = psal_vd;
+  using Mask = psal_vdi;
+  static constexpr int N = 8;
+  static inline double hsum(V v) {
+    typedef double V4 __attribute__((vector_size(32)));
+    V4 a = __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+    return (a[0] + a[2]) + (a[1] + a[3]);
+  }
 };
 
-template <typename T, bool Dot>
-__attribute__((always_inline)) inline typename Simd<T>::V simd_term(const T* a, const T* b) {
-  using V = typename Simd<T>::V;
-  V x, y;
-  std::memcpy(&x, a, sizeof(V));
-  std::memcpy(&y, b, sizeof(V));
-  if (Dot) return x * y;
-  const V d = x - y;
-  return d * d;
-}
+//: scalars of zeroed slack after every channel-last copy, so that the last (masked) vector of a
+//: patch row may read past the end of the image's data: one 64-byte vector of doubles or floats
+constexpr int64_t kSlackBytes = 64;
 
-// Sum over a contiguous row of (a - b)^2 (or a * b): four independent vector accumulators (so
-// the adds do not wait on each other), then one, then a scalar tail. The order of additions is
-// fixed, so results are bit-identical run to run.
+// Cost of one patch pair: `rows` rows of `row` contiguous scalars (strides in scalars); each row
+// is read as whole vectors, the lanes past `row` masked to zero (they read the next pixels or the
+// zeroed slack, never outside the buffer). Partial sums stay in two vector accumulators; l2 costs
+// are reduced (a shuffle tree) after each row and stop once >= bound: the terms are >= 0 and
+// float addition is monotone, so the full cost would be >= bound too and is rejected anyway.
+// The order of additions is fixed, so results are bit-identical run to run.
 // always_inline: each target clone of cost_rows_* must get its own copy compiled for its ISA.
 template <typename T, bool Dot>
-__attribute__((always_inline)) inline T row_sum(const T* __restrict a, const T* __restrict b, int64_t n) {
-  using V = typename Simd<T>::V;
-  constexpr int N = Simd<T>::N;
-  V acc0 = {}, acc1 = {}, acc2 = {}, acc3 = {};
-  int64_t i = 0;
-  for (; i + 4 * N <= n; i += 4 * N) {
-    acc0 += simd_term<T, Dot>(a + i, b + i);
-    acc1 += simd_term<T, Dot>(a + i + N, b + i + N);
-    acc2 += simd_term<T, Dot>(a + i + 2 * N, b + i + 2 * N);
-    acc3 += simd_term<T, Dot>(a + i + 3 * N, b + i + 3 * N);
-  }
-  for (; i + N <= n; i += N) acc0 += simd_term<T, Dot>(a + i, b + i);
-  T tail = 0;
-  for (; i < n; ++i) {
-    if (Dot) {
-      tail += a[i] * b[i];
-    } else {
-      const T d = a[i] - b[i];
-      tail += d * d;
+__attribute__((always_inline)) inline T cost_rows(const T* __restrict q, const T* __restrict k, int64_t qstride,
+                                                  int64_t kstride, int64_t rows, int64_t row, T bound) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::Mask;
+  constexpr int N = S::N;
+  const int64_t full = row / N, rest = row % N;
+  M mask;
+  for (int l = 0; l < N; ++l) mask[l] = l < rest ? -1 : 0;
+  V acc0 = {}, acc1 = {};
+  for (int64_t dy = 0; dy < rows; ++dy) {
+    const T* a = q + dy * qstride;
+    const T* b = k + dy * kstride;
+    int64_t j = 0;
+    for (; j + 1 < full; j += 2) {
+      V x0, y0, x1, y1;
+      std::memcpy(&x0, a + j * N, sizeof(V));
+      std::memcpy(&y0, b + j * N, sizeof(V));
+      std::memcpy(&x1, a + (j + 1) * N, sizeof(V));
+      std::memcpy(&y1, b + (j + 1) * N, sizeof(V));
+      if (Dot) {
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+      } else {
+        const V d0 = x0 - y0, d1 = x1 - y1;
+        acc0 += d0 * d0;
+        acc1 += d1 * d1;
+      }
+    }
+    if (j < full) {
+      V x, y;
+      std::memcpy(&x, a + j * N, sizeof(V));
+      std::memcpy(&y, b + j * N, sizeof(V));
+      if (Dot) {
+        acc0 += x * y;
+      } else {
+        const V d = x - y;
+        acc0 += d * d;
+      }
+    }
+    if (rest) {
+      V x, y;
+      std::memcpy(&x, a + full * N, sizeof(V));
+      std::memcpy(&y, b + full * N, sizeof(V));
+      V t;
+      if (Dot) {
+        t = x * y;
+      } else {
+        const V d = x - y;
+        t = d * d;
+      }
+      M bits;
+      std::memcpy(&bits, &t, sizeof(V));
+      bits &= mask;
+      std::memcpy(&t, &bits, sizeof(V));
+      acc1 += t;
+    }
+    if (!Dot && dy + 1 < rows && 2 * dy + 2 >= rows) {
+      const T partial = S::hsum(acc0 + acc1);
+      if (partial >= bound) return partial;
     }
   }
-  const V sum = (acc0 + acc1) + (acc2 + acc3);
-  T total = 0;
-  for (int l = 0; l < N; ++l) total += sum[l];
-  return total + tail;
-}
-
-// Cost of one patch pair: rows of `row` scalars, strides in scalars; l2 stops once >= bound.
-template <typename T>
-__attribute__((always_inline)) inline T cost_rows(const T* q, const T* k, int64_t qstride, int64_t kstride, int64_t rows, int64_t row, bool dot,
-                   T bound) {
-  T total = 0;
-  if (dot) {
-    for (int64_t dy = 0; dy < rows; ++dy) total += row_sum<T, true>(q + dy * qstride, k + dy * kstride, row);
-    return -total;
-  }
-  for (int64_t dy = 0; dy < rows; ++dy) {
-    total += row_sum<T, false>(q + dy * qstride, k + dy * kstride, row);
-    if (total >= bound) return total;
-  }
-  return total;
+  const T total = S::hsum(acc0 + acc1);
+  return Dot ? -total : total;
 }
 
 PSAL_CLONES float cost_rows_f(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
                               bool dot, float bound) {
-  return cost_rows<float>(q, k, qs, ks, rows, row, dot, bound);
+  return dot ? cost_rows<float, true>(q, k, qs, ks, rows, row, bound)
+             : cost_rows<float, false>(q, k, qs, ks, rows, row, bound);
 }
 PSAL_CLONES double cost_rows_d(const double* q, const double* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
                                bool dot, double bound) {
-  return cost_rows<double>(q, k, qs, ks, rows, row, dot, bound);
+  return dot ? cost_rows<double, true>(q, k, qs, ks, rows, row, bound)
+             : cost_rows<double, false>(q, k, qs, ks, rows, row, bound);
 }
 inline float cost_dispatch(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
                            bool dot, float bound) {
@@ -152,13 +193,16 @@ inline void prefetch_patch(const Geometry& g, const T* kcl, int32_t c) {
 }
 
 // (1, C, H, W) -> (H + 2r, W + 2r, C) replicate-padded channel-last copy, built in one pass
-// (no intermediate: the search's peak memory is this copy, the key's copy and the heaps).
+// (no intermediate: the search's peak memory is this copy, the key's copy and the heaps), as a
+// flat buffer followed by kSlackBytes of zeros that the cost loop's last masked vector may read.
 at::Tensor padded_channel_last(const at::Tensor& x, int64_t r) {
   const int64_t C = x.size(1), H = x.size(2), W = x.size(3), Hp = H + 2 * r, Wp = W + 2 * r;
-  at::Tensor out = at::empty({Hp, Wp, C}, x.options());
+  const int64_t slack = kSlackBytes / (int64_t)x.element_size();
+  at::Tensor out = at::empty({Hp * Wp * C + slack}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "padded_channel_last", [&] {
     const auto src = x.accessor<scalar_t, 4>();
     scalar_t* dst = out.data_ptr<scalar_t>();
+    std::fill(dst + Hp * Wp * C, dst + Hp * Wp * C + slack, scalar_t(0));
     at::parallel_for(0, Hp, 16, [&](int64_t begin, int64_t end) {
       for (int64_t py = begin; py < end; ++py) {
         const int64_t y = std::min(std::max(py - r, int64_t(0)), H - 1);
@@ -172,6 +216,9 @@ at::Tensor padded_channel_last(const at::Tensor& x, int64_t r) {
   });
   return out;
 }
+
+// Batch element b of (B, C, H, W) as an (H, W, C) channel-last copy (with the cost loop's slack).
+at::Tensor channel_last(const at::Tensor& x, int64_t b) { return padded_channel_last(x.select(0, b).unsqueeze(0), 0); }
 
 // Small sorted heap of one query: ascending cost, distinct indices.
 template <typename T>
@@ -220,7 +267,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 
   for (int64_t b = 0; b < B; ++b) {
     at::Tensor qpad = padded_channel_last(q.select(0, b).unsqueeze(0), g.r);
-    at::Tensor kcl = k.select(0, b).permute({1, 2, 0}).contiguous();
+    at::Tensor kcl = channel_last(k, b);
     const T* qp = qpad.data_ptr<T>();
     const T* kp = kcl.data_ptr<T>();
     const bool* vmap = valid.select(0, b).data_ptr<bool>();
@@ -275,7 +322,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
         if (matchable(cy, cx)) cand[nc++] = (int32_t)(cy * g.Wk + cx);
       };
       auto evaluate_all = [&]() {
-        constexpr int64_t kAhead = 3;  // candidates prefetched ahead of the one evaluated
+        constexpr int64_t kAhead = 6;  // candidates prefetched ahead of the one evaluated
         for (int64_t t = 0; t < std::min(nc, kAhead); ++t) prefetch_patch(g, kp, cand[t]);
         for (int64_t t = 0; t < nc; ++t) {
           if (t + kAhead < nc) prefetch_patch(g, kp, cand[t + kAhead]);
@@ -429,7 +476,7 @@ at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const a
     using T = scalar_t;
     for (int64_t b = 0; b < B; ++b) {
       at::Tensor qpad = padded_channel_last(q.select(0, b).unsqueeze(0), g.r);
-      at::Tensor kcl = k.select(0, b).permute({1, 2, 0}).contiguous();
+      at::Tensor kcl = channel_last(k, b);
       const T* qp = qpad.data_ptr<T>();
       const T* kp = kcl.data_ptr<T>();
       const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;
@@ -462,7 +509,7 @@ std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cpu(const at::Tensor
     using T = scalar_t;
     for (int64_t b = 0; b < B; ++b) {
       at::Tensor qpad = padded_channel_last(q.select(0, b).unsqueeze(0), r);
-      at::Tensor kcl = k.select(0, b).permute({1, 2, 0}).contiguous();
+      at::Tensor kcl = channel_last(k, b);
       const T* qp = qpad.data_ptr<T>();
       const T* kp = kcl.data_ptr<T>();
       const int64_t* ii = idxc.data_ptr<int64_t>() + b * nq * K;

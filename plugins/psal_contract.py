@@ -37,6 +37,9 @@ SCHEDULE_DEFAULT = SCHEDULE_JACOBI
 FLOPS_PER_ELEMENT = 2
 #: bytes of one int64 index (idx tensors); heaps store int32
 INDEX_BYTES = 8
+#: zeroed bytes after each channel-last copy of the CPU kernel (psal_cpu.cpp kSlackBytes): the last,
+#: masked vector of a patch row may read past the image's data
+SLACK_BYTES = 64
 
 #: the backends a layer may resolve to (psal_build, ATTNBENCH_PSAL_BACKEND)
 BACKEND_NATIVE = "native"
@@ -105,10 +108,10 @@ def matched_attention_memory(shape: ProblemShape, k_nn: int) -> dict[str, int]:
     s = shape.dtype_bytes
     B, C, Cv, nq, nk = shape.batch, shape.channels, shape.value_channels, shape.n_queries, shape.n_keys
     r = shape.patch_size // 2
-    padded_q = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
+    padded_q = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s + SLACK_BYTES
     return {
         "idx": B * nq * k_nn * INDEX_BYTES,
-        "similarity": padded_q + nk * C * s + B * nq * k_nn * s,
+        "similarity": padded_q + nk * C * s + SLACK_BYTES + B * nq * k_nn * s,
         "attend": nk * Cv * s + B * Cv * nq * s + B * nq * s,
         "padded_q": padded_q,
     }
@@ -119,7 +122,7 @@ def matched_attention_backward_memory(shape: ProblemShape, k_nn: int, needs_qk: 
     s = shape.dtype_bytes
     B, C, Cv, nq, nk = shape.batch, shape.channels, shape.value_channels, shape.n_queries, shape.n_keys
     r = shape.patch_size // 2
-    padded = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s
+    padded = (shape.query_hw[0] + 2 * r) * (shape.query_hw[1] + 2 * r) * C * s + SLACK_BYTES
     inverse = 2 * (nk + 1) * 8 + nq * k_nn * 4
     grad_out = B * Cv * nq * s
     # grad_out copied channel-last + grad_v (+ for grad_s: values copied, g.out, g*out, grad_s)
@@ -145,7 +148,7 @@ def native_search_memory(shape: ProblemShape, width: int, iterations: int, sched
     searched = B * nq * width * INDEX_BYTES
     heaps = (2 if schedule == SCHEDULE_JACOBI and iterations > 0 else 1) * nq * width * (s + 4)
     padded_q = matched_attention_memory(shape, width)["padded_q"]
-    return searched + B * nq * width * 4 + B * nk + B * 8 + padded_q + nk * C * s + heaps + nk * 4
+    return searched + B * nq * width * 4 + B * nk + B * 8 + padded_q + nk * C * s + SLACK_BYTES + heaps + nk * 4
 
 
 def native_memory(shape: ProblemShape, k_nn: int, width: int, iterations: int, schedule: int,
