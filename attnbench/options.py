@@ -43,6 +43,10 @@ class RunnerOptions:
         return ()
 
     @classmethod
+    def __post_init__(self) -> None:
+        """Checks of the option values (each subclass adds its own and calls super())."""
+
+    @classmethod
     def uses_images(cls) -> bool:
         """Whether the runner reads images, i.e. accepts ``--data``."""
         return any(f.name == "data" for f in fields(cls))
@@ -78,6 +82,7 @@ class MeasureOptions(RunnerOptions):
         return parse(MeasureOptions, {k: v for k, v in spec.options.items() if k in names}, f"suite {spec.suite!r}")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.memory_fraction <= 1:
             raise UserError(f"option memory_fraction must be in (0, 1], got {self.memory_fraction}")
         for name in ("time_margin", "min_run_time", "time_budget_s"):
@@ -94,6 +99,16 @@ class ImageOptions(RunnerOptions):
 
     #: folder of the user's image pairs (set by ``--data``; README: "Your own images")
     data: Optional[str] = None
+    #: camera-shift range [min, max] of the embedded motion pairs, fractions of the frame (None:
+    #: tasks.data.DEFAULT_MOTION); ignored with ``data``
+    motion: Optional[list[float]] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.motion is not None:
+            from .tasks.data import check_motion  # the one place the valid range is stated
+
+            check_motion(self.motion)
 
 
 # ----------------------------------------------------------------------------- parsing

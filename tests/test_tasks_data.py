@@ -34,6 +34,29 @@ def test_motion_pair_frames_differ_by_a_far_camera_motion() -> None:
     assert np.abs(pair.a - pair.b).mean() > 0.05
 
 
+def test_larger_motion_option_moves_the_camera_further_and_keys_the_cache() -> None:
+    shift = (0.15, 0.30)
+    rng = np.random.default_rng((0, 0, 0))
+    motions = [data.draw_motion(rng, 100, shift) for _ in range(50)]
+    assert all(15.0 <= np.hypot(*m.shift_yx) <= 30.0 for m in motions)
+    default = data.task_pairs({}, 2, 0, "train")[0]
+    moved = data.task_pairs({"motion": list(shift)}, 2, 0, "train")[0]
+    assert default.name == moved.name and moved.a.shape == moved.b.shape
+    # a smaller window of the same photo, so that frame B's moved window stays inside it
+    assert moved.a.shape[0] < default.a.shape[0]
+    assert data.window_fraction(data.DEFAULT_MOTION) == 0.72
+    assert data.data_identity({}) != data.data_identity({"motion": list(shift)})  # no stale cached weights
+    assert data.data_identity({}) == data.data_identity({"motion": list(data.DEFAULT_MOTION)})
+
+
+@pytest.mark.parametrize("motion", [[0.3, 0.1], [0.1, 0.5], [-0.1, 0.2], ["a", 0.2], [0.1]])
+def test_bad_motion_option_is_a_user_error_before_any_work(motion) -> None:
+    from attnbench.tasks.colorization import ColorizationOptions
+
+    with pytest.raises(UserError, match="motion must"):
+        ColorizationOptions(motion=motion)
+
+
 def test_embedded_train_and_test_splits_do_not_share_photos() -> None:
     train = {p.name.split("-")[0] for p in data.embedded_split("train", 8)}
     test = {p.name.split("-")[0] for p in data.embedded_split("test", 3)}

@@ -171,3 +171,15 @@ def test_probes_run_at_checkpoints_and_survive_cache_and_resume(tmp_path: Path) 
     assert resumed.resumed_from == 11
     assert [s for s, _ in resumed.probes["fit"]] == checkpoint_steps(20)
     assert [v for _, v in resumed.probes["fit"]] == pytest.approx([v for _, v in straight.probes["fit"]], rel=1e-4)
+
+
+def test_training_flushes_subnormals_and_restores_the_default_after() -> None:
+    from attnbench.tasks.training import denormals_flushed
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 subnormal
+    assert float(tiny * 1.0) != 0.0
+    with denormals_flushed() as supported:
+        if not supported:
+            pytest.skip("this CPU cannot flush subnormals")
+        assert float(tiny * 1.0) == 0.0
+    assert float(tiny * 1.0) != 0.0  # timing suites after a training cell see the default again

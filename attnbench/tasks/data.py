@@ -10,7 +10,8 @@ Embedded default (scikit-image ships every image used, nothing is downloaded):
 * ``<photo>-m<i>``: pairs cut from one photograph (astronaut, coffee, chelsea, rocket,
   immunohistochemistry) by a synthetic camera motion: frame A is a centred square window of the
   photo; frame B is the same window after a similarity transform of the camera (shift of 6-12 %
-  of the window in a random direction, rotation within +-4 degrees, scale 0.92-1.08) and a
+  of the window in a random direction by default, option ``motion`` = [min, max] for other
+  ranges, the window then shrinking so that B stays inside the photo, rotation within +-4 degrees, scale 0.92-1.08) and a
   brightness change (gain 0.85-1.15, offset +-0.04). Content enters and leaves the view as in
   video frames about 10 apart. The motion is drawn from ``numpy.random.default_rng((seed,
   photo, i))``, so a seed gives the same pairs on every machine.
@@ -54,6 +55,9 @@ MOTION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemist
 #: the colorization split of the embedded data: train on these photos, test on the rest
 TRAIN_PHOTOS = ("astronaut", "chelsea", "rocket", "immunohistochemistry")
 DAVIS_GAP = 10
+#: camera shift of the embedded motion pairs, as a fraction of the window side (min, max);
+#: suites may ask for larger ones (option ``motion``), e.g. where a same-position copy is too good
+DEFAULT_MOTION = (0.06, 0.12)
 
 
 @dataclass(frozen=True)
@@ -176,9 +180,26 @@ def load_photo(name: str) -> np.ndarray:
     return as_rgb_float(getattr(data, name)())
 
 
-def draw_motion(rng: np.random.Generator, side: int) -> CameraMotion:
+def check_motion(motion: "tuple[float, float] | list[float]") -> tuple[float, float]:
+    """A (min, max) shift fraction that motion_pair can honour: 0 <= min <= max <= 0.35."""
+    try:
+        lo, hi = (float(v) for v in motion)
+    except (TypeError, ValueError):
+        raise UserError(f"motion must be two numbers [min, max] (shift as a fraction of the frame), got {motion!r}") from None
+    if not 0.0 <= lo <= hi <= 0.35:
+        raise UserError(f"motion must satisfy 0 <= min <= max <= 0.35 (fractions of the frame), got {[lo, hi]}")
+    return lo, hi
+
+
+def window_fraction(motion: tuple[float, float]) -> float:
+    """Side of frame A's window as a fraction of the photo's short side: 0.72 for the default
+    motion, smaller for larger shifts so that frame B's moved window still lies in the photo."""
+    return min(0.72, 0.9 / (1.0 + 2.0 * motion[1]))
+
+
+def draw_motion(rng: np.random.Generator, side: int, shift: tuple[float, float] = DEFAULT_MOTION) -> CameraMotion:
     """A camera motion typical of video frames ~10 apart: far matches, small rotation and zoom."""
-    magnitude = rng.uniform(0.06, 0.12) * side
+    magnitude = rng.uniform(*shift) * side
     angle = rng.uniform(0.0, 2.0 * math.pi)
     return CameraMotion(
         shift_yx=(magnitude * math.sin(angle), magnitude * math.cos(angle)),
@@ -203,18 +224,19 @@ def _window_map(motion: CameraMotion, centre_yx: tuple[float, float]) -> Callabl
     return inverse_map
 
 
-def motion_pair(photo: np.ndarray, name: str, rng: np.random.Generator) -> FramePair:
+def motion_pair(photo: np.ndarray, name: str, rng: np.random.Generator,
+                shift: tuple[float, float] = DEFAULT_MOTION) -> FramePair:
     """Cut frames A and B from one photo; B is seen by a moved camera (see module docstring)."""
     from skimage.transform import warp
 
     h, w = photo.shape[:2]
-    side = int(0.72 * min(h, w))
+    side = int(window_fraction(shift) * min(h, w))
     y0, x0 = (h - side) // 2, (w - side) // 2
     a = photo[y0 : y0 + side, x0 : x0 + side]
     centre = (y0 + (side - 1) / 2.0, x0 + (side - 1) / 2.0)
     corners = np.array([[x0, y0], [x0 + side - 1, y0], [x0, y0 + side - 1], [x0 + side - 1, y0 + side - 1]], float)
     for _ in range(100):  # redraw until frame B's window lies inside the photo
-        motion = draw_motion(rng, side)
+        motion = draw_motion(rng, side, shift)
         mapped = _window_map(motion, centre)(corners)
         if mapped.min() >= 0 and mapped[:, 0].max() <= w - 1 and mapped[:, 1].max() <= h - 1:
             break
@@ -233,8 +255,9 @@ def stereo_pair() -> FramePair:
 
 
 def embedded_pairs(count: int, seed: int = 0, photos: Optional[tuple[str, ...]] = None,
-                   include_stereo: bool = True) -> list[FramePair]:
-    """The first ``count`` embedded pairs: the stereo pair, then one motion per photo, round-robin."""
+                   include_stereo: bool = True, shift: tuple[float, float] = DEFAULT_MOTION) -> list[FramePair]:
+    """The first ``count`` embedded pairs: the stereo pair, then one motion per photo, round-robin
+    (``shift``: the range of the camera shift, fractions of the frame)."""
     photos = MOTION_PHOTOS if photos is None else photos
     out: list[FramePair] = [stereo_pair()] if include_stereo and count > 0 else []
     cache: dict[str, np.ndarray] = {}
@@ -245,17 +268,23 @@ def embedded_pairs(count: int, seed: int = 0, photos: Optional[tuple[str, ...]] 
                 break
             photo = cache.setdefault(name, load_photo(name))
             rng = np.random.default_rng((seed, MOTION_PHOTOS.index(name) if name in MOTION_PHOTOS else index, motion))
-            out.append(motion_pair(photo, f"{name}-m{motion}", rng))
+            out.append(motion_pair(photo, f"{name}-m{motion}", rng, shift))
         motion += 1
     return out
 
 
-def embedded_split(split: str, count: int, seed: int = 0) -> list[FramePair]:
+def embedded_split(split: str, count: int, seed: int = 0, shift: tuple[float, float] = DEFAULT_MOTION) -> list[FramePair]:
     """Training pairs come from TRAIN_PHOTOS; test pairs are the stereo pair and held-out photos."""
     if split == "train":
-        return embedded_pairs(count, seed, TRAIN_PHOTOS, include_stereo=False)
+        return embedded_pairs(count, seed, TRAIN_PHOTOS, include_stereo=False, shift=shift)
     held_out = tuple(p for p in MOTION_PHOTOS if p not in TRAIN_PHOTOS)
-    return embedded_pairs(count, seed + 1000, held_out, include_stereo=True)
+    return embedded_pairs(count, seed + 1000, held_out, include_stereo=True, shift=shift)
+
+
+def embedded_motion(options: dict) -> tuple[float, float]:
+    """The camera-shift range a cell's embedded pairs use (option ``motion``, else the default)."""
+    motion = options.get("motion")
+    return DEFAULT_MOTION if motion is None else check_motion(motion)
 
 
 # ----------------------------------------------------------------------------- user data
@@ -368,16 +397,18 @@ def task_pairs(options: dict, count: int, seed: int, split: str = "all", size: O
     folder = options.get("data")
     if folder:
         return user_pairs(folder, count, split, size)
+    shift = embedded_motion(options)
     if split == "all":
-        return embedded_pairs(count, seed)
-    return embedded_split(split, count, seed)
+        return embedded_pairs(count, seed, shift=shift)
+    return embedded_split(split, count, seed, shift)
 
 
 def data_identity(options: dict) -> str:
     """A string that changes when the data a cached network was trained on changes."""
     folder = options.get("data")
     if not folder:
-        return f"embedded-v{EMBEDDED_VERSION}"
+        shift = embedded_motion(options)
+        return f"embedded-v{EMBEDDED_VERSION}" + ("" if shift == DEFAULT_MOTION else f"-motion{shift[0]:g}-{shift[1]:g}")
     entries = user_pair_paths(folder, "train")
     stamp = repr([(name, str(a), a.stat().st_size, b.stat().st_size) for name, a, b in entries])
     return f"user:{Path(folder).resolve()}:{hashlib.sha1(stamp.encode()).hexdigest()[:12]}"
