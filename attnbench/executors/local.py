@@ -121,8 +121,10 @@ class LocalProcessExecutor:
                                   metrics=read_partial(partial_path))
 
     def _threads(self) -> Optional[int]:
-        """Threads per worker: the interpreter's default alone, the cores shared out with ``--jobs N``."""
-        return None if self.jobs == 1 else max(1, (os.cpu_count() or 1) // self.jobs)
+        """Threads per worker: the interpreter's default alone, the cores shared out with ``--jobs N``
+        (the cores this process may run on: taskset and cgroup limits count, not the machine's)."""
+        usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return None if self.jobs == 1 else max(1, usable // self.jobs)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
