@@ -23,3 +23,15 @@ def test_l2_shows_spread_and_non_convergence() -> None:
     linear = table.loc["linear", "l2"]
     assert "±" in full and "not converged" not in full
     assert "±" not in linear and "(not converged)" in linear
+
+
+def test_baselines_are_stated_once_and_rows_that_do_not_beat_them_are_marked() -> None:
+    full, linear = record("full", [0.003, 0.0031, 0.0032], True), record("linear", [0.007, 0.0071, 0.0072], False)
+    for rec, beats in ((full, True), (linear, False)):
+        rec["metrics"].update({"no_attention_l2": 0.0176, "no_attention_l2_std": 0.0004, "zero_motion_l2": 0.0058,
+                               "zero_motion_l2_std": 0.0001, "beats_baselines": beats})
+    table = suite_table([full, linear], "colorization")
+    assert "baseline" not in table.loc["full", "l2"]
+    assert table.loc["linear", "l2"].endswith("(not converged; not below both baselines)")
+    notes = [n for n in table.attrs["notes"] if n.startswith("baselines")]
+    assert len(notes) == 1 and "no-attention 0.0176" in notes[0] and "zero-motion 0.0058" in notes[0]

@@ -199,15 +199,42 @@ def speed_table(df: pd.DataFrame, reference: str = "flash") -> pd.DataFrame:
 
 
 def trained_note(row: pd.Series, metric: str) -> str:
-    """`` ± std`` over seeds when a trained task reports one, and `` (not converged)`` when its
-    network failed the convergence rule: such a figure is not a final result."""
+    """`` ± std`` over seeds when a trained task reports one, `` (not converged)`` when its network
+    failed the convergence rule (such a figure is not a final result) and, for the l2, whether a
+    seed failed to beat the no-attention or zero-motion baseline."""
     text = ""
     std, seeds = number(row.get(f"{metric}_std")), row.get(f"{metric}_seeds")
     if std is not None and isinstance(seeds, list) and len(seeds) > 1:
         text += f" ± {sig(std, 2)}"
+    flags = []
     if str(row.get("converged")) == "False":
-        text += " (not converged)"
-    return text
+        flags.append("not converged")
+    if metric == "l2" and str(row.get("beats_baselines")) == "False":
+        flags.append("not below both baselines")
+    return text + (f" ({'; '.join(flags)})" if flags else "")
+
+
+#: the baselines a trained record carries (tasks/networks.BASELINES), by the prefix of their fields
+BASELINE_FIELDS = {"no-attention": "no_attention_l2", "zero-motion": "zero_motion_l2"}
+
+
+def baseline_note(df: pd.DataFrame) -> list[str]:
+    """The test l2 of the baselines trained with the same setup and seeds, once per table (every
+    record of a run carries the same figures): what an attention layer has to beat."""
+    parts = []
+    for name, field in BASELINE_FIELDS.items():
+        if field not in df.columns:
+            continue
+        values = df[field].dropna()
+        if values.empty:
+            continue
+        row = df.loc[values.index[0]]
+        std = number(row.get(f"{field}_std"))
+        parts.append(f"{name} {sig(float(values.iloc[0]), 3)}" + (f" ± {sig(std, 2)}" if std else ""))
+    if not parts:
+        return []
+    return ["baselines (same network, training and seeds; l2): " + ", ".join(parts)
+            + "; a row marked 'not below both baselines' has a seed that does not beat both"]
 
 
 def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
@@ -265,7 +292,7 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
     costs = [c for c in ("GFLOP", "memory GiB") if c in out.columns]
     title = f"{suite}: " + (", ".join(quality) if quality else "cells") + (
         " with " + " and ".join(costs) if costs else "")
-    return _finish(out, df, suite, title, notes + _paper_notes(out, suite))
+    return _finish(out, df, suite, title, notes + baseline_note(df) + _paper_notes(out, suite))
 
 
 def crossover_table(records: Sequence[dict[str, Any]], reference: str = "flash") -> pd.DataFrame:
