@@ -23,6 +23,7 @@ from .. import metrics as catalogue
 from ..metrics import NOT_QUALITY, QUALITY_METRICS
 from . import paper
 from .analysis import crossover, fit_exponent
+from .findings import findings_table
 from .frame import (ROW_FIELDS, caption, metric_columns, number, params_text, reference_values, row_label,
                     settings, to_frame, varying)
 from .style import seconds, sig
@@ -352,7 +353,8 @@ def suite_tables(records: Sequence[dict[str, Any]], suite: str, reference: str =
         return tables
     if suite == "speed":
         return [speed_table(df, reference)]
-    return [cell_table(df, suite)]
+    checked = findings_table(records, suite)
+    return [cell_table(df, suite)] + ([checked] if checked is not None else [])
 
 
 def suite_table(records: Sequence[dict[str, Any]], suite: str, reference: str = "flash") -> pd.DataFrame:
