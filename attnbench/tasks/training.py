@@ -39,9 +39,12 @@ TRAINING_VERSION = 3
 CHECKPOINTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 #: bins of the sampled training-loss curve
 CURVE_POINTS = 20
-#: the convergence rule: the last CONVERGENCE_SPAN of the steps improved the fit loss by < CONVERGENCE_TOLERANCE
+#: the convergence rule (:func:`convergence`): over the last CONVERGENCE_SPAN of the steps, the fit
+#: loss fell by < CONVERGENCE_SHARE of its fall over the whole run (the learning curve is flat) and
+#: the test figure moved by < CONVERGENCE_TOLERANCE (the reported number has settled)
 CONVERGENCE_SPAN = 0.2
-CONVERGENCE_TOLERANCE = 0.02
+CONVERGENCE_SHARE = 0.02
+CONVERGENCE_TOLERANCE = 0.05
 SCHEDULES = ("constant", "cosine")
 CACHE_ENV = "ATTNBENCH_CACHE"
 
@@ -81,20 +84,38 @@ def sampled_curve(losses: list[float], points: int = CURVE_POINTS) -> list[list[
     return [[int(hi), round(float(np.mean(losses[lo:hi])), 7)] for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
 
 
-def convergence(fit: list[list[float]], steps: int, span: float = CONVERGENCE_SPAN,
+def convergence(fit: list[list[float]], steps: int, test: Optional[list[list[float]]] = None,
+                span: float = CONVERGENCE_SPAN, share: float = CONVERGENCE_SHARE,
                 tolerance: float = CONVERGENCE_TOLERANCE) -> dict[str, Any]:
-    """Converged = the fit loss improved by less than ``tolerance`` (relative) over the last ``span`` of the steps.
+    """Converged = over the last ``span`` of the steps the fit loss fell by less than ``share`` of
+    its fall over the whole run, and the ``test`` figure (when probed) moved by less than
+    ``tolerance`` (relative).
 
-    ``fit`` holds ``[step, loss on fixed training crops]`` pairs; the loss at ``(1 - span) steps``
-    is compared with the final one. Fewer than two probes, or none at that step: not converged.
+    Why both: the fit loss (fixed training crops) tells whether optimisation has flattened out,
+    relative to how far it came, so a slow tail of a long descent passes while a run still
+    descending fails; the test figure is what a record reports, and it must have stopped moving.
+    ``fit`` and ``test`` hold ``[step, value]`` pairs; a missing probe at the start, at
+    ``(1 - span) steps`` or at the end gives no verdict (not converged).
     """
     by_step = {int(s): float(v) for s, v in fit}
     start = int(round((1.0 - span) * steps))
-    if steps not in by_step or start not in by_step or start == steps:
-        return {"converged": False, "late_improvement": None}
+    first = min(by_step) if by_step else None
+    if first is None or steps not in by_step or start not in by_step or start == steps or first >= start:
+        return {"converged": False, "late_improvement": None, "late_share": None, "test_drift": None}
     before, after = by_step[start], by_step[steps]
     improvement = (before - after) / before if before > 0 else 0.0
-    return {"converged": bool(improvement < tolerance), "late_improvement": round(improvement, 5)}
+    total = by_step[first] - after
+    late_share = (before - after) / total if total > 0 else (0.0 if before - after <= 0 else 1.0)
+    drift = None
+    if test:
+        probed = {int(s): float(v) for s, v in test}
+        if start not in probed or steps not in probed:
+            return {"converged": False, "late_improvement": round(improvement, 5), "late_share": round(late_share, 5),
+                    "test_drift": None}
+        drift = abs(probed[steps] - probed[start]) / probed[start] if probed[start] > 0 else 0.0
+    converged = late_share < share and (drift is None or drift < tolerance)
+    return {"converged": bool(converged), "late_improvement": round(improvement, 5), "late_share": round(late_share, 5),
+            "test_drift": None if drift is None else round(drift, 5)}
 
 
 @contextmanager
@@ -139,7 +160,7 @@ class TrainResult:
         """What a record needs to show that training converged: curves, probes and the rule's verdict."""
         out: dict[str, Any] = {"train_loss_curve": sampled_curve(self.losses)}
         out.update({f"{name}_curve": values for name, values in self.probes.items()})
-        out.update(convergence(self.probes.get("fit", []), self.steps))
+        out.update(convergence(self.probes.get("fit", []), self.steps, self.probes.get("test")))
         return out
 
     def loss_summary(self) -> dict[str, float]:
