@@ -37,3 +37,14 @@ def test_a_missing_row_is_not_run_and_substitution_is_judged_on_the_ratio() -> N
                                  substituted_ratio_seeds=[1.4, 1.6])], "substitution")
     assert list(far["holds here"]) == ["no"]
     assert findings_table([record("full", [0.003])], "memory") is None
+
+
+def test_findings_are_judged_per_data_source_never_across() -> None:
+    embedded = [record("full", [0.0030, 0.0031]), record("full", [0.0050, 0.0051], params={"similarity": "dot"})]
+    folder = [record("full", [0.0060, 0.0061]), record("full", [0.0040, 0.0041], params={"similarity": "dot"})]
+    for r in folder:
+        r["options"] = {"data": "/somewhere/frames"}
+        r["key"] += "-folder"
+    table = findings_table(embedded + folder, "colorization")
+    judged = table[table["holds here"] != "not run"]
+    assert sorted(zip(judged["data"], judged["holds here"])) == [("embedded", "yes"), ("folder frames", "no")]

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 
+from .frame import data_source
 from .style import sig
 
 Row = pd.Series
@@ -121,11 +122,21 @@ def findings_table(records: Sequence[dict[str, Any]], suite: str) -> Optional[pd
     ok = [r for r in records if r.get("suite") == suite and r.get("status") == "ok"]
     if check is None or not ok:
         return None
-    found = check(cells(ok))
-    if all(f.verdict == "not run" for f in found):
+    by_source: dict[str, list[dict[str, Any]]] = {}
+    for r in ok:  # a finding is judged within one data source, never across
+        by_source.setdefault(data_source(r), []).append(r)
+    rows = []
+    for source, part in sorted(by_source.items()):
+        found = check(cells(part))
+        if all(f.verdict == "not run" for f in found):
+            continue
+        rows += [{"finding": f.claim, "data": source, "paper": f.source, "holds here": f.verdict,
+                  "ours: l2 mean (seed range)": f.evidence} for f in found]
+    if not rows:
         return None
-    out = pd.DataFrame([{"finding": f.claim, "paper": f.source, "holds here": f.verdict, "ours: l2 mean (seed range)": f.evidence}
-                        for f in found]).set_index("finding")
+    out = pd.DataFrame(rows).set_index("finding")
+    if len(by_source) == 1:
+        out = out.drop(columns="data")
     out.attrs.update(name=f"{suite}-findings", title=f"{suite}: the paper's qualitative findings on this run", settings={},
                      notes=["'yes' only where the seed ranges do not overlap; 'within spread' is no claim either way"])
     return out

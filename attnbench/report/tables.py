@@ -220,22 +220,25 @@ BASELINE_FIELDS = {"no-attention": "no_attention_l2", "zero-motion": "zero_motio
 
 
 def baseline_note(df: pd.DataFrame) -> list[str]:
-    """The test l2 of the baselines trained with the same setup and seeds, once per table (every
-    record of a run carries the same figures): what an attention layer has to beat."""
-    parts = []
-    for name, field in BASELINE_FIELDS.items():
-        if field not in df.columns:
-            continue
-        values = df[field].dropna()
-        if values.empty:
-            continue
-        row = df.loc[values.index[0]]
-        std = number(row.get(f"{field}_std"))
-        parts.append(f"{name} {sig(float(values.iloc[0]), 3)}" + (f" ± {sig(std, 2)}" if std else ""))
-    if not parts:
-        return []
-    return ["baselines (same network, training and seeds; l2): " + ", ".join(parts)
-            + "; a row marked 'not below both baselines' has a seed that does not beat both"]
+    """The test l2 of the baselines trained with the same setup and seeds, once per data source
+    (every record of a run on one data source carries the same figures): what a layer must beat."""
+    notes = []
+    groups = df.groupby("data", sort=True) if "data" in df.columns else [("", df)]
+    for source, part in groups:
+        parts = []
+        for name, field in BASELINE_FIELDS.items():
+            values = part[field].dropna() if field in part.columns else pd.Series(dtype=float)
+            if values.empty:
+                continue
+            row = part.loc[values.index[0]]
+            std = number(row.get(f"{field}_std"))
+            parts.append(f"{name} {sig(float(values.iloc[0]), 3)}" + (f" ± {sig(std, 2)}" if std else ""))
+        if parts:
+            where = f" on {source}" if source and "data" in df.columns and df["data"].nunique() > 1 else ""
+            notes.append(f"baselines{where} (same network, training and seeds; l2): " + ", ".join(parts))
+    if notes:
+        notes.append("a row marked 'not below both baselines' has a seed that does not beat both")
+    return notes
 
 
 def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
