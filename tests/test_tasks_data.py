@@ -57,6 +57,26 @@ def test_bad_motion_option_is_a_user_error_before_any_work(motion) -> None:
         ColorizationOptions(motion=motion)
 
 
+def test_training_pairs_are_cut_at_varied_places_test_pairs_centred() -> None:
+    shift = (0.15, 0.30)
+    train = data.embedded_split("train", 8, 0, shift)
+    astronaut = [p for p in train if p.name.startswith("astronaut")]
+    assert len(astronaut) == 2 and not np.array_equal(astronaut[0].a, astronaut[1].a)  # two scenes, not one
+    photo = data.load_photo("astronaut")
+    centred = int(data.window_fraction(shift) * min(photo.shape[:2]))
+    assert all(data.TRAIN_WINDOW_MIN * centred - 1 <= p.a.shape[0] <= centred for p in astronaut)
+    for p in train:
+        assert p.a.shape == p.b.shape and 0.0 <= p.b.min() and p.b.max() <= 1.0
+    again = data.embedded_split("train", 8, 0, shift)
+    assert all(np.array_equal(x.a, y.a) and np.array_equal(x.b, y.b) for x, y in zip(train, again))
+    # test frames A keep the centred window of their photo
+    coffee = next(p for p in data.embedded_split("test", 2, 0, shift) if p.name.startswith("coffee"))
+    image = data.load_photo("coffee")
+    side = int(data.window_fraction(shift) * min(image.shape[:2]))
+    y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+    assert np.allclose(coffee.a, image[y0 : y0 + side, x0 : x0 + side])
+
+
 def test_embedded_train_and_test_splits_do_not_share_photos() -> None:
     train = {p.name.split("-")[0] for p in data.embedded_split("train", 8)}
     test = {p.name.split("-")[0] for p in data.embedded_split("test", 3)}

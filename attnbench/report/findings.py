@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 
-from .frame import data_source
+from .frame import data_source, latest
 from .style import sig
 
 Row = pd.Series
@@ -32,10 +32,11 @@ class Finding:
 
 
 def cells(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record, its metrics as columns (the last record of a key wins, as in the report)."""
-    latest = {r.get("key", i): r for i, r in enumerate(records)}
+    """One row per cell (frame.latest: the last record of a key wins, as in the report), its metrics
+    as columns. Not frame.to_frame: that splits a substitution record into two rows, while the
+    substitution finding reads the swapped figures beside the trained network's own."""
     return pd.DataFrame([{"mechanism": r["mechanism"], "params": r.get("params") or {}, **r.get("metrics", {})}
-                         for r in latest.values()])
+                         for r in latest(records)])
 
 
 def _params(row: Row) -> dict[str, Any]:

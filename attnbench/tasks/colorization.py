@@ -42,14 +42,14 @@ from .data import FramePair, data_identity, square_pair, task_pairs
 from .examples import save_examples
 from .metrics import l2
 from .networks import BASELINES, ColorizationNet, grey3
-from .training import (CONVERGENCE_SHARE, CONVERGENCE_SPAN, CONVERGENCE_TOLERANCE, SCHEDULES, TrainResult,
+from .training import (CONVERGENCE_SHARE, CONVERGENCE_SPAN, CONVERGENCE_TOLERANCE, CONVERGENCE_WINDOW, SCHEDULES, TrainResult,
                        train_cached)
 
 #: the sampler step of the fixed crops of the ``fit`` probe (never a training step)
 PROBE_STEP = 10**9
-CONVERGENCE_RULE = (f"over the last {CONVERGENCE_SPAN:.0%} of the steps, the fit loss (fixed training crops) fell by "
-                    f"< {CONVERGENCE_SHARE:.0%} of its fall over the whole run and the test l2 moved by "
-                    f"< {CONVERGENCE_TOLERANCE:.0%}")
+CONVERGENCE_RULE = (f"a least-squares line through the probes of the last {CONVERGENCE_WINDOW:.0%} of the steps: over the "
+                    f"last {CONVERGENCE_SPAN:.0%} it lowers the fit loss (fixed training crops) by < {CONVERGENCE_SHARE:.0%} of "
+                    f"its fall over the whole run and moves the test l2 by < {CONVERGENCE_TOLERANCE:.0%}")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ Embedded default (scikit-image ships every image used, nothing is downloaded):
   brightness change (gain 0.85-1.15, offset +-0.04). Content enters and leaves the view as in
   video frames about 10 apart. The motion is drawn from ``numpy.random.default_rng((seed,
   photo, i))``, so a seed gives the same pairs on every machine.
+* Training pairs (colorization's ``train`` split) cut their window at a random place and size
+  (60-100 % of the centred window's side, drawn from the same generator), so that 16 training
+  pairs show 16 scenes, not 4 photos' centres 4 times over: with the centres only, Full (dot)
+  fitted the training frames ever better while its test l2 rose by half (0.0044 -> 0.0068).
+  Test pairs keep the centred window.
 
 User data (``--data DIR``), either
 
@@ -49,7 +54,7 @@ from ..errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: bump when the embedded pairs change, so that cached weights trained on old pairs are not reused
-EMBEDDED_VERSION = 1
+EMBEDDED_VERSION = 2
 #: photographs (skimage.data names) the embedded camera-motion pairs are cut from
 MOTION_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry")
 #: the colorization split of the embedded data: train on these photos, test on the rest
@@ -58,6 +63,8 @@ DAVIS_GAP = 10
 #: camera shift of the embedded motion pairs, as a fraction of the window side (min, max);
 #: suites may ask for larger ones (option ``motion``), e.g. where a same-position copy is too good
 DEFAULT_MOTION = (0.06, 0.12)
+#: smallest side of a training window, as a share of the centred window's side
+TRAIN_WINDOW_MIN = 0.6
 
 
 @dataclass(frozen=True)
@@ -224,14 +231,27 @@ def _window_map(motion: CameraMotion, centre_yx: tuple[float, float]) -> Callabl
     return inverse_map
 
 
+def frame_window(h: int, w: int, shift: tuple[float, float], rng: Optional[np.random.Generator]) -> tuple[int, int, int]:
+    """Frame A's window (y0, x0, side) in an h x w photo: centred, or with ``rng`` a random place
+    and size that still leaves room for the largest camera shift (plus rotation and zoom)."""
+    side = int(window_fraction(shift) * min(h, w))
+    if rng is None:
+        return (h - side) // 2, (w - side) // 2, side
+    side = max(8, int(side * rng.uniform(TRAIN_WINDOW_MIN, 1.0)))
+    margin = int(math.ceil(side * (shift[1] + 0.1)))
+    y0 = int(rng.integers(margin, max(margin, h - side - margin) + 1)) if h - side > 2 * margin else (h - side) // 2
+    x0 = int(rng.integers(margin, max(margin, w - side - margin) + 1)) if w - side > 2 * margin else (w - side) // 2
+    return y0, x0, side
+
+
 def motion_pair(photo: np.ndarray, name: str, rng: np.random.Generator,
-                shift: tuple[float, float] = DEFAULT_MOTION) -> FramePair:
-    """Cut frames A and B from one photo; B is seen by a moved camera (see module docstring)."""
+                shift: tuple[float, float] = DEFAULT_MOTION, vary_window: bool = False) -> FramePair:
+    """Cut frames A and B from one photo; B is seen by a moved camera (see module docstring);
+    ``vary_window``: A's window at a random place and size (training pairs)."""
     from skimage.transform import warp
 
     h, w = photo.shape[:2]
-    side = int(window_fraction(shift) * min(h, w))
-    y0, x0 = (h - side) // 2, (w - side) // 2
+    y0, x0, side = frame_window(h, w, shift, rng if vary_window else None)
     a = photo[y0 : y0 + side, x0 : x0 + side]
     centre = (y0 + (side - 1) / 2.0, x0 + (side - 1) / 2.0)
     corners = np.array([[x0, y0], [x0 + side - 1, y0], [x0, y0 + side - 1], [x0 + side - 1, y0 + side - 1]], float)
@@ -255,9 +275,11 @@ def stereo_pair() -> FramePair:
 
 
 def embedded_pairs(count: int, seed: int = 0, photos: Optional[tuple[str, ...]] = None,
-                   include_stereo: bool = True, shift: tuple[float, float] = DEFAULT_MOTION) -> list[FramePair]:
+                   include_stereo: bool = True, shift: tuple[float, float] = DEFAULT_MOTION,
+                   vary_window: bool = False) -> list[FramePair]:
     """The first ``count`` embedded pairs: the stereo pair, then one motion per photo, round-robin
-    (``shift``: the range of the camera shift, fractions of the frame)."""
+    (``shift``: the range of the camera shift, fractions of the frame; ``vary_window``: see
+    motion_pair)."""
     photos = MOTION_PHOTOS if photos is None else photos
     out: list[FramePair] = [stereo_pair()] if include_stereo and count > 0 else []
     cache: dict[str, np.ndarray] = {}
@@ -268,7 +290,7 @@ def embedded_pairs(count: int, seed: int = 0, photos: Optional[tuple[str, ...]] 
                 break
             photo = cache.setdefault(name, load_photo(name))
             rng = np.random.default_rng((seed, MOTION_PHOTOS.index(name) if name in MOTION_PHOTOS else index, motion))
-            out.append(motion_pair(photo, f"{name}-m{motion}", rng, shift))
+            out.append(motion_pair(photo, f"{name}-m{motion}", rng, shift, vary_window))
         motion += 1
     return out
 
@@ -276,7 +298,7 @@ def embedded_pairs(count: int, seed: int = 0, photos: Optional[tuple[str, ...]] 
 def embedded_split(split: str, count: int, seed: int = 0, shift: tuple[float, float] = DEFAULT_MOTION) -> list[FramePair]:
     """Training pairs come from TRAIN_PHOTOS; test pairs are the stereo pair and held-out photos."""
     if split == "train":
-        return embedded_pairs(count, seed, TRAIN_PHOTOS, include_stereo=False, shift=shift)
+        return embedded_pairs(count, seed, TRAIN_PHOTOS, include_stereo=False, shift=shift, vary_window=True)
     held_out = tuple(p for p in MOTION_PHOTOS if p not in TRAIN_PHOTOS)
     return embedded_pairs(count, seed + 1000, held_out, include_stereo=True, shift=shift)
 

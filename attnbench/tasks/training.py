@@ -34,14 +34,16 @@ import torch
 from torch import nn
 
 #: bump when the training code changes in a way that makes old cached weights wrong
-TRAINING_VERSION = 3
+TRAINING_VERSION = 4
 #: fractions of the run at which the probes are evaluated (0 = the untrained network)
-CHECKPOINTS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+CHECKPOINTS = tuple(i / 10 for i in range(11))
 #: bins of the sampled training-loss curve
 CURVE_POINTS = 20
-#: the convergence rule (:func:`convergence`): over the last CONVERGENCE_SPAN of the steps, the fit
-#: loss fell by < CONVERGENCE_SHARE of its fall over the whole run (the learning curve is flat) and
-#: the test figure moved by < CONVERGENCE_TOLERANCE (the reported number has settled)
+#: the convergence rule (:func:`convergence`): a least-squares line through the probes of the last
+#: CONVERGENCE_WINDOW of the run gives the trend; over the last CONVERGENCE_SPAN of the steps that
+#: trend lowers the fit loss by < CONVERGENCE_SHARE of its fall over the whole run (the learning
+#: curve is flat) and moves the test figure by < CONVERGENCE_TOLERANCE (the reported number has settled)
+CONVERGENCE_WINDOW = 0.4
 CONVERGENCE_SPAN = 0.2
 CONVERGENCE_SHARE = 0.02
 CONVERGENCE_TOLERANCE = 0.05
@@ -84,35 +86,50 @@ def sampled_curve(losses: list[float], points: int = CURVE_POINTS) -> list[list[
     return [[int(hi), round(float(np.mean(losses[lo:hi])), 7)] for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
 
 
+def late_trend(points: list[list[float]], steps: int, window: float = CONVERGENCE_WINDOW,
+               span: float = CONVERGENCE_SPAN) -> Optional[tuple[float, float]]:
+    """``(change over the last span, fitted value at the end)`` of a least-squares line through the
+    ``[step, value]`` points of the last ``window`` of the run; None with fewer than 3 such points.
+
+    Why a line and not two probes: a stochastic layer (PSAL's random search) or a 4-pair test set
+    makes any one probe noisy; the difference of two probes then measures noise, the slope through
+    five measures the trend."""
+    late = sorted((float(s), float(v)) for s, v in points if s >= (1.0 - window) * steps - 1e-9)
+    if len(late) < 3 or late[-1][0] != steps:
+        return None
+    x, y = np.array([s for s, _ in late]), np.array([v for _, v in late])
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(slope * span * steps), float(slope * steps + intercept)
+
+
 def convergence(fit: list[list[float]], steps: int, test: Optional[list[list[float]]] = None,
-                span: float = CONVERGENCE_SPAN, share: float = CONVERGENCE_SHARE,
-                tolerance: float = CONVERGENCE_TOLERANCE) -> dict[str, Any]:
-    """Converged = over the last ``span`` of the steps the fit loss fell by less than ``share`` of
-    its fall over the whole run, and the ``test`` figure (when probed) moved by less than
-    ``tolerance`` (relative).
+                share: float = CONVERGENCE_SHARE, tolerance: float = CONVERGENCE_TOLERANCE) -> dict[str, Any]:
+    """Converged = the late trend (:func:`late_trend`) of the fit loss falls by less than ``share``
+    of its fall over the whole run (the untrained network's fit loss minus the trend's end), and
+    that of the ``test`` figure (when probed) moves it by less than ``tolerance`` (relative).
 
     Why both: the fit loss (fixed training crops) tells whether optimisation has flattened out,
     relative to how far it came, so a slow tail of a long descent passes while a run still
-    descending fails; the test figure is what a record reports, and it must have stopped moving.
-    ``fit`` and ``test`` hold ``[step, value]`` pairs; a missing probe at the start, at
-    ``(1 - span) steps`` or at the end gives no verdict (not converged).
+    descending fails; the test figure is what a record reports, and it must have stopped moving
+    (a network that over-fits, its test l2 rising while the fit loss falls, fails too).
+    ``fit`` and ``test`` hold ``[step, value]`` pairs; without the step-0 probe or 3 probes in
+    the late window (the last at ``steps``) there is no verdict (not converged).
     """
+    none = {"converged": False, "late_improvement": None, "late_share": None, "test_drift": None}
     by_step = {int(s): float(v) for s, v in fit}
-    start = int(round((1.0 - span) * steps))
-    first = min(by_step) if by_step else None
-    if first is None or steps not in by_step or start not in by_step or start == steps or first >= start:
-        return {"converged": False, "late_improvement": None, "late_share": None, "test_drift": None}
-    before, after = by_step[start], by_step[steps]
-    improvement = (before - after) / before if before > 0 else 0.0
-    total = by_step[first] - after
-    late_share = (before - after) / total if total > 0 else (0.0 if before - after <= 0 else 1.0)
+    trend = late_trend(fit, steps)
+    if trend is None or 0 not in by_step:
+        return none
+    change, end = trend
+    improvement = -change / (end - change) if end - change > 0 else 0.0
+    total = by_step[0] - end
+    late_share = -change / total if total > 0 else (0.0 if change >= 0 else 1.0)
     drift = None
     if test:
-        probed = {int(s): float(v) for s, v in test}
-        if start not in probed or steps not in probed:
-            return {"converged": False, "late_improvement": round(improvement, 5), "late_share": round(late_share, 5),
-                    "test_drift": None}
-        drift = abs(probed[steps] - probed[start]) / probed[start] if probed[start] > 0 else 0.0
+        test_trend = late_trend(test, steps)
+        if test_trend is None:
+            return dict(none, late_improvement=round(improvement, 5), late_share=round(late_share, 5))
+        drift = abs(test_trend[0]) / test_trend[1] if test_trend[1] > 0 else 0.0
     converged = late_share < share and (drift is None or drift < tolerance)
     return {"converged": bool(converged), "late_improvement": round(improvement, 5), "late_share": round(late_share, 5),
             "test_drift": None if drift is None else round(drift, 5)}
