@@ -29,7 +29,7 @@ def test_a_missing_row_is_not_run_and_substitution_is_judged_on_the_ratio() -> N
     assert findings_table([record("full", [0.003, 0.0031])], "colorization") is None  # nothing to judge
     table = findings_table([record("full", [0.003, 0.0031]), record("full", [0.006], params={"similarity": "dot"})],
                            "colorization")
-    assert list(table["holds here"]) == ["yes", "not run", "not run", "not run"]
+    assert list(table["holds here"]) == ["yes", "not run", "not run", "not run", "not run"]
     sub = findings_table([record("full", [0.003, 0.0031], "substitution", substituted_l2=0.0032,
                                  substituted_ratio=1.05, substituted_ratio_seeds=[1.02, 1.08])], "substitution")
     assert list(sub["holds here"]) == ["yes"]
@@ -48,3 +48,22 @@ def test_findings_are_judged_per_data_source_never_across() -> None:
     table = findings_table(embedded + folder, "colorization")
     judged = table[table["holds here"] != "not run"]
     assert sorted(zip(judged["data"], judged["holds here"])) == [("embedded", "yes"), ("folder frames", "no")]
+
+
+def test_l2_layers_must_beat_both_baselines_on_every_seed() -> None:
+    base = {"no_attention_l2": 0.016, "no_attention_l2_seeds": [0.0159, 0.0161],
+            "zero_motion_l2": 0.006, "zero_motion_l2_seeds": [0.0059, 0.0061]}
+    rows = [record("full", [0.0030, 0.0032], **base), record("local", [0.004, 0.0041], **base),
+            record("psal-aggreg", [0.0020, 0.0025], **base)]
+    claim = "l2-based (Full, Local, PSAL-3, Aggreg.) < no-attention and zero-motion"
+
+    def verdict(psal3_seeds: list[float]) -> str:
+        table = findings_table(rows + [record("psal-3", psal3_seeds, **base)], "colorization")
+        return table.loc[claim, "holds here"]
+
+    assert verdict([0.0035, 0.0040]) == "yes"
+    assert verdict([0.0035, 0.0060]) == "within spread"  # one seed inside zero-motion's range
+    assert verdict([0.0065, 0.0070]) == "no"  # every seed above zero-motion
+    dot = record("full", [0.005], params={"similarity": "dot"})
+    no_baselines = findings_table(rows + [dot, record("psal-3", [0.003])], "colorization")
+    assert no_baselines.loc[claim, "holds here"] == "not run"

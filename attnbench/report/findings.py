@@ -83,6 +83,25 @@ def ordering(df: pd.DataFrame, lower: Sequence[Select], higher: Sequence[Select]
     return Finding(claim, source, verdict, evidence)
 
 
+#: the baselines every trained record carries (tasks/networks.BASELINES): label -> metric prefix
+BASELINES = {"no-attention": "no_attention_l2", "zero-motion": "zero_motion_l2"}
+
+
+def beats_baselines(df: pd.DataFrame, rows: Sequence[Select], claim: str, source: str) -> Finding:
+    """Every seed of every picked row below every seed of both baselines trained beside it."""
+    picked = [row for _, row in df.iterrows() if any(s(row) for s in rows)]
+    if len(picked) < len(rows) or not all(pd.notna(row.get(m)) for row in picked for m in BASELINES.values()):
+        return Finding(claim, source, "not run", "the run lacks a row or its baselines")
+    floor = {name: _seeds(picked[0], metric) for name, metric in BASELINES.items()}
+    best = min(min(seeds) for seeds in floor.values())
+    holds = all(max(_seeds(row, "l2")) < best for row in picked)
+    reversed_ = any(min(_seeds(row, "l2")) > min(max(seeds) for seeds in floor.values()) for row in picked)
+    verdict = "yes" if holds else "no" if reversed_ else "within spread"
+    base = "; ".join(f"{name} {sig(sum(v) / len(v), 3)} ({sig(min(v), 3)}–{sig(max(v), 3)})" for name, v in floor.items())
+    evidence = "; ".join(_describe(row, "l2") for row in picked) + "  vs  " + base
+    return Finding(claim, source, verdict, evidence)
+
+
 def colorization_findings(df: pd.DataFrame) -> list[Finding]:
     full_l2, full_dot = mechanism("full", "l2"), mechanism("full", "dot")
     psal1, psal3, aggreg = mechanism("psal-1"), mechanism("psal-3"), mechanism("psal-aggreg")
@@ -94,6 +113,8 @@ def colorization_findings(df: pd.DataFrame) -> list[Finding]:
         ordering(df, [aggreg], [psal1], "PSAL Aggreg. < PSAL-1", "Table 4"),
         ordering(df, l2_based, dot_based, "l2-based (Full, Local, PSAL-3, Aggreg.) < dot-based (Linear, Performer)",
                  "Fig. 5"),
+        beats_baselines(df, l2_based, "l2-based (Full, Local, PSAL-3, Aggreg.) < no-attention and zero-motion",
+                        "what attention buys"),
     ]
 
 
