@@ -47,7 +47,7 @@ from .training import (CONVERGENCE_SHARE, CONVERGENCE_SPAN, CONVERGENCE_TOLERANC
 
 #: the sampler step of the fixed crops of the ``fit`` probe (never a training step)
 PROBE_STEP = 10**9
-CONVERGENCE_RULE = (f"a least-squares line through the probes of the last {CONVERGENCE_WINDOW:.0%} of the steps: over the "
+CONVERGENCE_RULE = (f"a Theil-Sen line (median pairwise slope) through the probes of the last {CONVERGENCE_WINDOW:.0%} of the steps: over the "
                     f"last {CONVERGENCE_SPAN:.0%} it lowers the fit loss (fixed training crops) by < {CONVERGENCE_SHARE:.0%} of "
                     f"its fall over the whole run and moves the test l2 by < {CONVERGENCE_TOLERANCE:.0%}")
 
@@ -264,14 +264,17 @@ def training_evidence(results: list[TrainResult], seeds: list[int]) -> dict[str,
 
 
 def baseline_metrics(spec: CellSpec, pairs: list[FramePair]) -> dict[str, Any]:
-    """Test l2 (over the cell's seeds) of the no-attention and zero-motion networks."""
+    """Test l2 (over the cell's seeds) of the no-attention and zero-motion networks, with the same
+    convergence evidence as the cell's own networks (``<baseline>_training``, ``_converged_seeds``)."""
     setup = ColorizationSetup.from_spec(spec)
     out: dict[str, Any] = {}
     for layer in BASELINES:
         results = [train_network(spec, seed, layer) for seed in setup.seed_list()]
-        field = layer.replace("-", "_") + "_l2"
-        out.update(spread([test_l2(r.model, pairs, spec)[0] for r in results], field))
-        out[f"{layer.replace('-', '_')}_converged"] = all(r.evidence()["converged"] for r in results)
+        prefix = layer.replace("-", "_")
+        out.update(spread([test_l2(r.model, pairs, spec)[0] for r in results], prefix + "_l2"))
+        evidence = training_evidence(results, setup.seed_list())
+        out.update({f"{prefix}_converged": evidence["converged"], f"{prefix}_converged_seeds": evidence["converged_seeds"],
+                    f"{prefix}_training": evidence["training"]})
     return out
 
 

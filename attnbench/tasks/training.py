@@ -39,7 +39,7 @@ TRAINING_VERSION = 4
 CHECKPOINTS = tuple(i / 10 for i in range(11))
 #: bins of the sampled training-loss curve
 CURVE_POINTS = 20
-#: the convergence rule (:func:`convergence`): a least-squares line through the probes of the last
+#: the convergence rule (:func:`convergence`): a robust (Theil-Sen) line through the probes of the last
 #: CONVERGENCE_WINDOW of the run gives the trend; over the last CONVERGENCE_SPAN of the steps that
 #: trend lowers the fit loss by < CONVERGENCE_SHARE of its fall over the whole run (the learning
 #: curve is flat) and moves the test figure by < CONVERGENCE_TOLERANCE (the reported number has settled)
@@ -88,18 +88,21 @@ def sampled_curve(losses: list[float], points: int = CURVE_POINTS) -> list[list[
 
 def late_trend(points: list[list[float]], steps: int, window: float = CONVERGENCE_WINDOW,
                span: float = CONVERGENCE_SPAN) -> Optional[tuple[float, float]]:
-    """``(change over the last span, fitted value at the end)`` of a least-squares line through the
-    ``[step, value]`` points of the last ``window`` of the run; None with fewer than 3 such points.
+    """``(change over the last span, fitted value at the end)`` of a Theil-Sen line (the median of
+    the pairwise slopes) through the ``[step, value]`` points of the last ``window`` of the run;
+    None with fewer than 3 such points.
 
     Why a line and not two probes: a stochastic layer (PSAL's random search) or a 4-pair test set
     makes any one probe noisy; the difference of two probes then measures noise, the slope through
-    five measures the trend."""
+    five measures the trend. Why Theil-Sen and not least squares: one outlying probe (a test l2
+    that jumps by 13 % once and comes back) tilts a least-squares line, not the median slope."""
+    from scipy.stats import theilslopes
+
     late = sorted((float(s), float(v)) for s, v in points if s >= (1.0 - window) * steps - 1e-9)
     if len(late) < 3 or late[-1][0] != steps:
         return None
-    x, y = np.array([s for s, _ in late]), np.array([v for _, v in late])
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(slope * span * steps), float(slope * steps + intercept)
+    fit = theilslopes([v for _, v in late], [s for s, _ in late])
+    return float(fit.slope * span * steps), float(fit.slope * steps + fit.intercept)
 
 
 def convergence(fit: list[list[float]], steps: int, test: Optional[list[list[float]]] = None,
