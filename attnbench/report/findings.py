@@ -83,16 +83,16 @@ def ordering(df: pd.DataFrame, lower: Sequence[Select], higher: Sequence[Select]
     return Finding(claim, source, verdict, evidence)
 
 
-#: the baselines every trained record carries (tasks/networks.BASELINES): label -> metric prefix
-BASELINES = {"no-attention": "no_attention_l2", "zero-motion": "zero_motion_l2"}
+#: the baselines every trained record carries (tasks/networks.BASELINES): label -> l2 field
+BASELINE_FIELDS = {"no-attention": "no_attention_l2", "zero-motion": "zero_motion_l2"}
 
 
 def beats_baselines(df: pd.DataFrame, rows: Sequence[Select], claim: str, source: str) -> Finding:
     """Every seed of every picked row below every seed of both baselines trained beside it."""
     picked = [row for _, row in df.iterrows() if any(s(row) for s in rows)]
-    if len(picked) < len(rows) or not all(pd.notna(row.get(m)) for row in picked for m in BASELINES.values()):
+    if len(picked) < len(rows) or not all(pd.notna(row.get(m)) for row in picked for m in BASELINE_FIELDS.values()):
         return Finding(claim, source, "not run", "the run lacks a row or its baselines")
-    floor = {name: _seeds(picked[0], metric) for name, metric in BASELINES.items()}
+    floor = {name: _seeds(picked[0], metric) for name, metric in BASELINE_FIELDS.items()}
     best = min(min(seeds) for seeds in floor.values())
     holds = all(max(_seeds(row, "l2")) < best for row in picked)
     reversed_ = any(min(_seeds(row, "l2")) > min(max(seeds) for seeds in floor.values()) for row in picked)

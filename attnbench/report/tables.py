@@ -23,7 +23,7 @@ from .. import metrics as catalogue
 from ..metrics import NOT_QUALITY, QUALITY_METRICS
 from . import paper
 from .analysis import crossover, fit_exponent
-from .findings import findings_table
+from .findings import BASELINE_FIELDS, findings_table
 from .frame import (ROW_FIELDS, caption, metric_columns, number, params_text, reference_values, row_label,
                     settings, to_frame, varying)
 from .style import seconds, sig
@@ -213,10 +213,6 @@ def trained_note(row: pd.Series, metric: str) -> str:
     if metric == "l2" and str(row.get("beats_baselines")) == "False":
         flags.append("not below both baselines")
     return text + (f" ({'; '.join(flags)})" if flags else "")
-
-
-#: the baselines a trained record carries (tasks/networks.BASELINES), by the prefix of their fields
-BASELINE_FIELDS = {"no-attention": "no_attention_l2", "zero-motion": "zero_motion_l2"}
 
 
 def baseline_note(df: pd.DataFrame) -> list[str]:

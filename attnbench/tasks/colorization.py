@@ -268,11 +268,12 @@ def baseline_metrics(spec: CellSpec, pairs: list[FramePair]) -> dict[str, Any]:
     convergence evidence as the cell's own networks (``<baseline>_training``, ``_converged_seeds``)."""
     setup = ColorizationSetup.from_spec(spec)
     out: dict[str, Any] = {}
+    seeds = setup.seed_list()
     for layer in BASELINES:
-        results = [train_network(spec, seed, layer) for seed in setup.seed_list()]
+        results = [train_network(spec, seed, layer) for seed in seeds]
         prefix = layer.replace("-", "_")
         out.update(spread([test_l2(r.model, pairs, spec)[0] for r in results], prefix + "_l2"))
-        evidence = training_evidence(results, setup.seed_list())
+        evidence = training_evidence(results, seeds)
         out.update({f"{prefix}_converged": evidence["converged"], f"{prefix}_converged_seeds": evidence["converged_seeds"],
                     f"{prefix}_training": evidence["training"]})
     return out

@@ -239,9 +239,13 @@ def frame_window(h: int, w: int, shift: tuple[float, float], rng: Optional[np.ra
         return (h - side) // 2, (w - side) // 2, side
     side = max(8, int(side * rng.uniform(TRAIN_WINDOW_MIN, 1.0)))
     margin = int(math.ceil(side * (shift[1] + 0.1)))
-    y0 = int(rng.integers(margin, max(margin, h - side - margin) + 1)) if h - side > 2 * margin else (h - side) // 2
-    x0 = int(rng.integers(margin, max(margin, w - side - margin) + 1)) if w - side > 2 * margin else (w - side) // 2
-    return y0, x0, side
+
+    def offset(extent: int) -> int:
+        free = extent - side
+        return int(rng.integers(margin, free - margin + 1)) if free > 2 * margin else free // 2
+
+    y0 = offset(h)
+    return y0, offset(w), side
 
 
 def motion_pair(photo: np.ndarray, name: str, rng: np.random.Generator,
