@@ -49,8 +49,20 @@
 //     update(i, it): starting from i's current heap,
 //     propagation (jump flooding): for l in 1, 2, 4, 8; for (dy, dx) in (-l,0), (l,0), (0,-l),
 //       (0,l): if n = (y+dy, x+dx) is inside the query image: for m in 0..K-1 (best first in the
-//       heap of n that the schedule says i sees): j = idx[n][m]; insert((jy - dy) * Wk + (jx - dx))
-//       when 0<=jy-dy<Hk and 0<=jx-dx<Wk (then the matchable test applies).
+//       heap of n that the schedule says i sees): if entry m is fresh (below): j = idx[n][m];
+//       insert((jy - dy) * Wk + (jx - dx)) when 0<=jy-dy<Hk and 0<=jx-dx<Wk (then the matchable
+//       test applies).
+//     seen-entry rule: every heap entry carries born, the iteration it was inserted in (0 for the
+//       initialisation; psal_born_stamp: saturated at 255). Entry m of n is fresh at iteration it
+//       iff born >= it - 1 (or born == 255); a stale entry (born <= it - 2) is not propagated.
+//       Why this changes no match: a stale entry was in n's heap when i read n in iteration it - 1
+//       (Jacobi: i read the heaps after it - 2; wavefront: n after its update of it - 2 or it - 1,
+//       and an entry still present was present all along, see below), so i considered its
+//       candidate c then (or skipped it by this same rule, and so on back to where it did).
+//       Since then i's worst cost has only fallen, and an entry that left a heap is never admitted
+//       again (its cost is >= the worst that evicted it), so c would be in the heap already or
+//       rejected (insert needs cost < worst, strictly). The matches are those of propagating every
+//       entry; only n_evals is smaller (late iterations: most heaps no longer change).
 //     random search: snapshot the K centres (cy, cx) of the heap after propagation (best
 //       first); for level = 0, 1, ..., L-1 with radius w_level = max(Hk, Wk) >> level and
 //       L = floor(log2(max(Hk, Wk))) + 1 (so the last radius is 1): for m in 0..K-1:
@@ -162,6 +174,12 @@ PSAL_HD int64_t psal_uniform_lo(uint64_t h, int64_t n) { return (int64_t)(((h & 
 #define PSAL_SCHEDULE_JACOBI 0
 #define PSAL_SCHEDULE_WAVEFRONT 1
 #define PSAL_SCHEDULE_DEFAULT PSAL_SCHEDULE_JACOBI
+
+// Propagation skips what a query has seen (psal.h "Search", seen-entry rule): every heap entry
+// carries the iteration it entered the heap, saturated at 255 (stamps >= 255 are never skipped).
+PSAL_HD uint8_t psal_born_stamp(int64_t it) { return (uint8_t)(it < 255 ? it : 255); }
+// Whether entry `born` of a neighbour's heap is propagated at iteration `it`: born >= it - 1.
+PSAL_HD bool psal_entry_fresh(uint8_t born, int64_t it) { return born == 255 || (int64_t)born + 1 >= it; }
 
 // Radii of the random search: max(Hk, Wk) >> level for level in [0, L).
 PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {

@@ -156,15 +156,97 @@ __attribute__((always_inline)) inline T cost_rows(const T* __restrict q, const T
   return Dot ? -total : total;
 }
 
+// The same sum for a patch row of exactly NF whole vectors (+ one masked vector when Rest), known
+// at compile time: fully unrolled, one accumulator per vector column, so the adds of a row do
+// not wait on each other (with two accumulators the FMA latency chain, not the loads, bounded an
+// evaluation: 7x7x16 floats, 63 -> 36 ns in cache on an AMD EPYC). Same early exit as cost_rows.
+template <typename T, bool Dot, int NF, bool Rest>
+__attribute__((always_inline)) inline T cost_rows_fixed(const T* __restrict q, const T* __restrict k, int64_t qstride,
+                                                        int64_t kstride, int64_t rows, int64_t row, T bound) {
+  using S = Simd<T>;
+  using V = typename S::V;
+  using M = typename S::Mask;
+  constexpr int N = S::N;
+  constexpr int NA = NF + (Rest ? 1 : 0);
+  M mask;
+  for (int l = 0; l < N; ++l) mask[l] = l < row - NF * N ? -1 : 0;
+  V acc[NA];
+  for (int a = 0; a < NA; ++a) acc[a] = V{};
+  auto total = [&]() {
+    V s = acc[0];
+    for (int a = 1; a < NA; ++a) s += acc[a];
+    return S::hsum(s);
+  };
+  for (int64_t dy = 0; dy < rows; ++dy) {
+    const T* a = q + dy * qstride;
+    const T* b = k + dy * kstride;
+#pragma GCC unroll 16
+    for (int j = 0; j < NF; ++j) {
+      V x, y;
+      std::memcpy(&x, a + j * N, sizeof(V));
+      std::memcpy(&y, b + j * N, sizeof(V));
+      if (Dot) {
+        acc[j] += x * y;
+      } else {
+        const V d = x - y;
+        acc[j] += d * d;
+      }
+    }
+    if (Rest) {
+      V x, y;
+      std::memcpy(&x, a + NF * N, sizeof(V));
+      std::memcpy(&y, b + NF * N, sizeof(V));
+      V t;
+      if (Dot) {
+        t = x * y;
+      } else {
+        const V d = x - y;
+        t = d * d;
+      }
+      M bits;
+      std::memcpy(&bits, &t, sizeof(V));
+      bits &= mask;
+      std::memcpy(&t, &bits, sizeof(V));
+      acc[NA - 1] += t;
+    }
+    if (!Dot && dy + 1 < rows && dy == rows / 2) {
+      const T partial = total();
+      if (partial >= bound) return partial;
+    }
+  }
+  const T sum = total();
+  return Dot ? -sum : sum;
+}
+
+// A row of up to 8 whole vectors (+ a masked one) takes the unrolled form, longer rows the loop.
+template <typename T, bool Dot>
+__attribute__((always_inline)) inline T cost_rows_any(const T* q, const T* k, int64_t qs, int64_t ks, int64_t rows,
+                                                      int64_t row, T bound) {
+  constexpr int N = Simd<T>::N;
+  const int64_t full = row / N;
+  const bool rest = row % N != 0;
+#define PSAL_FIXED(nf)                                                                         \
+  case nf:                                                                                     \
+    return rest ? cost_rows_fixed<T, Dot, nf, true>(q, k, qs, ks, rows, row, bound)            \
+                : cost_rows_fixed<T, Dot, nf, false>(q, k, qs, ks, rows, row, bound);
+  switch (full) {
+    PSAL_FIXED(0) PSAL_FIXED(1) PSAL_FIXED(2) PSAL_FIXED(3) PSAL_FIXED(4) PSAL_FIXED(5) PSAL_FIXED(6)
+    PSAL_FIXED(7) PSAL_FIXED(8)
+    default:
+      return cost_rows<T, Dot>(q, k, qs, ks, rows, row, bound);
+  }
+#undef PSAL_FIXED
+}
+
 PSAL_CLONES float cost_rows_f(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
                               bool dot, float bound) {
-  return dot ? cost_rows<float, true>(q, k, qs, ks, rows, row, bound)
-             : cost_rows<float, false>(q, k, qs, ks, rows, row, bound);
+  return dot ? cost_rows_any<float, true>(q, k, qs, ks, rows, row, bound)
+             : cost_rows_any<float, false>(q, k, qs, ks, rows, row, bound);
 }
 PSAL_CLONES double cost_rows_d(const double* q, const double* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
                                bool dot, double bound) {
-  return dot ? cost_rows<double, true>(q, k, qs, ks, rows, row, bound)
-             : cost_rows<double, false>(q, k, qs, ks, rows, row, bound);
+  return dot ? cost_rows_any<double, true>(q, k, qs, ks, rows, row, bound)
+             : cost_rows_any<double, false>(q, k, qs, ks, rows, row, bound);
 }
 inline float cost_dispatch(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
                            bool dot, float bound) {
@@ -266,12 +348,16 @@ at::Tensor padded_channel_last(const at::Tensor& x, int64_t r) {
 at::Tensor channel_last(const at::Tensor& x, int64_t b) { return padded_channel_last(x.select(0, b).unsqueeze(0), 0); }
 
 // Small sorted heap of one query: ascending cost, distinct indices.
+// born[m]: the iteration entry m entered the heap (psal_born_stamp), which decides whether its
+// neighbours propagate it again (psal_entry_fresh, psal.h).
 template <typename T>
 struct Heap {
   T* d;
   int32_t* j;
+  uint8_t* born;
   int64_t n;
   int64_t K;
+  uint8_t now;
 
   inline bool contains(int32_t c) const {
     for (int64_t m = 0; m < n; ++m)
@@ -285,10 +371,12 @@ struct Heap {
     while (pos > 0 && d[pos - 1] > cost) {
       d[pos] = d[pos - 1];
       j[pos] = j[pos - 1];
+      born[pos] = born[pos - 1];
       --pos;
     }
     d[pos] = cost;
     j[pos] = c;
+    born[pos] = now;
     if (n < K) ++n;
   }
 };
@@ -308,6 +396,8 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   at::Tensor d_buf[2] = {at::empty({nq * K}, opts), jacobi ? at::empty({nq * K}, opts) : at::Tensor()};
   at::Tensor j_buf[2] = {at::empty({nq * K}, opts.dtype(at::kInt)),
                          jacobi ? at::empty({nq * K}, opts.dtype(at::kInt)) : at::Tensor()};
+  at::Tensor b_buf[2] = {at::empty({nq * K}, opts.dtype(at::kByte)),
+                         jacobi ? at::empty({nq * K}, opts.dtype(at::kByte)) : at::Tensor()};
   at::Tensor usable_t = at::empty({nk}, opts.dtype(at::kInt));
   int64_t* evals_ptr = evals_out.data_ptr<int64_t>();
 
@@ -333,12 +423,13 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     {
       T* dd = d_buf[0].data_ptr<T>();
       int32_t* jj = j_buf[0].data_ptr<int32_t>();
+      uint8_t* bb = b_buf[0].data_ptr<uint8_t>();
       at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
         int64_t local = 0;
         for (int64_t i = begin; i < end; ++i) {
           const int64_t y = i / g.Wq, x = i % g.Wq;
           const T* qrow = qp + (y * g.Wp + x) * g.C;
-          Heap<T> h{dd + i * K, jj + i * K, 0, K};
+          Heap<T> h{dd + i * K, jj + i * K, bb + i * K, 0, K, psal_born_stamp(0)};
           auto consider = [&](int32_t c) {
             if (h.contains(c)) return;
             ++local;
@@ -360,12 +451,13 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
     // search, on the heap (hd, hj) that already holds the query's heap from before the iteration.
     // Candidates are listed first, then evaluated in order while the next one's key rows are
     // prefetched (the order, and so the result, is exactly psal.h's).
-    auto update_query = [&](int64_t i, int64_t it, const int32_t* pj, T* hd, int32_t* hj, int64_t& local,
+    auto update_query = [&](int64_t i, int64_t it, const int32_t* pj, const uint8_t* pb, T* hd, int32_t* hj,
+                            uint8_t* hb, int64_t& local,
                             std::vector<int32_t>& snap, std::vector<int32_t>& cand) {
       int64_t nc = 0;
       const int64_t y = i / g.Wq, x = i % g.Wq;
       const T* qrow = qp + (y * g.Wp + x) * g.C;
-      Heap<T> h{hd, hj, K, K};
+      Heap<T> h{hd, hj, hb, K, K, psal_born_stamp(it)};
       auto add = [&](int64_t cy, int64_t cx) {
         if (matchable(cy, cx)) cand[nc++] = (int32_t)(cy * g.Wk + cx);
       };
@@ -388,7 +480,9 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
           const int64_t ny = y + dys[dir], nx = x + dxs[dir];
           if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
           const int32_t* nb = pj + (ny * g.Wq + nx) * K;
+          const uint8_t* nborn = pb + (ny * g.Wq + nx) * K;
           for (int64_t m = 0; m < K; ++m) {
+            if (!psal_entry_fresh(nborn[m], it)) continue;  // seen by this query already (psal.h)
             const int64_t jy = wk_div.div(nb[m]), jx = nb[m] - jy * g.Wk;
             add(jy - dys[dir], jx - dxs[dir]);
           }
@@ -421,6 +515,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       // is the sequential sweep's, whatever the tile size and thread count.
       T* dd = d_buf[0].data_ptr<T>();
       int32_t* jj = j_buf[0].data_ptr<int32_t>();
+      uint8_t* bb = b_buf[0].data_ptr<uint8_t>();
       const int64_t nty = (g.Hq + kTile - 1) / kTile, ntx = (g.Wq + kTile - 1) / kTile;
       for (int64_t it = 1; it <= iterations; ++it) {
         const bool forward = (it % 2) == 1;
@@ -437,7 +532,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
               for (int64_t t = 0; t < (yb - ya) * (xb - xa); ++t) {
                 const int64_t u = forward ? t : (yb - ya) * (xb - xa) - 1 - t;
                 const int64_t i = (ya + u / (xb - xa)) * g.Wq + xa + u % (xb - xa);
-                update_query(i, it, jj, dd + i * K, jj + i * K, local, snap, cand);
+                update_query(i, it, jj, bb, dd + i * K, jj + i * K, bb + i * K, local, snap, cand);
               }
             }
             evals += local;
@@ -449,15 +544,18 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
         // Jacobi: every query reads its neighbours' heaps from the previous iteration.
         const T* pd = d_buf[cur].data_ptr<T>();
         const int32_t* pj = j_buf[cur].data_ptr<int32_t>();
+        const uint8_t* pb = b_buf[cur].data_ptr<uint8_t>();
         T* nd = d_buf[1 - cur].data_ptr<T>();
         int32_t* nj = j_buf[1 - cur].data_ptr<int32_t>();
+        uint8_t* nb = b_buf[1 - cur].data_ptr<uint8_t>();
         at::parallel_for(0, nq, kGrain, [&](int64_t begin, int64_t end) {
           int64_t local = 0;
           std::vector<int32_t> snap(K), cand(16 * K + levels * K);
           for (int64_t i = begin; i < end; ++i) {
             std::copy(pd + i * K, pd + (i + 1) * K, nd + i * K);
             std::copy(pj + i * K, pj + (i + 1) * K, nj + i * K);
-            update_query(i, it, pj, nd + i * K, nj + i * K, local, snap, cand);
+            std::copy(pb + i * K, pb + (i + 1) * K, nb + i * K);
+            update_query(i, it, pj, pb, nd + i * K, nj + i * K, nb + i * K, local, snap, cand);
           }
           evals += local;
         });

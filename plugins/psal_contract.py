@@ -40,6 +40,8 @@ INDEX_BYTES = 8
 #: zeroed bytes after each channel-last copy of the CPU kernel (psal_cpu.cpp kSlackBytes): the last,
 #: masked vector of a patch row may read past the image's data
 SLACK_BYTES = 64
+#: bytes of a heap entry's birth iteration in the native kernels (psal.h: psal_born_stamp, uint8)
+BORN_BYTES = 1
 
 #: the backends a layer may resolve to (psal_build, ATTNBENCH_PSAL_BACKEND)
 BACKEND_NATIVE = "native"
@@ -142,11 +144,12 @@ def saved_for_backward_memory(shape: ProblemShape, k_nn: int) -> int:
 
 
 def native_search_memory(shape: ProblemShape, width: int, iterations: int, schedule: int) -> int:
-    """Peak bytes of psal_search_cpu: output, int32 copy, heaps (double for jacobi), channel-last copies."""
+    """Peak bytes of psal_search_cpu: output, int32 copy, heaps (double for jacobi; each entry a
+    cost, an int32 index and its one-byte birth iteration), channel-last copies."""
     s = shape.dtype_bytes
     B, C, nq, nk = shape.batch, shape.channels, shape.n_queries, shape.n_keys
     searched = B * nq * width * INDEX_BYTES
-    heaps = (2 if schedule == SCHEDULE_JACOBI and iterations > 0 else 1) * nq * width * (s + 4)
+    heaps = (2 if schedule == SCHEDULE_JACOBI and iterations > 0 else 1) * nq * width * (s + 4 + BORN_BYTES)
     padded_q = matched_attention_memory(shape, width)["padded_q"]
     return searched + B * nq * width * 4 + B * nk + B * 8 + padded_q + nk * C * s + SLACK_BYTES + heaps + nk * 4
 
@@ -178,7 +181,7 @@ def reference_memory(shape: ProblemShape, k_nn: int, width: int, aggregation: bo
     s, d = shape.dtype_bytes, shape.patch_dim
     B, nq, n_grid, K, cv = shape.batch, shape.n_queries, shape.n_valid_keys, k_nn, shape.value_channels
     temporaries = 64 * nq * 8
-    search = B * nq * width * INDEX_BYTES + (5 * nq + n_grid) * d * s + nq * width * (2 * INDEX_BYTES + s) + temporaries
+    search = B * nq * width * INDEX_BYTES + (5 * nq + n_grid) * d * s + nq * width * (3 * INDEX_BYTES + s) + temporaries
     terms = attend_terms(B * nq * K, shape.patch_size, aggregation)
     attend = terms * (2 * INDEX_BYTES + 3 * s + 2 * cv * s) + temporaries
     similarity = B * (nq + n_grid + 3 * nq * K) * d * s + temporaries if with_similarity else 0

@@ -83,13 +83,27 @@ class _Costs:
         return ((qp - kp) ** 2).sum(-1)
 
 
-def _insert(D: torch.Tensor, J: torch.Tensor, rows: torch.Tensor, cost: torch.Tensor, cand: torch.Tensor) -> None:
+def born_stamp(it: int) -> int:
+    """psal_born_stamp: the iteration an entry entered its heap, saturated at 255."""
+    return min(it, 255)
+
+
+def entry_fresh(born: torch.Tensor, it: int) -> torch.Tensor:
+    """psal_entry_fresh: whether neighbours propagate an entry at iteration ``it`` (psal.h's
+    seen-entry rule: entries born <= it - 2 were seen already, skipping them changes no match)."""
+    return (born == 255) | (born + 1 >= it)
+
+
+def _insert(D: torch.Tensor, J: torch.Tensor, born: torch.Tensor, rows: torch.Tensor, cost: torch.Tensor,
+            cand: torch.Tensor, stamp: int) -> None:
     """Heap insertion for many queries at once: stable sort keeps psal.h's tie rule."""
     d = torch.cat([D[rows], cost[:, None]], 1)
     j = torch.cat([J[rows], cand[:, None]], 1)
+    bn = torch.cat([born[rows], torch.full_like(cand[:, None], stamp)], 1)
     order = torch.sort(d, dim=1, stable=True).indices[:, : D.shape[1]]
     D[rows] = torch.gather(d, 1, order)
     J[rows] = torch.gather(j, 1, order)
+    born[rows] = torch.gather(bn, 1, order)
 
 
 def search(
@@ -131,7 +145,9 @@ def search(
                 raise RuntimeError(f"psal_search: only {n_usable} matchable key patches for k = {K}")
             D = torch.full((nq, K), float("inf"), dtype=q.dtype, device=dev)
             J = torch.full((nq, K), -1, dtype=torch.long, device=dev)
+            born = torch.zeros((nq, K), dtype=torch.long, device=dev)  # iteration of insertion
             count = 0
+            stamp = 0  # born_stamp of the iteration running
 
             def consider(cy: torch.Tensor, cx: torch.Tensor, active: torch.Tensor, rows: torch.Tensor | None = None) -> None:
                 """insert() of candidate (cy, cx)[t] into the heap of query rows[t] (all when None)."""
@@ -145,7 +161,7 @@ def search(
                     return
                 count += sel.numel()
                 target = sel if rows is None else rows[sel]
-                _insert(D, J, target, cost_of(target, cand[sel]), cand[sel])
+                _insert(D, J, born, target, cost_of(target, cand[sel]), cand[sel], stamp)
 
             # Initialisation (it = 0): distinct random usable centres.
             for trial in range(INIT_TRIALS_PER_K * K):
@@ -166,8 +182,11 @@ def search(
 
             wmax = max(hk, wk)
 
-            def update(rows: torch.Tensor, it: int, neighbour_j: torch.Tensor) -> None:
-                """One iteration for the queries `rows`: propagation from `neighbour_j`, random search."""
+            def update(rows: torch.Tensor, it: int, neighbour_j: torch.Tensor, neighbour_born: torch.Tensor) -> None:
+                """One iteration for the queries `rows`: propagation from `neighbour_j` (its fresh
+                entries), random search."""
+                nonlocal stamp
+                stamp = born_stamp(it)
                 everyone = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
                 ry, rx = ys[rows], xs[rows]
                 # Jump flooding: neighbours' matches, shifted back.
@@ -178,7 +197,8 @@ def search(
                         n = ny.clamp(0, hq - 1) * wq + nx.clamp(0, wq - 1)
                         for m in range(K):
                             j = neighbour_j[n, m]
-                            consider(j // wk - dy, j % wk - dx, inside, rows)
+                            fresh = entry_fresh(neighbour_born[n, m], it)
+                            consider(j // wk - dy, j % wk - dx, inside & fresh, rows)
                 # Random search around a snapshot of the current matches.
                 snap = J[rows].clone()
                 for level in range(levels):
@@ -199,10 +219,10 @@ def search(
                 groups = list(torch.split(order, counts))
                 for it in range(1, iterations + 1):
                     for rows in groups if it % 2 == 1 else reversed(groups):
-                        update(rows, it, J)
+                        update(rows, it, J, born)
             else:
                 for it in range(1, iterations + 1):
-                    update(qi, it, J.clone())
+                    update(qi, it, J.clone(), born.clone())
             idx_out[b] = J.reshape(hq, wq, K)
             evals[b] = count
     return idx_out, evals
