@@ -32,6 +32,9 @@
 //     sweep order of psal.h. Inside a thread the heap lives in local memory when k <= 32 (k is a runtime
 //     value; the array capacity is a template bucket: 4 or 32) and directly in global scratch for
 //     k > 32 (any k). The patch size is a runtime value (any odd p <= min(Hk, Wk)).
+//   * Seen-entry rule (psal.h): every heap entry carries its uint8 born stamp, buffered exactly
+//     like the indices (double-buffered for Jacobi, in place for the wavefront), so propagation
+//     skips the neighbours' stale entries: same matches, fewer evaluations (the CPU's count).
 //   * Evaluations are counted per thread, reduced per warp and added to n_evals[b] with one
 //     integer atomic per warp: integer sums are exact, so n_evals is deterministic.
 //   * Backward: gather formulation everywhere, no floating-point atomics: each output element is
@@ -119,13 +122,18 @@ __device__ __forceinline__ acc_t patch_cost(const scalar_t* __restrict__ qb, con
 }
 
 // The per-query k-best list of psal.h: entries sorted by ascending cost, distinct indices, ties
-// keep the earlier-inserted entry first. `d`/`id` point either to local memory or to a global row.
+// keep the earlier-inserted entry first. `d`/`id`/`born` point either to local memory or to a
+// global row. born[e]: the iteration entry e entered the heap (psal_born_stamp), which decides
+// whether the neighbours propagate it again (psal_entry_fresh, psal.h seen-entry rule); it moves
+// with its entry. `now` is the stamp of the iteration running.
 template <typename acc_t>
 struct KHeap {
   acc_t* d;
   int32_t* id;
+  uint8_t* born;
   int size;
   int K;
+  uint8_t now;
 
   __device__ __forceinline__ bool full() const { return size >= K; }
   __device__ __forceinline__ bool contains(int32_t c) const {
@@ -140,10 +148,12 @@ struct KHeap {
     while (e > 0 && d[e - 1] > v) {
       d[e] = d[e - 1];
       id[e] = id[e - 1];
+      born[e] = born[e - 1];
       --e;
     }
     d[e] = v;
     id[e] = c;
+    born[e] = now;
     if (!full()) ++size;
   }
 };
@@ -191,7 +201,8 @@ __global__ void __launch_bounds__(kSearchThreads)
     psal_init_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const bool* __restrict__ valid,
                      const int32_t* __restrict__ usable, const int64_t* __restrict__ usable_off, Geom g, int K,
                      bool dot, uint64_t seed, acc_t* __restrict__ out_d, int64_t* __restrict__ out_i,
-                     int32_t* __restrict__ scratch_i, unsigned long long* __restrict__ n_evals) {
+                     uint8_t* __restrict__ out_born, int32_t* __restrict__ scratch_i,
+                     unsigned long long* __restrict__ n_evals) {
   const int64_t nq = g.nq();
   for (int b = blockIdx.y; b < g.B; b += gridDim.y) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -203,7 +214,9 @@ __global__ void __launch_bounds__(kSearchThreads)
       const int64_t row = ((int64_t)b * nq + i) * K;
       acc_t ld[CAP > 0 ? CAP : 1];
       int32_t li[CAP > 0 ? CAP : 1];
-      KHeap<acc_t> h{CAP > 0 ? ld : out_d + row, CAP > 0 ? li : scratch_i + row, 0, K};
+      uint8_t lb[CAP > 0 ? CAP : 1];
+      KHeap<acc_t> h{CAP > 0 ? ld : out_d + row, CAP > 0 ? li : scratch_i + row, CAP > 0 ? lb : out_born + row, 0, K,
+                     psal_born_stamp(0)};
       const int32_t* ub = usable + usable_off[b];
       const int64_t n = usable_off[b + 1] - usable_off[b];  // >= K (checked on the host)
       const uint64_t trials = 64ull * (uint64_t)K;
@@ -219,7 +232,10 @@ __global__ void __launch_bounds__(kSearchThreads)
         }
       }
       for (int e = 0; e < K; ++e) {
-        if (CAP > 0) out_d[row + e] = h.d[e];
+        if (CAP > 0) {  // local heap (k > 32: d and born already live in out_d / out_born)
+          out_d[row + e] = h.d[e];
+          out_born[row + e] = h.born[e];
+        }
         out_i[row + e] = h.id[e];
       }
     }
@@ -229,8 +245,8 @@ __global__ void __launch_bounds__(kSearchThreads)
 
 // Search, it >= 1: propagation by jump flooding then random search around the heap's entries
 // after propagation (psal.h).
-//   Jacobi schedule (diag < 0): one thread per query; neighbours' heaps are read from prev_*
-//     (the previous iteration), the result is written to next_*.
+//   Jacobi schedule (diag < 0): one thread per query; neighbours' heaps (indices and born stamps)
+//     are read from prev_* (the previous iteration), the result is written to next_*.
 //   Wavefront schedule (diag >= 0): one thread per query of the anti-diagonal y + x = diag
 //     (y = diag_y0 + thread, diag_n queries); prev_* == next_* (heaps updated in place: the
 //     queries of one diagonal share no row or column, so no thread reads a heap another thread of
@@ -240,9 +256,9 @@ template <typename scalar_t, typename acc_t, int CAP>
 __global__ void __launch_bounds__(kSearchThreads)
     psal_iterate_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const bool* __restrict__ valid,
                         Geom g, int K, bool dot, uint64_t seed, int it, int diag, int diag_y0, int diag_n,
-                        const acc_t* prev_d, const int64_t* prev_i, acc_t* next_d, int64_t* next_i,
-                        int32_t* __restrict__ scratch_i, int32_t* __restrict__ scratch_snap,
-                        unsigned long long* __restrict__ n_evals) {
+                        const acc_t* prev_d, const int64_t* prev_i, const uint8_t* prev_born, acc_t* next_d,
+                        int64_t* next_i, uint8_t* next_born, int32_t* __restrict__ scratch_i,
+                        int32_t* __restrict__ scratch_snap, unsigned long long* __restrict__ n_evals) {
   const int64_t nq = g.nq();
   const int levels = (int)psal_search_levels(g.Hk, g.Wk);
   const int wmax = g.Hk > g.Wk ? g.Hk : g.Wk;
@@ -259,12 +275,15 @@ __global__ void __launch_bounds__(kSearchThreads)
       const int64_t row = ((int64_t)b * nq + i) * K;
       acc_t ld[CAP > 0 ? CAP : 1];
       int32_t li[CAP > 0 ? CAP : 1];
+      uint8_t lb[CAP > 0 ? CAP : 1];
       int32_t lsnap[CAP > 0 ? CAP : 1];
-      KHeap<acc_t> h{CAP > 0 ? ld : next_d + row, CAP > 0 ? li : scratch_i + row, K, K};
+      KHeap<acc_t> h{CAP > 0 ? ld : next_d + row, CAP > 0 ? li : scratch_i + row, CAP > 0 ? lb : next_born + row, K, K,
+                     psal_born_stamp(it)};
       int32_t* snap = CAP > 0 ? lsnap : scratch_snap + row;
       for (int e = 0; e < K; ++e) {
         h.d[e] = prev_d[row + e];
         h.id[e] = (int32_t)prev_i[row + e];
+        h.born[e] = prev_born[row + e];
       }
       // Propagation: l = 1, 2, 4, 8; (dy, dx) = (-l, 0), (l, 0), (0, -l), (0, l).
       for (int l = 1; l <= 8; l <<= 1) {
@@ -273,8 +292,11 @@ __global__ void __launch_bounds__(kSearchThreads)
           const int dx = dir == 2 ? -l : (dir == 3 ? l : 0);
           const int ny = y + dy, nx = x + dx;
           if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
-          const int64_t* nidx = prev_i + ((int64_t)b * nq + (int64_t)ny * g.Wq + nx) * K;
+          const int64_t nrow = ((int64_t)b * nq + (int64_t)ny * g.Wq + nx) * K;
+          const int64_t* nidx = prev_i + nrow;
+          const uint8_t* nborn = prev_born + nrow;  // the same slots as nidx
           for (int m = 0; m < K; ++m) {
+            if (!psal_entry_fresh(nborn[m], it)) continue;  // seen by this query already (psal.h)
             const int32_t j = (int32_t)nidx[m];
             const int cy = j / g.Wk - dy, cx = j % g.Wk - dx;
             if (cy < 0 || cy >= g.Hk || cx < 0 || cx >= g.Wk) continue;
@@ -297,7 +319,10 @@ __global__ void __launch_bounds__(kSearchThreads)
         }
       }
       for (int e = 0; e < K; ++e) {
-        if (CAP > 0) next_d[row + e] = h.d[e];
+        if (CAP > 0) {  // local heap (k > 32: d and born already live in next_d / next_born)
+          next_d[row + e] = h.d[e];
+          next_born[row + e] = h.born[e];
+        }
         next_i[row + e] = h.id[e];
       }
     }
@@ -699,6 +724,9 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
   const bool jacobi = schedule == PSAL_SCHEDULE_JACOBI && iterations > 0;
   at::Tensor d[2] = {at::empty({rows}, fopt), jacobi ? at::empty({rows}, fopt) : at::Tensor()};
   at::Tensor ids[2] = {at::empty({rows}, lopt), jacobi ? at::empty({rows}, lopt) : at::Tensor()};
+  // born stamps of the heap entries (psal.h seen-entry rule), buffered like the indices.
+  auto bopt = qc.options().dtype(at::kByte);
+  at::Tensor born[2] = {at::empty({rows}, bopt), jacobi ? at::empty({rows}, bopt) : at::Tensor()};
   at::Tensor scratch_i, scratch_snap;  // k > 32: the heap lives in global memory
   if (CAP == 0) {
     scratch_i = at::empty({rows}, qc.options().dtype(at::kInt));
@@ -710,7 +738,8 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
   auto* ne = reinterpret_cast<unsigned long long*>(n_evals.data_ptr<int64_t>());
   PSAL_LAUNCH(grid, kSearchThreads, stream, psal_init_kernel<scalar_t, acc_t, CAP>)(
       qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), usable.data_ptr<int32_t>(),
-      usable_off.data_ptr<int64_t>(), g, K, dot, seed, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), si, ne);
+      usable_off.data_ptr<int64_t>(), g, K, dot, seed, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(),
+      born[0].data_ptr<uint8_t>(), si, ne);
   PSAL_LAUNCH_CHECK();
   int cur = 0;
   if (schedule == PSAL_SCHEDULE_WAVEFRONT) {
@@ -724,8 +753,8 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
         const dim3 dgrid(blocks_for(n, kSearchThreads), (unsigned)std::min(g.B, kMaxGridY));
         PSAL_LAUNCH(dgrid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
             qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, diag,
-            y0, n, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), d[0].data_ptr<acc_t>(),
-            ids[0].data_ptr<int64_t>(), si, ss, ne);
+            y0, n, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), born[0].data_ptr<uint8_t>(),
+            d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), born[0].data_ptr<uint8_t>(), si, ss, ne);
         PSAL_LAUNCH_CHECK();
       }
     }
@@ -733,8 +762,9 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
     for (int64_t it = 1; it <= iterations; ++it) {
       PSAL_LAUNCH(grid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
           qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, -1, 0,
-          0, d[cur].data_ptr<acc_t>(), ids[cur].data_ptr<int64_t>(), d[1 - cur].data_ptr<acc_t>(),
-          ids[1 - cur].data_ptr<int64_t>(), si, ss, ne);
+          0, d[cur].data_ptr<acc_t>(), ids[cur].data_ptr<int64_t>(), born[cur].data_ptr<uint8_t>(),
+          d[1 - cur].data_ptr<acc_t>(), ids[1 - cur].data_ptr<int64_t>(), born[1 - cur].data_ptr<uint8_t>(), si, ss,
+          ne);
       PSAL_LAUNCH_CHECK();
       cur = 1 - cur;
     }
