@@ -38,7 +38,8 @@
 //     if the heap holds < K entries, or d < worst (strictly): insert at the position after all
 //     entries with distance <= d, dropping the worst when full.
 //     Early exit: an l2 evaluation may stop once its partial sum is >= the current worst of a
-//     full heap (the candidate would be rejected anyway); dot products are never cut short.
+//     full heap (the candidate would be rejected anyway); dot products are never cut short. (The
+//     CUDA kernels do; the CPU kernel costs a query's listed candidates together, without one.)
 //   it = 0 (initialisation): for trial = 0, 1, 2, ...: let h = psal_hash(seed, b, i, 0, trial),
 //     c = usable[psal_uniform_hi(h, n_usable)] where usable lists the matchable centres of
 //     batch b in row-major order; insert(c) until the heap holds K entries (duplicates draw

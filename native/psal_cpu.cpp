@@ -83,19 +83,35 @@ struct Simd<double> {
 //: patch row may read past the end of the image's data: one 64-byte vector of doubles or floats
 constexpr int64_t kSlackBytes = 64;
 
+// One vector pair's contribution to a cost: x * y (dot) or (x - y)^2 (l2).
+template <typename T, bool Dot>
+__attribute__((always_inline)) inline typename Simd<T>::V term(typename Simd<T>::V x, typename Simd<T>::V y) {
+  if (Dot) return x * y;
+  const typename Simd<T>::V d = x - y;
+  return d * d;
+}
+
+// v with the lanes past a patch row's end zeroed (mask: all ones on the lanes to keep).
+template <typename T>
+__attribute__((always_inline)) inline typename Simd<T>::V masked(typename Simd<T>::V v, typename Simd<T>::Mask mask) {
+  typename Simd<T>::Mask bits;
+  std::memcpy(&bits, &v, sizeof(v));
+  bits &= mask;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+
 // Cost of one patch pair: `rows` rows of `row` contiguous scalars (strides in scalars); each row
 // is read as whole vectors, the lanes past `row` masked to zero (they read the next pixels or the
-// zeroed slack, never outside the buffer). Partial sums stay in two vector accumulators; l2 costs
-// are reduced (a shuffle tree) once, after rows / 2 + 1 rows, and stop there if >= bound: the
-// terms are >= 0 and float addition is monotone, so the full cost would be >= bound too and is
-// rejected anyway (where and how often this is checked changes no result: an exit only ever
-// skips a rejected candidate, and the evaluation is counted either way). One check instead of
-// one per row of the second half: 256 px 90 -> 85 ns/eval (the reductions sat on the critical path).
-// The order of additions is fixed, so results are bit-identical run to run.
+// zeroed slack, never outside the buffer). Partial sums stay in two vector accumulators, reduced
+// once by a shuffle tree. The order of additions is fixed, so results are bit-identical run to run.
+// (The search once stopped an l2 cost early at the worst of a full heap; on noise and on the
+// real pair it almost never fired, and the search now costs a query's candidates together,
+// costs_fixed, without a bound.)
 // always_inline: each target clone of cost_rows_* must get its own copy compiled for its ISA.
 template <typename T, bool Dot>
 __attribute__((always_inline)) inline T cost_rows(const T* __restrict q, const T* __restrict k, int64_t qstride,
-                                                  int64_t kstride, int64_t rows, int64_t row, T bound) {
+                                                  int64_t kstride, int64_t rows, int64_t row) {
   using S = Simd<T>;
   using V = typename S::V;
   using M = typename S::Mask;
@@ -114,151 +130,41 @@ __attribute__((always_inline)) inline T cost_rows(const T* __restrict q, const T
       std::memcpy(&y0, b + j * N, sizeof(V));
       std::memcpy(&x1, a + (j + 1) * N, sizeof(V));
       std::memcpy(&y1, b + (j + 1) * N, sizeof(V));
-      if (Dot) {
-        acc0 += x0 * y0;
-        acc1 += x1 * y1;
-      } else {
-        const V d0 = x0 - y0, d1 = x1 - y1;
-        acc0 += d0 * d0;
-        acc1 += d1 * d1;
-      }
+      acc0 += term<T, Dot>(x0, y0);
+      acc1 += term<T, Dot>(x1, y1);
     }
     if (j < full) {
       V x, y;
       std::memcpy(&x, a + j * N, sizeof(V));
       std::memcpy(&y, b + j * N, sizeof(V));
-      if (Dot) {
-        acc0 += x * y;
-      } else {
-        const V d = x - y;
-        acc0 += d * d;
-      }
+      acc0 += term<T, Dot>(x, y);
     }
     if (rest) {
       V x, y;
       std::memcpy(&x, a + full * N, sizeof(V));
       std::memcpy(&y, b + full * N, sizeof(V));
-      V t;
-      if (Dot) {
-        t = x * y;
-      } else {
-        const V d = x - y;
-        t = d * d;
-      }
-      M bits;
-      std::memcpy(&bits, &t, sizeof(V));
-      bits &= mask;
-      std::memcpy(&t, &bits, sizeof(V));
-      acc1 += t;
-    }
-    if (!Dot && dy + 1 < rows && dy == rows / 2) {
-      const T partial = S::hsum(acc0 + acc1);
-      if (partial >= bound) return partial;
+      acc1 += masked<T>(term<T, Dot>(x, y), mask);
     }
   }
   const T total = S::hsum(acc0 + acc1);
   return Dot ? -total : total;
 }
 
-// The same sum for a patch row of exactly NF whole vectors (+ one masked vector when Rest), known
-// at compile time: fully unrolled, one accumulator per vector column, so the adds of a row do
-// not wait on each other (with two accumulators the FMA latency chain, not the loads, bounded an
-// evaluation: 7x7x16 floats, 63 -> 36 ns in cache on an AMD EPYC). Same early exit as cost_rows.
-template <typename T, bool Dot, int NF, bool Rest>
-__attribute__((always_inline)) inline T cost_rows_fixed(const T* __restrict q, const T* __restrict k, int64_t qstride,
-                                                        int64_t kstride, int64_t rows, int64_t row, T bound) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  using M = typename S::Mask;
-  constexpr int N = S::N;
-  constexpr int NA = NF + (Rest ? 1 : 0);
-  M mask;
-  for (int l = 0; l < N; ++l) mask[l] = l < row - NF * N ? -1 : 0;
-  V acc[NA];
-  for (int a = 0; a < NA; ++a) acc[a] = V{};
-  auto total = [&]() {
-    V s = acc[0];
-    for (int a = 1; a < NA; ++a) s += acc[a];
-    return S::hsum(s);
-  };
-  for (int64_t dy = 0; dy < rows; ++dy) {
-    const T* a = q + dy * qstride;
-    const T* b = k + dy * kstride;
-#pragma GCC unroll 16
-    for (int j = 0; j < NF; ++j) {
-      V x, y;
-      std::memcpy(&x, a + j * N, sizeof(V));
-      std::memcpy(&y, b + j * N, sizeof(V));
-      if (Dot) {
-        acc[j] += x * y;
-      } else {
-        const V d = x - y;
-        acc[j] += d * d;
-      }
-    }
-    if (Rest) {
-      V x, y;
-      std::memcpy(&x, a + NF * N, sizeof(V));
-      std::memcpy(&y, b + NF * N, sizeof(V));
-      V t;
-      if (Dot) {
-        t = x * y;
-      } else {
-        const V d = x - y;
-        t = d * d;
-      }
-      M bits;
-      std::memcpy(&bits, &t, sizeof(V));
-      bits &= mask;
-      std::memcpy(&t, &bits, sizeof(V));
-      acc[NA - 1] += t;
-    }
-    if (!Dot && dy + 1 < rows && dy == rows / 2) {
-      const T partial = total();
-      if (partial >= bound) return partial;
-    }
-  }
-  const T sum = total();
-  return Dot ? -sum : sum;
-}
-
-// A row of up to 8 whole vectors (+ a masked one) takes the unrolled form, longer rows the loop.
-template <typename T, bool Dot>
-__attribute__((always_inline)) inline T cost_rows_any(const T* q, const T* k, int64_t qs, int64_t ks, int64_t rows,
-                                                      int64_t row, T bound) {
-  constexpr int N = Simd<T>::N;
-  const int64_t full = row / N;
-  const bool rest = row % N != 0;
-#define PSAL_FIXED(nf)                                                                         \
-  case nf:                                                                                     \
-    return rest ? cost_rows_fixed<T, Dot, nf, true>(q, k, qs, ks, rows, row, bound)            \
-                : cost_rows_fixed<T, Dot, nf, false>(q, k, qs, ks, rows, row, bound);
-  switch (full) {
-    PSAL_FIXED(0) PSAL_FIXED(1) PSAL_FIXED(2) PSAL_FIXED(3) PSAL_FIXED(4) PSAL_FIXED(5) PSAL_FIXED(6)
-    PSAL_FIXED(7) PSAL_FIXED(8)
-    default:
-      return cost_rows<T, Dot>(q, k, qs, ks, rows, row, bound);
-  }
-#undef PSAL_FIXED
-}
-
 PSAL_CLONES float cost_rows_f(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
-                              bool dot, float bound) {
-  return dot ? cost_rows_any<float, true>(q, k, qs, ks, rows, row, bound)
-             : cost_rows_any<float, false>(q, k, qs, ks, rows, row, bound);
+                              bool dot) {
+  return dot ? cost_rows<float, true>(q, k, qs, ks, rows, row) : cost_rows<float, false>(q, k, qs, ks, rows, row);
 }
 PSAL_CLONES double cost_rows_d(const double* q, const double* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
-                               bool dot, double bound) {
-  return dot ? cost_rows_any<double, true>(q, k, qs, ks, rows, row, bound)
-             : cost_rows_any<double, false>(q, k, qs, ks, rows, row, bound);
+                               bool dot) {
+  return dot ? cost_rows<double, true>(q, k, qs, ks, rows, row) : cost_rows<double, false>(q, k, qs, ks, rows, row);
 }
 inline float cost_dispatch(const float* q, const float* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
-                           bool dot, float bound) {
-  return cost_rows_f(q, k, qs, ks, rows, row, dot, bound);
+                           bool dot) {
+  return cost_rows_f(q, k, qs, ks, rows, row, dot);
 }
 inline double cost_dispatch(const double* q, const double* k, int64_t qs, int64_t ks, int64_t rows, int64_t row,
-                            bool dot, double bound) {
-  return cost_rows_d(q, k, qs, ks, rows, row, dot, bound);
+                            bool dot) {
+  return cost_rows_d(q, k, qs, ks, rows, row, dot);
 }
 
 // ---- Costs of many candidates of one query at once (the search's propagation and random-search
@@ -306,21 +212,10 @@ __attribute__((always_inline)) inline void costs_fixed(const T* __restrict q, in
         for (int j = 0; j < NA; ++j) {
           V y;
           std::memcpy(&y, b + rr * kstride + j * N, sizeof(V));
-          V term;
-          if (Dot) {
-            term = qv[rr][j] * y;
-          } else {
-            const V d = qv[rr][j] - y;
-            term = d * d;
-          }
-          if (Rest && j == NA - 1) {
-            M bits;
-            std::memcpy(&bits, &term, sizeof(V));
-            bits &= mask;
-            std::memcpy(&term, &bits, sizeof(V));
-          }
-          if (j % 2 == 0) acc0 += term;
-          else acc1 += term;
+          V t = term<T, Dot>(qv[rr][j], y);
+          if (Rest && j == NA - 1) t = masked<T>(t, mask);
+          if (j % 2 == 0) acc0 += t;
+          else acc1 += t;
         }
       }
       const V sum = acc0 + acc1;
@@ -352,7 +247,7 @@ __attribute__((always_inline)) inline void costs_any(const T* q, int64_t qs, con
     PSAL_FIXED(7) PSAL_FIXED(8)
     default:
       for (int64_t t = 0; t < n; ++t)
-        out[t] = cost_rows<T, Dot>(q, kbase + koff[t], qs, ks, rows, row, std::numeric_limits<T>::infinity());
+        out[t] = cost_rows<T, Dot>(q, kbase + koff[t], qs, ks, rows, row);
   }
 #undef PSAL_FIXED
 }
@@ -394,13 +289,13 @@ struct FastDiv {
   }
 };
 
-// Cost of query patch (y, x) against key patch centred at (cy, cx); l2 stops early at `bound`.
+// Cost of query patch (y, x) against key patch centred at (cy, cx).
 template <typename T>
 inline T patch_cost(const Geometry& g, const T* qpad, const T* kcl, int64_t y, int64_t x, int64_t cy, int64_t cx,
-                    bool dot, T bound) {
+                    bool dot) {
   const T* qrow = qpad + (y * g.Wp + x) * g.C;
   const T* krow = kcl + ((cy - g.r) * g.Wk + (cx - g.r)) * g.C;
-  return cost_dispatch(qrow, krow, g.Wp * g.C, g.Wk * g.C, g.p, g.row, dot, bound);
+  return cost_dispatch(qrow, krow, g.Wp * g.C, g.Wk * g.C, g.p, g.row, dot);
 }
 
 // Ask Linux for 2 MiB pages under a large copy before its first write: the search reads key
@@ -774,8 +669,7 @@ at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const a
         for (int64_t i = begin; i < end; ++i)
           for (int64_t m = 0; m < K; ++m) {
             const int64_t c = ii[i * K + m];
-            out[i * K + m] = -patch_cost<T>(g, qp, kp, i / g.Wq, i % g.Wq, c / g.Wk, c % g.Wk, dot,
-                                            std::numeric_limits<T>::infinity());
+            out[i * K + m] = -patch_cost<T>(g, qp, kp, i / g.Wq, i % g.Wq, c / g.Wk, c % g.Wk, dot);
           }
       });
     }
