@@ -360,11 +360,13 @@ struct Heap {
   int64_t K;
   uint8_t now;
 
-  inline bool contains(int32_t c) const {
+  // position of index c in the heap, or -1
+  inline int64_t find(int32_t c) const {
     for (int64_t m = 0; m < n; ++m)
-      if (j[m] == c) return true;
-    return false;
+      if (j[m] == c) return m;
+    return -1;
   }
+  inline bool contains(int32_t c) const { return find(c) >= 0; }
   inline void push(T cost, int32_t c) {
     if (n == K && !(cost < d[K - 1])) return;
     int64_t pos = n == K ? K - 1 : n;
@@ -486,14 +488,12 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       auto evaluate_all = [&]() {
         int64_t nn = 0;
         for (int64_t t = 0; t < nc; ++t) {
-          const int32_t c = cand[t];
-          int64_t m = 0;
-          while (m < K && h.j[m] != c) ++m;
-          if (m < K) {
+          const int64_t m = h.find(cand[t]);
+          if (m >= 0) {
             sc.cost[t] = h.d[m];
           } else {
             sc.need[nn] = (int32_t)t;
-            sc.koff[nn++] = key_offset(c);
+            sc.koff[nn++] = key_offset(cand[t]);
           }
         }
         costs_dispatch(qrow, g.Wp * g.C, kp, g.Wk * g.C, sc.koff.data(), nn, g.p, g.row, dot, sc.fresh.data(),

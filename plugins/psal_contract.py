@@ -52,6 +52,21 @@ def schedule_name(code: int) -> str:
     return next(name for name, value in SCHEDULES.items() if value == code)
 
 
+#: psal_born_stamp's ceiling: a heap entry's birth iteration saturates here, and is then always fresh
+BORN_SATURATED = 255
+
+
+def born_stamp(it: int) -> int:
+    """psal_born_stamp: the iteration an entry entered its heap, saturated at BORN_SATURATED."""
+    return min(it, BORN_SATURATED)
+
+
+def entry_fresh(born: torch.Tensor, it: int) -> torch.Tensor:
+    """psal_entry_fresh: whether neighbours propagate an entry at iteration ``it`` (psal.h's
+    seen-entry rule: entries born <= it - 2 were seen already, skipping them changes no match)."""
+    return (born == BORN_SATURATED) | (born + 1 >= it)
+
+
 def search_levels(hk: int, wk: int) -> int:
     """Number of random-search windows: floor(log2(max(Hk, Wk))) + 1 (the last radius is 1)."""
     return max(hk, wk).bit_length()

@@ -23,6 +23,8 @@ from .psal_contract import (  # noqa: F401  (re-exported: the reference speaks t
     SCHEDULE_JACOBI,
     SCHEDULE_WAVEFRONT,
     SCHEDULES,
+    born_stamp,
+    entry_fresh,
     matchable_map,
     search_levels,
 )
@@ -81,17 +83,6 @@ class _Costs:
         if self.dot:
             return -(qp * kp).sum(-1)
         return ((qp - kp) ** 2).sum(-1)
-
-
-def born_stamp(it: int) -> int:
-    """psal_born_stamp: the iteration an entry entered its heap, saturated at 255."""
-    return min(it, 255)
-
-
-def entry_fresh(born: torch.Tensor, it: int) -> torch.Tensor:
-    """psal_entry_fresh: whether neighbours propagate an entry at iteration ``it`` (psal.h's
-    seen-entry rule: entries born <= it - 2 were seen already, skipping them changes no match)."""
-    return (born == 255) | (born + 1 >= it)
 
 
 def _insert(D: torch.Tensor, J: torch.Tensor, born: torch.Tensor, rows: torch.Tensor, cost: torch.Tensor,
