@@ -158,13 +158,18 @@ PSAL_HD uint64_t psal_mix(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-// One 64-bit random word per (seed, batch, query, iteration, trial).
-PSAL_HD uint64_t psal_hash(uint64_t seed, uint64_t b, uint64_t i, uint64_t it, uint64_t trial) {
+// One 64-bit random word per (seed, batch, query, iteration, trial), in two steps: the first four
+// mixes depend only on (seed, b, i, it), so a query's update mixes them once for all its draws
+// (psal_hash_stream) and each draw adds one mix (psal_hash_draw).
+PSAL_HD uint64_t psal_hash_stream(uint64_t seed, uint64_t b, uint64_t i, uint64_t it) {
   uint64_t h = psal_mix(seed);
   h = psal_mix(h ^ b);
   h = psal_mix(h ^ i);
-  h = psal_mix(h ^ it);
-  return psal_mix(h ^ trial);
+  return psal_mix(h ^ it);
+}
+PSAL_HD uint64_t psal_hash_draw(uint64_t stream, uint64_t trial) { return psal_mix(stream ^ trial); }
+PSAL_HD uint64_t psal_hash(uint64_t seed, uint64_t b, uint64_t i, uint64_t it, uint64_t trial) {
+  return psal_hash_draw(psal_hash_stream(seed, b, i, it), trial);
 }
 
 // Uniform integer in [0, n) from the high / low 32 bits of h (n < 2^31).
