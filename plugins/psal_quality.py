@@ -5,7 +5,8 @@ curve: the recall of the exact nearest neighbour and how far PSAL's best patch i
 best, as iterations grow. ``python -m attnbench_plugins.psal_quality IMG_Q IMG_K`` prints it.
 ``... psal_quality --time-to-quality RECORDS.jsonl --plot FIG.png`` draws the search suite's
 time-to-quality curves (MSE ratio vs seconds, per mechanism and size; ``--preset peers``) and
-prints, per size, the fastest point of each mechanism within ``--quality`` (1.05) of exact.
+prints, per size, the fastest point of each mechanism within ``--quality`` (1.05) of exact
+(both from :mod:`attnbench.report.time_to_quality`, which the HTML report uses too).
 The measures (exact search, recall, distance ratio, image loading) are the search suite's own,
 :mod:`attnbench.runners.search_quality`; this module only runs PSAL's search at each count.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import pandas as pd
 import torch
@@ -79,74 +80,11 @@ def table(points: Sequence[ConvergencePoint]) -> pd.DataFrame:
     return pd.DataFrame([asdict(p) for p in points])
 
 
-def time_to_quality(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
-    """One row per curve point of the search suite's records: mechanism, size, swept value, time, MSE ratio."""
-    rows = []
-    for record in records:
-        if record.get("status") != "ok":
-            continue
-        metrics = record["metrics"]
-        swept = metrics.get("swept", "")
-        params = record.get("params") or {}
-        name = record["mechanism"] + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
-        for point in metrics.get("convergence", []):
-            rows.append({"mechanism": name, "size": record["size"], "swept": swept,
-                         "value": point.get(swept), "time_s": point["time_s"], "mse_ratio": point["mse_ratio"]})
-    return pd.DataFrame(rows)
-
-
-def fastest_within(points: pd.DataFrame, quality: float) -> pd.DataFrame:
-    """Per size and mechanism, the fastest point whose MSE ratio is <= ``quality``."""
-    good = points[points["mse_ratio"] <= quality]
-    if good.empty:
-        return good
-    return good.loc[good.groupby(["size", "mechanism"])["time_s"].idxmin()].sort_values(["size", "time_s"])
-
-
-def plot_time_to_quality(points: pd.DataFrame, path: Path, quality: float) -> None:
-    """MSE ratio vs seconds, one panel per size, one curve per mechanism (log time axis)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from attnbench.report.style import colour
-
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-    sizes = sorted(points["size"].unique())
-    names = list(dict.fromkeys(points["mechanism"]))
-    colours = {name: colour(name) if "[" not in name else f"C{index}" for index, name in enumerate(names)}
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
-    for ax, size in zip(axes[0], sizes):
-        here = points[points["size"] == size]
-        for name, curve in here.groupby("mechanism", sort=False):
-            curve = curve.sort_values("value")  # along the swept parameter (iterations, nprobe, efSearch)
-            style = "-" if name.startswith("psal") else "--"
-            ax.plot(curve["time_s"], curve["mse_ratio"], style, marker="o", ms=4, label=name, color=colours[name])
-        ax.axhline(quality, color="0.5", lw=0.8, ls=":")
-        ax.set_xscale("log")
-        # labels at 1, 2, 5 x 10^n only: every minor tick labelled overlaps on a narrow panel
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=7)
-        ax.set_ylim(0.98, min(1.6, max(1.2, float(here["mse_ratio"].quantile(0.8)) + 0.05)))
-        ax.set_xlabel("seconds per call (index build included)")
-        ax.set_ylabel("reconstruction MSE / exact 1-NN's")
-        ax.set_title(f"{size} x {size} px")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-to-quality", nargs="+", metavar="RECORDS", help="search-suite records (JSON Lines)")
     parser.add_argument("--plot", type=Path, help="where to draw the time-to-quality figure (PNG)")
-    parser.add_argument("--quality", type=float, default=1.05, help="MSE ratio a method must reach")
+    parser.add_argument("--quality", type=float, default=1.05, help="MSE ratio a method must reach (default 1.05)")
     parser.add_argument("queries", nargs="?", help="image whose patches are searched for (e.g. img2_512.png)")
     parser.add_argument("keys", nargs="?", help="image searched in (e.g. img1_512.png)")
     parser.add_argument("--size", type=int, default=128)
@@ -155,11 +93,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--iterations", default="1,2,3,5,10")
     args = parser.parse_args(argv)
     if args.time_to_quality:
+        from attnbench.report.plots import save
+        from attnbench.report.time_to_quality import curve_points, figure, fastest_within
         from attnbench.schema import read_all
 
-        points = time_to_quality(read_all(args.time_to_quality))
-        if args.plot:
-            plot_time_to_quality(points, args.plot, args.quality)
+        points = curve_points(read_all(args.time_to_quality))
+        fig = figure(points, args.quality)
+        if args.plot and fig is not None:
+            save(fig, args.plot.with_suffix(""), [args.plot.suffix.lstrip(".") or "png"])
         print(fastest_within(points, args.quality).to_string(index=False))
         return
     if not (args.queries and args.keys):

@@ -31,7 +31,8 @@ from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFo
 from .. import metrics as catalogue  # noqa: E402
 from ..metrics import HIGHER_IS_BETTER, QUALITY_METRICS  # noqa: E402
 from .analysis import fit_exponent, pareto_front  # noqa: E402
-from .frame import ROW_FIELDS, caption, metric_columns, row_label, to_frame, varying  # noqa: E402
+from .frame import ROW_FIELDS, caption, latest, metric_columns, row_label, to_frame, varying  # noqa: E402
+from . import time_to_quality  # noqa: E402
 from .style import colour, marker, order_key  # noqa: E402
 
 #: row fields a plot's legend may name (never the preset: ``options`` differ between presets)
@@ -340,7 +341,8 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
 
 
 def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | None = None) -> dict[str, Figure]:
-    """All plots that a suite's records support, by a short name (``memory``, ``flops``, ``time``, ``quality``)."""
+    """All plots that a suite's records support, by a short name (``memory``, ``flops``, ``time``,
+    ``quality``, and ``time-to-quality`` where records carry convergence curves: the search suite)."""
     mine = [r for r in records if r.get("suite") == suite]
     df = to_frame(mine)
     if df.empty:
@@ -362,6 +364,15 @@ def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | N
     metric = quality_metric(df)
     if metric:
         out["quality"] = quality_plot(df, suite, metric)
+    # one time-to-quality figure per preset: a preset is run as one command (peers: PSAL and FAISS
+    # side by side), so its curves are comparable; different presets are never drawn together
+    cells = latest(mine)  # a re-run cell counts once, as in the tables
+    presets = list(dict.fromkeys(str(r.get("preset", "")) for r in cells))
+    for preset in presets:
+        points = time_to_quality.curve_points([r for r in cells if str(r.get("preset", "")) == preset])
+        if not points.empty:
+            name = f"time-to-quality-{preset}" if preset else "time-to-quality"
+            out[name] = time_to_quality.figure(points, title=f"{suite} ({preset})" if preset else suite)
     return {k: v for k, v in out.items() if v is not None}
 
 

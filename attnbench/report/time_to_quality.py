@@ -1,0 +1,89 @@
+"""Time-to-quality of the search suite: how long each method takes to get within a quality bar.
+
+A search-suite record whose mechanism was swept (PSAL over iterations, IVF over nprobe, HNSW
+over efSearch) carries ``metrics.convergence``: one point per swept value with the seconds of one
+full call (index build included) and the reconstruction MSE relative to the exact 1-NN's. These
+curves are the fair comparison between an iterative search and an index (issue 14): the
+question is not "which is faster" but "which is faster at the same quality". The report draws
+them (``suite_plots``) and ``python -m attnbench_plugins.psal_quality --time-to-quality`` prints
+the fastest point of each method within the bar.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
+
+from .style import colour  # noqa: E402
+
+#: MSE ratio (to the exact 1-NN's) a method must reach to count as "as good as exact" (issue 14)
+QUALITY_BAR = 1.05
+
+
+def curve_points(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per convergence point of the ok records: mechanism (with its spec parameters),
+    size, swept parameter and value, seconds per call, MSE ratio. Empty when none has curves."""
+    rows = []
+    for record in records:
+        if record.get("status") != "ok":
+            continue
+        metrics = record.get("metrics") or {}
+        swept = metrics.get("swept", "")
+        params = record.get("params") or {}
+        name = record["mechanism"] + (f"[{','.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
+        for point in metrics.get("convergence") or []:
+            if "time_s" not in point or "mse_ratio" not in point:
+                continue
+            rows.append({"mechanism": name, "size": record["size"], "seed": record.get("seed", 0), "swept": swept,
+                         "value": point.get(swept), "time_s": point["time_s"], "mse_ratio": point["mse_ratio"]})
+    return pd.DataFrame(rows, columns=["mechanism", "size", "seed", "swept", "value", "time_s", "mse_ratio"])
+
+
+def fastest_within(points: pd.DataFrame, quality: float = QUALITY_BAR) -> pd.DataFrame:
+    """Per size and mechanism, the fastest point whose MSE ratio is <= ``quality``."""
+    good = points[points["mse_ratio"] <= quality]
+    if good.empty:
+        return good
+    return good.loc[good.groupby(["size", "mechanism"])["time_s"].idxmin()].sort_values(["size", "time_s"])
+
+
+def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "search") -> Figure | None:
+    """MSE ratio vs seconds, one panel per size, one curve per mechanism along its swept
+    parameter (log time axis; PSAL solid, the others dashed); the bar as a dotted line. Give it
+    one run's points (one preset): curves from different runs are not comparable."""
+    if points.empty:
+        return None
+    # a mechanism run with several seeds gets one curve per seed (a curve follows one search)
+    seeded = points.groupby("mechanism")["seed"].transform("nunique") > 1
+    points = points.assign(mechanism=points["mechanism"].where(~seeded, points["mechanism"] + " seed " + points["seed"].astype(str)))
+    sizes = sorted(points["size"].unique())
+    names = list(dict.fromkeys(points["mechanism"]))
+    colours = {name: colour(name) if "[" not in name else f"C{index}" for index, name in enumerate(names)}
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        here = points[points["size"] == size]
+        for name, curve in here.groupby("mechanism", sort=False):
+            curve = curve.sort_values("value")
+            style = "-" if name.startswith("psal") else "--"
+            ax.plot(curve["time_s"], curve["mse_ratio"], style, marker="o", ms=4, label=name, color=colours[name])
+        ax.axhline(quality, color="0.5", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        # labels at 1, 2, 5 x 10^n only: every minor tick labelled overlaps on a narrow panel
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.legend(fontsize=7)
+        ax.set_ylim(0.98, min(1.6, max(1.2, float(here["mse_ratio"].quantile(0.8)) + 0.05)))
+        ax.set_xlabel("seconds per call (index build included)")
+        ax.set_ylabel("reconstruction MSE / exact 1-NN's")
+        ax.set_title(f"{size} x {size} px")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{title}: time to quality (dotted: {quality}x the exact 1-NN's MSE)", fontsize=10)
+    fig.tight_layout()
+    return fig

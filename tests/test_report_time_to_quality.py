@@ -1,0 +1,59 @@
+"""Search suite time-to-quality: curve points from records, the fastest point within the bar, the report's plot."""
+from __future__ import annotations
+
+from attnbench.report.plots import suite_plots
+from attnbench.report.time_to_quality import QUALITY_BAR, curve_points, fastest_within, figure
+from attnbench.schema import make_record
+
+from _report_records import ENV, spec
+
+
+def _record(mechanism: str, size: int, swept: str, curve: list[tuple[int, float, float]], status: str = "ok",
+            params: dict | None = None) -> dict:
+    metrics = {"swept": swept, "time_s": curve[0][1], "mse_ratio": curve[0][2],
+               "convergence": [{swept: v, "time_s": t, "mse_ratio": m} for v, t, m in curve]}
+    return make_record(spec("search", mechanism, size, params=params or {}), status, "", metrics if status == "ok" else {},
+                       ENV)
+
+
+RECORDS = [
+    _record("psal-1", 64, "iterations", [(1, 0.10, 1.30), (5, 0.30, 1.04), (10, 0.60, 1.02)]),
+    _record("psal-1", 64, "iterations", [(1, 0.2, 1.2), (5, 0.5, 1.01)], params={"search_k": 4}),
+    _record("faiss-knn", 64, "nprobe", [(1, 1.0, 1.10), (4, 1.5, 1.03), (8, 2.0, 1.01)]),
+    _record("faiss-knn-hnsw", 64, "ef_search", [(8, 3.0, 1.2)]),  # never within the bar
+    _record("psal-1", 128, "iterations", [(5, 9.0, 1.0)], status="error"),  # failed cells carry no curve
+]
+
+
+def test_curve_points_name_each_spec_and_skip_failed_cells() -> None:
+    points = curve_points(RECORDS)
+    assert set(points["mechanism"]) == {"psal-1", "psal-1[search_k=4]", "faiss-knn", "faiss-knn-hnsw"}
+    assert len(points) == 3 + 2 + 3 + 1 and set(points["size"]) == {64}
+    assert points[points["mechanism"] == "faiss-knn"]["value"].tolist() == [1, 4, 8]
+
+
+def test_fastest_within_takes_each_methods_quickest_point_under_the_bar() -> None:
+    best = fastest_within(curve_points(RECORDS), QUALITY_BAR)
+    got = {row.mechanism: (row.value, row.time_s) for row in best.itertuples()}
+    assert got == {"psal-1": (5, 0.30), "psal-1[search_k=4]": (5, 0.5), "faiss-knn": (4, 1.5)}
+    assert best["time_s"].is_monotonic_increasing  # fastest first
+    assert fastest_within(curve_points(RECORDS), 1.001).empty
+
+
+def test_report_draws_the_curves_only_for_records_that_have_them() -> None:
+    plots = suite_plots(RECORDS, "search")
+    assert [name for name in plots if name.startswith("time-to-quality")] == ["time-to-quality-ci"]  # one per preset
+    fig = plots["time-to-quality-ci"]
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_title() == "64 x 64 px"
+    assert len(ax.get_lines()) == 4 + 1  # one curve per mechanism, plus the dotted bar
+    assert figure(curve_points([])) is None
+    plain = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if k != "convergence"}} for r in RECORDS]
+    assert not [name for name in suite_plots(plain, "search") if name.startswith("time-to-quality")]
+    seeds = [_record("psal-1", 64, "iterations", [(1, 0.1, 1.3), (5, 0.3, 1.0 + s / 100)]) for s in (1, 2)]
+    for s, record in zip((1, 2), seeds):
+        record["seed"] = s
+    labels = [line.get_label() for line in figure(curve_points(seeds)).axes[0].get_lines()]
+    assert labels[:2] == ["psal-1 seed 1", "psal-1 seed 2"]  # one curve per seed, not one zigzag
+    other_run = [{**r, "preset": "peers"} for r in RECORDS[:1]]
+    assert {"time-to-quality-ci", "time-to-quality-peers"} <= set(suite_plots(RECORDS + other_run, "search"))
