@@ -93,11 +93,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--iterations", default="1,2,3,5,10")
     args = parser.parse_args(argv)
     if args.time_to_quality:
+        from attnbench.errors import UserError
         from attnbench.report.plots import save
         from attnbench.report.time_to_quality import curve_points, figure, fastest_within
         from attnbench.schema import read_all
 
-        points = curve_points(read_all(args.time_to_quality))
+        try:
+            points = curve_points(read_all(args.time_to_quality))
+        except UserError as exc:
+            parser.exit(2, f"psal_quality: {exc}\n")
+        if points.empty:
+            parser.exit(2, "psal_quality: no time-to-quality curves in these records "
+                           "(they come from `attnbench run search --preset peers --data DIR`)\n")
         fig = figure(points, args.quality)
         if args.plot and fig is not None:
             save(fig, args.plot.with_suffix(""), [args.plot.suffix.lstrip(".") or "png"])
