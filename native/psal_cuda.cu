@@ -220,13 +220,12 @@ __global__ void __launch_bounds__(kSearchThreads)
       const int32_t* ub = usable + usable_off[b];
       const int64_t n = usable_off[b + 1] - usable_off[b];  // >= K (checked on the host)
       const uint64_t trials = 64ull * (uint64_t)K;
-      const uint64_t stream = psal_hash_stream(seed, b, i, 0);
       for (uint64_t t = 0; t < trials && !h.full(); ++t) {
-        const int32_t c = ub[psal_uniform_hi(psal_hash_draw(stream, t), n)];
+        const int32_t c = ub[psal_uniform_hi(psal_hash(seed, b, i, 0, t), n)];
         ctx.insert(h, c / g.Wk, c % g.Wk);
       }
       if (!h.full()) {
-        const int64_t start = psal_uniform_hi(psal_hash_draw(stream, trials), n);
+        const int64_t start = psal_uniform_hi(psal_hash(seed, b, i, 0, trials), n);
         for (int64_t t = 0; t < n && !h.full(); ++t) {
           const int32_t c = ub[(start + t) % n];
           ctx.insert(h, c / g.Wk, c % g.Wk);
@@ -307,11 +306,10 @@ __global__ void __launch_bounds__(kSearchThreads)
       }
       // Random search around the K centres after propagation (snapshot, best first).
       for (int e = 0; e < K; ++e) snap[e] = h.id[e];
-      const uint64_t stream = psal_hash_stream(seed, b, i, it);
       for (int level = 0; level < levels; ++level) {
         const int w = wmax >> level;
         for (int m = 0; m < K; ++m) {
-          const uint64_t hsh = psal_hash_draw(stream, (uint64_t)level * K + m);
+          const uint64_t hsh = psal_hash(seed, b, i, it, (uint64_t)level * K + m);
           const int cy = snap[m] / g.Wk, cx = snap[m] % g.Wk;
           const int y0 = max(g.r, cy - w), y1 = min(g.Hk - g.r - 1, cy + w);
           const int x0 = max(g.r, cx - w), x1 = min(g.Wk - g.r - 1, cx + w);
