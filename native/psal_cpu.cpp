@@ -388,11 +388,10 @@ struct Heap {
 template <typename T>
 struct Scratch {
   std::vector<int32_t> snap, cand, need;
-  std::vector<int64_t> koff, snap_y, snap_x;
+  std::vector<int64_t> koff;
   std::vector<T> cost, fresh, part;  // part: one vector of partial sums per candidate
   Scratch(int64_t K, int64_t levels)
-      : snap(K), cand(16 * K + levels * K), need(cand.size()), koff(cand.size()), snap_y(K), snap_x(K),
-        cost(cand.size()),
+      : snap(K), cand(16 * K + levels * K), need(cand.size()), koff(cand.size()), cost(cand.size()),
         fresh(cand.size()), part(cand.size() * Simd<T>::N) {}
 };
 
@@ -530,14 +529,10 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       std::copy(h.j, h.j + K, snap.begin());
       const int64_t wmax = std::max(g.Hk, g.Wk);
       const uint64_t stream = psal_hash_stream(seed, b, i, it);
-      for (int64_t m = 0; m < K; ++m) {  // centres as (y, x), once
-        sc.snap_y[m] = wk_div.div(snap[m]);
-        sc.snap_x[m] = snap[m] - sc.snap_y[m] * g.Wk;
-      }
       for (int64_t level = 0; level < levels; ++level) {
         const int64_t w = wmax >> level;
         for (int64_t m = 0; m < K; ++m) {
-          const int64_t cy = sc.snap_y[m], cx = sc.snap_x[m];
+          const int64_t cy = wk_div.div(snap[m]), cx = snap[m] - cy * g.Wk;
           const uint64_t hsh = psal_hash_draw(stream, level * K + m);
           const int64_t y0 = std::max(g.r, cy - w), y1 = std::min(g.Hk - g.r - 1, cy + w);
           const int64_t x0 = std::max(g.r, cx - w), x1 = std::min(g.Wk - g.r - 1, cx + w);

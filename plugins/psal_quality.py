@@ -84,7 +84,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-to-quality", nargs="+", metavar="RECORDS", help="search-suite records (JSON Lines)")
     parser.add_argument("--plot", type=Path, help="where to draw the time-to-quality figure (PNG)")
-    parser.add_argument("--quality", type=float, default=1.05, help="MSE ratio a method must reach (default 1.05)")
+    parser.add_argument("--quality", type=float, help="MSE ratio a method must reach (default: QUALITY_BAR, 1.05)")
     parser.add_argument("queries", nargs="?", help="image whose patches are searched for (e.g. img2_512.png)")
     parser.add_argument("keys", nargs="?", help="image searched in (e.g. img1_512.png)")
     parser.add_argument("--size", type=int, default=128)
@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.time_to_quality:
         from attnbench.errors import UserError
         from attnbench.report.plots import save
-        from attnbench.report.time_to_quality import curve_points, figure, fastest_within
+        from attnbench.report.time_to_quality import QUALITY_BAR, curve_points, figure, fastest_within
         from attnbench.schema import read_all
 
         try:
@@ -105,10 +105,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if points.empty:
             parser.exit(2, "psal_quality: no time-to-quality curves in these records "
                            "(they come from `attnbench run search --preset peers --data DIR`)\n")
-        fig = figure(points, args.quality)
+        quality = QUALITY_BAR if args.quality is None else args.quality
+        fig = figure(points, quality)
         if args.plot and fig is not None:
             save(fig, args.plot.with_suffix(""), [args.plot.suffix.lstrip(".") or "png"])
-        print(fastest_within(points, args.quality).to_string(index=False))
+        print(fastest_within(points, quality).to_string(index=False))
         return
     if not (args.queries and args.keys):
         parser.error("give QUERIES and KEYS images, or --time-to-quality RECORDS")
