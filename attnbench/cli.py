@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -35,12 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _interrupted=getattr(module, "INTERRUPTED", ""))
     return parser
+
+
+def closed_stdout() -> int:
+    """The reader of stdout went away (``attnbench list | head``): stop quietly, as a POSIX tool
+    killed by SIGPIPE would, instead of printing a BrokenPipeError traceback. Returns 141 (128 +
+    SIGPIPE)."""
+    try:  # the interpreter flushes stdout once more at exit: point it at /dev/null first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "_run", None):
@@ -50,8 +64,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (UserError, Unavailable) as exc:
         print(f"attnbench: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return closed_stdout()
     except KeyboardInterrupt:
-        print("attnbench: interrupted; finished cells are saved (re-run with --resume)", file=sys.stderr)
+        what = getattr(args, "_interrupted", "")  # each command says what an interruption leaves behind
+        print(f"attnbench: interrupted{'; ' + what if what else ''}", file=sys.stderr)
         return 130
 
 

@@ -24,6 +24,16 @@ def no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
+class _Console(Console):
+    """rich's Console, except when stdout's reader has gone (``attnbench list | head``): rich would
+    exit 1, which attnbench uses for "gate failed" and "cells failed"; this hands the
+    BrokenPipeError to ``cli.main``, which exits quietly with 141 as a command killed by SIGPIPE."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def make_console(stderr: bool = False) -> Console:
     """A console for stdout (results) or stderr (progress, warnings).
 
@@ -33,8 +43,8 @@ def make_console(stderr: bool = False) -> Console:
     """
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(file=stream, color_system=None if no_color() else "auto", highlight=not no_color())
-    return Console(file=stream, color_system=None, force_terminal=False, width=PIPE_WIDTH, soft_wrap=True,
+        return _Console(file=stream, color_system=None if no_color() else "auto", highlight=not no_color())
+    return _Console(file=stream, color_system=None, force_terminal=False, width=PIPE_WIDTH, soft_wrap=True,
                    highlight=False, emoji=False)
 
 

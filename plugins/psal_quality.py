@@ -13,6 +13,7 @@ The measures (exact search, recall, distance ratio, image loading) are the searc
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -119,4 +120,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from attnbench.cli import closed_stdout
+
+    try:
+        main()
+    except BrokenPipeError:  # `... | head`: stop quietly, as attnbench does
+        sys.exit(closed_stdout())

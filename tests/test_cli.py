@@ -144,3 +144,35 @@ def test_estimate_measure_confirms_through_the_memory_suite(tmp_path: Path) -> N
     [record] = read(out)
     assert record["suite"] == "memory" and record["size"] == 16 and record["channels"] == 4
     assert record["metrics"]["peak_memory_bytes"] == measured["peak_memory_bytes"]
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    """``attnbench list | head``: when stdout's reader is gone, stop quietly with 141 (128 + SIGPIPE)."""
+    env = {**os.environ, "COLUMNS": "80", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "attnbench", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=REPO)
+    proc.stdout.close()  # before the child has written anything (it is still importing)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 141, err.decode()
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+@pytest.mark.parametrize("verb, says, never", [
+    ("run", "re-run with --resume", "report files"),
+    ("report", "report files it was writing may be incomplete", "--resume"),
+    ("list", "", "--resume"),
+])
+def test_ctrl_c_says_what_this_command_leaves_behind(verb: str, says: str, never: str,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(f"attnbench.commands.{verb}"), "run", interrupted)
+    argv = {"run": ["run", "memory"], "report": ["report", "results/published"], "list": ["list"]}[verb]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attnbench: interrupted") and len(err.splitlines()) == 1
+    assert says in err and never not in err

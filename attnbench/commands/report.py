@@ -12,6 +12,8 @@ from pathlib import Path
 
 NAME = "report"
 HELP = "tables (terminal, Markdown, CSV), plots (PNG, SVG) and an HTML page from result files or folders"
+#: what attnbench's Ctrl-C message adds for this command (cli.main)
+INTERRUPTED = "report files it was writing may be incomplete (run it again)"
 FORMATS = ("rich", "md", "csv", "png", "svg", "html")
 DEFAULT_OUT = Path("results/report")
 

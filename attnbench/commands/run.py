@@ -19,6 +19,8 @@ from . import int_option
 
 NAME = "run"
 HELP = "run a suite (memory, speed, reconstruction, ...) and append one record per cell"
+#: what attnbench's Ctrl-C message adds for this command (cli.main)
+INTERRUPTED = "finished cells are saved (re-run with --resume)"
 DEFAULT_OUT = Path("results/runs")
 EPILOG = """exit status: 0 every cell ok, infeasible or unavailable; 2 bad input (nothing ran);
 3 some cell ended error, timeout, killed or oom (a summary names them); 4 the results file could
