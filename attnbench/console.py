@@ -26,7 +26,7 @@ def no_color() -> bool:
 
 class _Console(Console):
     """rich's Console, except when stdout's reader has gone (``attnbench list | head``): rich would
-    exit 1, which attnbench uses for "gate failed" and "cells failed"; this hands the
+    exit 1, which `attnbench gate` uses for "regression"; this hands the
     BrokenPipeError to ``cli.main``, which exits quietly with 141 as a command killed by SIGPIPE."""
 
     def on_broken_pipe(self) -> None:
