@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch.utils.benchmark import Measurement, Timer
@@ -74,8 +74,14 @@ def time_call(
     repeats = int(max(min_repeats, min(max_repeats, budget_s // max(per_call, 1e-9))))
     while len(samples) < repeats:
         samples.append(timer.timeit(1).median)
+    median, iqr = median_iqr(samples)
+    return Timing(median, iqr, len(samples), samples, warm)
+
+
+def median_iqr(samples: Sequence[float]) -> tuple[float, float]:
+    """Median and interquartile range of timed repeats (IQR 0 for a single sample)."""
     q = statistics.quantiles(samples, n=4) if len(samples) >= 2 else [samples[0]] * 3
-    return Timing(statistics.median(samples), q[2] - q[0], len(samples), samples, warm)
+    return statistics.median(samples), q[2] - q[0]
 
 
 def matmul_flops_per_s(device: str | torch.device = "cpu", n: int = 1024) -> float:

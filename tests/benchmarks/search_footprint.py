@@ -16,12 +16,12 @@ torch.utils.benchmark, so a machine that slows down for a while slows every row 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch
 from torch.utils.benchmark import Timer
 
+from attnbench.measure.timing import median_iqr
 from attnbench_plugins import psal_ops
 
 CHANNELS, PATCH, K_NN, ITERATIONS = 16, 7, 3, 5  # PSAL-3 as the speed suite runs it
@@ -79,10 +79,7 @@ def main() -> int:
           f"{'ns/eval':>8} {'vs ' + str(first) + ' px':>10}")
     per_eval = {}
     for n in args.keys:
-        ts = times[n]
-        median = statistics.median(ts)
-        quartiles = statistics.quantiles(ts, n=4) if len(ts) > 1 else [median] * 3
-        iqr = quartiles[2] - quartiles[0]
+        median, iqr = median_iqr(times[n])
         per_eval[n] = median / evals[n] * 1e9
         print(f"{n:>6} {CHANNELS * n * n * 4 / 1e6:>11.2f} {evals[n] / args.queries ** 2:>11.1f} {median:>9.3f} "
               f"{iqr:>7.3f} {per_eval[n]:>8.1f} {per_eval[n] / per_eval[first]:>9.2f}x")
