@@ -3,7 +3,7 @@
 >>> import attnbench
 >>> layer = attnbench.mechanism("local", window=50)   # a torch.nn.Module
 """
-from .errors import Unavailable, UnsupportedRequest, UserError
+from .errors import Unavailable, Unsupported, UnsupportedRequest, UserError
 from .interface import AttentionMechanism, Availability, CostEstimate, ProblemShape
 from .registry import mechanism, plugins
 
@@ -15,6 +15,7 @@ __all__ = [
     "CostEstimate",
     "ProblemShape",
     "Unavailable",
+    "Unsupported",
     "UnsupportedRequest",
     "UserError",
     "mechanism",

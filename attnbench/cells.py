@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 #: how a cell can end; ``killed``: the worker died from a signal with no evidence of an OOM
-STATUSES = ("ok", "oom", "timeout", "killed", "error", "unavailable", "infeasible")
+STATUSES = ("ok", "oom", "timeout", "killed", "error", "unavailable", "infeasible", "unsupported")
 #: statuses that say something about the mechanism on this machine; ``--resume`` keeps them
-FINAL_STATUSES = ("ok", "oom", "infeasible", "unavailable")
+FINAL_STATUSES = ("ok", "oom", "infeasible", "unavailable", "unsupported")
 #: statuses of a cell that failed to give a result; ``--resume`` runs them again, exit status 3
 FAILED_STATUSES = ("error", "timeout", "killed", "oom")
 

@@ -21,6 +21,13 @@ class CellOutcome(Exception):
         self.metrics = dict(metrics or {})
 
 
+class Unsupported(CellOutcome):
+    """A mechanism that cannot take this cell's shape or setting at all (NATTEN's head-dim limit,
+    an SDPA backend on a device it does not exist on): a final answer, not a failure. The record
+    says ``unsupported`` with the reason; ``--resume`` does not run it again and the exit status
+    is 0."""
+
+
 class Infeasible(CellOutcome):
     """A cell that is not run because its estimate exceeds what the machine has (memory or time)."""
 

@@ -11,7 +11,7 @@ order of things that make a run trustworthy:
    cleanly on a write error (every complete record kept) and, on any exit (normal, Ctrl-C,
    SIGTERM), close the executor so that no worker outlives the run.
 
-Exit statuses (:class:`RunSummary.exit_code`): 0 every cell ok, infeasible or unavailable;
+Exit statuses (:class:`RunSummary.exit_code`): 0 every cell ok, infeasible, unavailable or unsupported;
 3 a cell ended error, timeout, killed or oom; 4 results could not be written; 2 (bad input) and
 130 (interrupted) come from the CLI.
 """

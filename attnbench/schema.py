@@ -11,7 +11,7 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     device, dtype str
     seed          int
     options       dict      suite-specific settings of the cell
-    status        str       ok | oom | timeout | killed | error | unavailable | infeasible
+    status        str       ok | oom | timeout | killed | error | unavailable | infeasible | unsupported
     reason        str       why, when status is not ok
     metrics       dict      peak_memory_bytes, estimated_memory_bytes, flops, estimated_flops,
                             uncounted_ops, time_median_s, time_iqr_s, time_repeats, and quality

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cells import CellSpec
-from .errors import Infeasible, InvalidOutput, OutOfMemory, Unavailable, UserError
+from .errors import Infeasible, InvalidOutput, OutOfMemory, Unavailable, Unsupported, UserError
 
 #: environment variable naming the file where a worker notes what it knows before the risky part
 #: of a cell (the estimates), so that a timeout or a kill still records them
@@ -82,6 +82,8 @@ def execute(spec: CellSpec) -> dict[str, Any]:
         status, reason = "unavailable", str(exc)
     except Infeasible as exc:
         status, reason, metrics = "infeasible", str(exc), exc.metrics
+    except Unsupported as exc:
+        status, reason, metrics = "unsupported", str(exc), exc.metrics
     except OutOfMemory as exc:
         status, reason, metrics = "oom", str(exc), exc.metrics
     except UserError as exc:

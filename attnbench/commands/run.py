@@ -22,11 +22,11 @@ HELP = "run a suite (memory, speed, reconstruction, ...) and append one record p
 #: what attnbench's Ctrl-C message adds for this command (cli.main)
 INTERRUPTED = "finished cells are saved (re-run with --resume)"
 DEFAULT_OUT = Path("results/runs")
-EPILOG = """exit status: 0 every cell ok, infeasible or unavailable; 2 bad input (nothing ran);
+EPILOG = """exit status: 0 every cell ok, infeasible, unavailable or unsupported; 2 bad input (nothing ran);
 3 some cell ended error, timeout, killed or oom (a summary names them); 4 the results file could
 not be written (every complete record is kept: rerun with --resume); 130 interrupted."""
 
-STATUS_STYLE = {"ok": "green", "infeasible": "yellow", "unavailable": "magenta", "oom": "red", "timeout": "red",
+STATUS_STYLE = {"ok": "green", "infeasible": "yellow", "unavailable": "magenta", "unsupported": "magenta", "oom": "red", "timeout": "red",
                 "killed": "red", "error": "red"}
 
 

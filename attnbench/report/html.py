@@ -75,7 +75,7 @@ def _cell_class(text: str) -> str:
         return "bad"
     if text.startswith(("infeasible", "too slow")):
         return "warn"
-    if text.startswith(("unavailable", "not run")):
+    if text.startswith(("unavailable", "unsupported", "not run")):
         return "dim"
     return ""
 

@@ -58,15 +58,15 @@ def status_text(row: pd.Series, estimate: str | None = None) -> str:
         return f"too slow (~{seconds} s; est. {estimate})" if estimate else f"too slow (~{seconds} s)"
     if status in ("infeasible", "oom", "timeout") and estimate:
         return f"{status} (est. {estimate})"
-    if status == "unavailable":
-        return f"unavailable: {_short(row['reason'])}" if row["reason"] else "unavailable"
+    if status in ("unavailable", "unsupported"):
+        return f"{status}: {_short(row['reason'])}" if row["reason"] else str(status)
     return str(status)
 
 
 def _note(row: pd.Series, where: str) -> str | None:
     if row["status"] in ("ok", "infeasible") or not row["reason"]:
         return None  # an infeasible cell shows its estimate in place
-    if row["status"] == "unavailable" and len(str(row["reason"])) <= _REASON_CHARS:
+    if row["status"] in ("unavailable", "unsupported") and len(str(row["reason"])) <= _REASON_CHARS:
         return None
     return f"{where}: {row['status']}: {str(row['reason']).strip().splitlines()[0]}"
 
@@ -367,7 +367,7 @@ def suites_in(records: Sequence[dict[str, Any]]) -> list[str]:
 
 
 _STATUS_STYLE = {"infeasible": "yellow", "oom": "red", "timeout": "red", "error": "bold red",
-                 "unavailable": "dim", "not run": "dim"}
+                 "unavailable": "dim", "unsupported": "dim", "not run": "dim"}
 
 
 def _styled(text: str, paper_column: bool) -> Text:
