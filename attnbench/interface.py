@@ -174,6 +174,10 @@ class AttentionMechanism(nn.Module):
     summary: ClassVar[str] = ""
     #: the complexity in the paper's notation, shown in tables
     complexity: ClassVar[str] = ""
+    #: the version of what this mechanism computes (its algorithm, e.g. PSAL's search rules); bump it
+    #: when a change alters the figures a cell measures, so that ``--resume`` re-runs old cells and
+    #: ``gate`` says "measured under another definition" instead of calling the change a regression
+    algorithm_version: ClassVar[int] = 1
 
     def __init__(self, patch_size: int = 7, similarity: str = "l2", temperature: float = 1.0, **params: Any):
         super().__init__()

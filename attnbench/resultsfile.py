@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .cells import FINAL_STATUSES
+from .schema import migrate
 from .errors import UserError
 
 
@@ -39,11 +40,14 @@ def _why(exc: OSError) -> str:
 class ResultsFile:
     """An open, locked results file (JSON Lines). Use :meth:`open`; :meth:`close` releases it."""
 
-    def __init__(self, path: Path, lock_fd: int, done: dict[str, str], notes: list[str]):
+    def __init__(self, path: Path, lock_fd: int, done: dict[str, str], notes: list[str],
+                 definitions: Optional[dict[str, Any]] = None):
         self.path = path
         self._lock_fd: Optional[int] = lock_fd
-        #: key -> status of the cells a resumed run skips
+        #: key -> status of the finished cells a resumed run may skip
         self.done = done
+        #: key -> the definition each of those was measured under
+        self.definitions = dict(definitions or {})
         #: what opening did that a user should know (torn line dropped, old file moved aside)
         self.notes = notes
         self.written = 0
@@ -73,8 +77,9 @@ class ResultsFile:
         lock_fd = _lock(path)
         try:
             done: dict[str, str] = {}
+            definitions: dict[str, Any] = {}
             if resume and path.exists():
-                done = _resume_state(path, keep_failed, say)
+                done, definitions = _resume_state(path, keep_failed, say)
             elif path.exists() and path.stat().st_size > 0:
                 _check_is_results(path)
                 backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.prev")
@@ -91,7 +96,24 @@ class ResultsFile:
         except BaseException:
             os.close(lock_fd)
             raise
-        return cls(path, lock_fd, done, notes)
+        return cls(path, lock_fd, done, notes, definitions)
+
+    def todo(self, cells: list[Any], note: Callable[[str], None] = lambda _msg: None) -> list[Any]:
+        """The cells still to run: not finished in the file, or finished under another definition
+        (a runner or algorithm change: the old figure no longer answers the cell; said once)."""
+        from .definition import difference, of_cell
+
+        todo, changed = [], []
+        for cell in cells:
+            if cell.key not in self.done:
+                todo.append(cell)
+            elif difference(self.definitions.get(cell.key), of_cell(cell)):
+                todo.append(cell)
+                changed.append(f"{cell.label} ({difference(self.definitions.get(cell.key), of_cell(cell))})")
+        if changed:
+            note(f"{len(changed)} finished cell(s) were measured under another definition and run again: "
+                 + "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else ""))
+        return todo
 
     # ------------------------------------------------------------------ writing
     def append(self, record: dict[str, Any]) -> None:
@@ -175,8 +197,9 @@ def _check_is_results(path: Path) -> None:
                         "choose another --out or remove it")
 
 
-def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> dict[str, str]:
-    """Drop a torn tail, refuse corrupt lines, and return key -> last status of the finished cells."""
+def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Drop a torn tail, refuse corrupt lines, and return (key -> last status of the finished cells,
+    key -> the definition that last record was measured under)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -192,6 +215,7 @@ def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> 
         say(f"dropped the unfinished last line of {path} (line {line_no}: a run killed mid-write)")
         data = keep
     last: dict[str, str] = {}
+    definitions: dict[str, Any] = {}
     for no, raw in enumerate(data.split(b"\n")[:-1] if data else [], 1):
         if not raw.strip():
             continue
@@ -203,5 +227,7 @@ def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> 
             raise UserError(f"{path}:{no}: not an attnbench record; the results file is corrupt (fix or remove "
                             "that line, then --resume again)")
         last[rec["key"]] = rec["status"]
+        definitions[rec["key"]] = migrate(rec).get("definition")
     keep_statuses = set(FINAL_STATUSES) | ({"error", "timeout", "killed"} if keep_failed else set())
-    return {key: status for key, status in last.items() if status in keep_statuses}
+    done = {key: status for key, status in last.items() if status in keep_statuses}
+    return done, {key: definitions[key] for key in done}

@@ -149,13 +149,14 @@ def _failed_preparation(cells: Sequence[CellSpec], failures: dict[str, str]) -> 
 def run_cells(cells: Sequence[CellSpec], results: ResultsFile, executor: Executor,
               on_record: Optional[Callable[[dict[str, Any]], None]] = None,
               failed_preparation: Optional[dict[str, str]] = None) -> RunSummary:
-    """Run ``cells`` (those not already in ``results.done``) on ``executor``, appending each record.
+    """Run ``cells`` (those ``results.todo`` leaves: not finished, or finished under another definition)
+    on ``executor``, appending each record.
 
     Never raises for a cell's failure; a results write error stops the run (``summary.write_error``);
     Ctrl-C and SIGTERM raise KeyboardInterrupt after the executor is closed.
     """
     failures = failed_preparation or {}
-    todo = [c for c in cells if c.key not in results.done]
+    todo = results.todo(cells)
     summary = RunSummary(results.path, total=len(cells), skipped=len(cells) - len(todo))
     labels = {c.key: c.label for c in cells}
     dispatch = [c for c in todo if c.mechanism not in failures]

@@ -20,6 +20,12 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
     calibration   dict      values the run measured once for every cell (flops_per_s: the matmul
                             yardstick); not part of the key
+    definition    dict      what the figures were measured under: {"runner": version of the runner's
+                            measuring procedure, "mechanism": the mechanism's algorithm_version}
+                            (attnbench/definition.py); ``--resume`` re-runs cells whose definition changed
+
+Reading migrates every earlier version to this one (``MIGRATIONS``; tests/fixtures/ holds a file per
+old version), so a results file stays readable when the schema moves on.
 Every record has env, started_at and duration_s, whoever wrote it (the worker, or the executor
 for a timeout, a kill or a crash).
 """
@@ -30,20 +36,42 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from .cells import CellSpec, STATUSES
 from .errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REQUIRED = ("schema", "suite", "key", "mechanism", "params", "size", "channels", "patch_size", "batch",
-            "mode", "device", "dtype", "status", "reason", "metrics", "env")
+            "mode", "device", "dtype", "status", "reason", "metrics", "env", "definition")
+
+
+def _from_v1(rec: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had no ``definition``: every such record was measured under the first one."""
+    from .definition import FIRST_DEFINITION
+
+    return {**rec, "schema": 2, "definition": dict(FIRST_DEFINITION)}
+
+
+#: version -> the function that turns a record of that version into one of the next version
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _from_v1}
+
+
+def migrate(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record of any earlier schema version as a record of this one (others are returned as they are)."""
+    version = rec.get("schema")
+    while isinstance(version, int) and not isinstance(version, bool) and version in MIGRATIONS:
+        rec = MIGRATIONS[version](rec)
+        version = rec.get("schema")
+    return rec
 
 
 def make_record(spec: CellSpec, status: str, reason: str = "", metrics: dict[str, Any] | None = None,
                 env: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    from .definition import of_cell
+
     assert status in STATUSES, status
-    rec: dict[str, Any] = {"schema": SCHEMA_VERSION, "key": spec.key}
+    rec: dict[str, Any] = {"schema": SCHEMA_VERSION, "key": spec.key, "definition": of_cell(spec)}
     rec.update(spec.to_dict())
     rec.pop("runner")
     rec.pop("timeout_s")
@@ -95,22 +123,12 @@ def append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Remove an unfinished last line (a run killed mid-write) so appends start on a clean line."""
-    path = Path(path)
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
 #: the JSON type each field must have (bool is never accepted as int); checked on every read
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "schema": (int,), "suite": (str,), "key": (str,), "mechanism": (str,), "params": (dict,),
     "size": (int,), "channels": (int,), "patch_size": (int,), "batch": (int,), "mode": (str,),
     "device": (str,), "dtype": (str,), "status": (str,), "reason": (str,), "metrics": (dict,), "env": (dict,),
-    "preset": (str,), "seed": (int,), "options": (dict,),
+    "preset": (str,), "seed": (int,), "options": (dict,), "definition": (dict,),
 }
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "true/false", type(None): "null"}
@@ -124,6 +142,9 @@ def check_record(rec: Any) -> str:
     """What is wrong with a parsed record (field types included), or "" when it is a valid record."""
     if not isinstance(rec, dict):
         return f"not an attnbench record (a JSON {_json_name(rec).split()[-1]}, not an object)"
+    version = rec.get("schema")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        return f"schema version {version} was written by a newer attnbench (this one reads 1-{SCHEMA_VERSION}); upgrade attnbench"
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         return f"not an attnbench record (missing {', '.join(missing[:4])})"
@@ -134,7 +155,7 @@ def check_record(rec: Any) -> str:
         if isinstance(value, bool) or not isinstance(value, types):
             return f"field {name!r} must be {_JSON_NAMES[types[0]]}, got {_json_name(value)} {json.dumps(value, default=str)[:40]}"
     if rec["schema"] != SCHEMA_VERSION:
-        return f"schema version {rec['schema']}, this attnbench reads {SCHEMA_VERSION}; re-run the suite"
+        return f"schema version {rec['schema']} is not one this attnbench reads (1-{SCHEMA_VERSION})"
     for name in ("size", "channels", "patch_size", "batch"):
         if rec[name] < 1:
             return f"field {name!r} must be a positive integer, got {rec[name]}"
@@ -170,6 +191,7 @@ def read(path: Path) -> list[dict[str, Any]]:
                       file=sys.stderr)
                 continue
             raise UserError(f"{path}:{no}: not a JSON record; the results file is corrupt (remove the line or re-run)") from None
+        rec = migrate(rec) if isinstance(rec, dict) else rec
         problem = check_record(rec)
         if problem:
             raise UserError(f"{path}:{no}: {problem}")
@@ -199,10 +221,3 @@ def read_all(paths: Iterable[str | Path], *, require: bool = False) -> list[dict
     if require and not records:
         raise UserError(f"no records in {', '.join(map(str, files))} (empty result file{'s' if len(files) > 1 else ''})")
     return records
-
-
-def iter_done_keys(path: Path) -> Iterator[str]:
-    """Keys of cells already finished in ``path`` (for ``--resume``)."""
-    if Path(path).exists():
-        for rec in read(path):
-            yield rec["key"]

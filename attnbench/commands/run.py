@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
     with runloop.sigterm_as_interrupt(), \
             ResultsFile.open(out, resume=args.resume, keep_failed=args.keep_failed, note=note) as results:
-        todo = [c for c in cells if c.key not in results.done]
+        todo = results.todo(cells, note)
         console.print(f"[bold]{plain(suite.name)}[/] ({plain(preset)}): {len(cells)} cells, "
                       f"{len(cells) - len(todo)} already done -> {plain(out)}")
         failures: dict[str, str] = {}
