@@ -8,7 +8,9 @@ cells are shown as such, never dropped. ``--budget 4GiB`` draws a memory budget 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 NAME = "report"
 HELP = "tables (terminal, Markdown, CSV), plots (PNG, SVG) and an HTML page from result files or folders"
@@ -113,19 +115,33 @@ def _formats(args: argparse.Namespace) -> list[str]:
     return chosen
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..report.tables import wide_console
+@dataclass
+class _Content:
+    """Everything the report shows, computed once; each output format only lays it out."""
 
+    suites: list[str]
+    records: list[dict]
+    tables: dict[str, list]
+    figures: dict[str, dict]
+    crossover: Any
+    headline: list[str]
+    examples: dict[str, list[tuple[str, Path]]]
+    env: Any
+    budget: float | None
+
+
+def _collect(args: argparse.Namespace, formats: list[str], out: Path) -> _Content:
+    """Read and check the records (and that ``out`` takes files, when files are asked for) before
+    any table or figure is drawn."""
     from ..errors import UserError
     from ..report import html as html_page
-    from ..report.frame import environments, settings, to_frame
-    from ..report.plots import save, suite_plots
-    from ..report.summary import headline_figure, sentences
-    from ..report.tables import crossover_table, render_rich, suite_tables, suites_in, to_markdown
+    from ..report.frame import environments
+    from ..report.plots import suite_plots
+    from ..report.summary import sentences
+    from ..report.tables import crossover_table, suite_tables, suites_in
     from ..schema import read_all
     from . import writable_folder
 
-    formats = _formats(args)
     budget = _budget(args.budget)
     records = read_all(args.results, require=True)
     present = suites_in(records)
@@ -133,88 +149,106 @@ def run(args: argparse.Namespace) -> int:
     missing = [s for s in suites if s not in present]
     if missing:
         raise UserError(f"no records of suite {', '.join(missing)}; present: {', '.join(present)}")
-    console = wide_console()
-    out = args.out or DEFAULT_OUT
-    files = [f for f in formats if f != "rich"]
-    if files:
+    if any(f != "rich" for f in formats):
         writable_folder(out)
-    tables = {s: suite_tables(records, s, args.reference) for s in suites}
-    want_plots = bool({"png", "svg", "html"} & set(formats))
-    figures = {s: suite_plots(records, s, budget) for s in suites} if want_plots else {}
     chosen = [r for r in records if r["suite"] in suites]
-    crossover = crossover_table(chosen, args.reference)
-    headline = sentences(chosen, args.reference)
-    examples = find_examples(list(map(str, args.results)), chosen)
-    written: list[Path] = []
+    want_plots = bool({"png", "svg", "html"} & set(formats))
+    return _Content(suites=suites, records=chosen,
+                    tables={s: suite_tables(records, s, args.reference) for s in suites},
+                    figures={s: suite_plots(records, s, budget) for s in suites} if want_plots else {},
+                    crossover=crossover_table(chosen, args.reference), headline=sentences(chosen, args.reference),
+                    examples=find_examples(list(map(str, args.results)), chosen), env=environments(chosen),
+                    budget=budget)
 
-    if "rich" in formats:
-        for s in suites:
-            for t in tables[s]:
-                console.print(render_rich(t))
-        if not crossover.empty:
-            console.print(render_rich(crossover))
-    for s in suites:
-        if "csv" in formats:
-            for k, t in enumerate(tables[s]):
-                path = out / (f"{s}.csv" if k == 0 else f"{s}-{t.attrs.get('name', k + 1)}.csv")
-                t.to_csv(path)
-                written.append(path)
-        for name, fig in figures.get(s, {}).items():
-            plot_formats = [f for f in ("png", "svg") if f in formats]
-            if plot_formats:
-                written += save(fig, out / "plots" / f"{s}-{name}", plot_formats)
-    if "csv" in formats:
-        flat = to_frame(chosen)
-        flat.to_csv(out / "records.csv", index=False)
-        written.append(out / "records.csv")
-        if not crossover.empty:
-            crossover.to_csv(out / "crossover.csv")
-            written.append(out / "crossover.csv")
-    env = environments([r for r in records if r["suite"] in suites])
-    if "md" in formats:
-        import shutil
-        from urllib.parse import quote
 
-        lines = [f"# {args.title}", "", f"From {', '.join(map(str, args.results))}. Memory in GiB (2^30 bytes), work "
-                 "in GFLOP, time in seconds; the paper's figures (`paper` columns) are as published (memory in GB), "
-                 "shown only beside cells run at the paper's settings.", ""]
-        if headline:
-            lines += ["## Summary", ""] + [f"- {h}" for h in headline] + [""]
-        for s in suites:
-            lines += [f"## {s}", "", "Settings: " + "; ".join(
-                f"{k} {v}" for k, v in settings(to_frame([r for r in chosen if r["suite"] == s])).items()), ""]
-            lines += [to_markdown(t) for t in tables[s]]
-            for name in figures.get(s, {}):
-                for fmt in ("png", "svg"):
-                    if fmt in formats:
-                        lines.append(f"![{s} {name}](plots/{s}-{name}.{fmt})")
-                        break
-            if examples.get(s):
-                lines += ["", f"Example outputs ({s}):", ""]
-                for caption, path in examples[s]:
-                    target = out / "examples" / s / path.name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(path, target)
-                    lines.append(f"![{caption.replace('[', '(').replace(']', ')')}](examples/{s}/{quote(path.name)})")
-            lines.append("")
-        if not crossover.empty:
-            lines += ["## Crossover", "", to_markdown(crossover), ""]
-        lines += ["## Environment", "", env.to_markdown(index=False), ""]
-        (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-        written.append(out / "report.md")
-    if "html" in formats:
-        sections = []
-        for s in suites:
-            mine = [r for r in chosen if r["suite"] == s]
-            sections.append(html_page.Section(s, tables[s], figures.get(s, {}), settings(to_frame(mine)),
-                                              section_environment(mine), examples.get(s, [])))
-        figure = headline_figure(chosen, budget)
-        (out / "report.html").write_text(html_page.page(args.title, sections, env, list(map(str, args.results)),
-                                                        headline, figure, crossover), encoding="utf-8")
-        written.append(out / "report.html")
+def _write_terminal(content: _Content) -> None:
+    from ..report.tables import render_rich, wide_console
+
+    console = wide_console()
+    for s in content.suites:
+        for t in content.tables[s]:
+            console.print(render_rich(t))
+    if not content.crossover.empty:
+        console.print(render_rich(content.crossover))
+
+
+def _write_csv(content: _Content, out: Path) -> list[Path]:
+    from ..report.frame import to_frame
+
+    written = []
+    for s in content.suites:
+        for k, t in enumerate(content.tables[s]):
+            path = out / (f"{s}.csv" if k == 0 else f"{s}-{t.attrs.get('name', k + 1)}.csv")
+            t.to_csv(path)
+            written.append(path)
+    to_frame(content.records).to_csv(out / "records.csv", index=False)
+    written.append(out / "records.csv")
+    if not content.crossover.empty:
+        content.crossover.to_csv(out / "crossover.csv")
+        written.append(out / "crossover.csv")
+    return written
+
+
+def _write_plots(content: _Content, out: Path, formats: list[str]) -> list[Path]:
+    from ..report.plots import save
+
+    plot_formats = [f for f in ("png", "svg") if f in formats]
+    if not plot_formats:
+        return []
+    return [path for s in content.suites for name, fig in content.figures.get(s, {}).items()
+            for path in save(fig, out / "plots" / f"{s}-{name}", plot_formats)]
+
+
+def _suite_settings(content: _Content, suite: str) -> dict[str, Any]:
+    from ..report.frame import settings, to_frame
+
+    return settings(to_frame([r for r in content.records if r["suite"] == suite]))
+
+
+def _write_markdown(content: _Content, args: argparse.Namespace, out: Path, formats: list[str]) -> Path:
+    from ..report.markdown import page
+
+    text = page(args.title, list(map(str, args.results)), content.headline, content.suites, content.tables,
+                {s: _suite_settings(content, s) for s in content.suites},
+                {s: list(content.figures.get(s, {})) for s in content.suites}, content.examples,
+                content.crossover, content.env, formats, out)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return out / "report.md"
+
+
+def _write_html(content: _Content, args: argparse.Namespace, out: Path) -> Path:
+    from ..report import html as html_page
+    from ..report.summary import headline_figure
+
+    sections = [html_page.Section(s, content.tables[s], content.figures.get(s, {}), _suite_settings(content, s),
+                                  section_environment([r for r in content.records if r["suite"] == s]),
+                                  content.examples.get(s, []))
+                for s in content.suites]
+    figure = headline_figure(content.records, content.budget)
+    (out / "report.html").write_text(html_page.page(args.title, sections, content.env, list(map(str, args.results)),
+                                                    content.headline, figure, content.crossover), encoding="utf-8")
+    return out / "report.html"
+
+
+def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
+    from ..report.tables import wide_console
+
+    formats = _formats(args)
+    out = args.out or DEFAULT_OUT
+    content = _collect(args, formats, out)
+    written: list[Path] = []
+    if "rich" in formats:
+        _write_terminal(content)
+    written += _write_plots(content, out, formats)
+    if "csv" in formats:
+        written += _write_csv(content, out)
+    if "md" in formats:
+        written.append(_write_markdown(content, args, out, formats))
+    if "html" in formats:
+        written.append(_write_html(content, args, out))
     plt.close("all")
     if written:
-        console.print(f"wrote {len(written)} files under {out}/ ({', '.join(sorted({p.suffix[1:] for p in written}))})")
+        wide_console().print(f"wrote {len(written)} files under {out}/ ({', '.join(sorted({p.suffix[1:] for p in written}))})")
     return 0
