@@ -116,7 +116,8 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """``value`` as type ``tp`` (a plain type, ``list[...]``, a union), or a UserError saying what ``where`` must be."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -127,7 +128,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except UserError as exc:
                 errors.append(str(exc))
         raise UserError(errors[0] if errors else f"{where}: got {value!r}")
@@ -135,7 +136,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
             raise UserError(f"{where} must be a list of {_type_name(item)}, got {value!r}")
-        return [_coerce(v, item, where) for v in value]
+        return [coerce(v, item, where) for v in value]
     if tp is Any:
         return value
     if tp is bool:
@@ -166,7 +167,7 @@ def parse(cls: type[T], raw: Mapping[str, Any], where: str = "options") -> T:
     if unknown:
         raise UserError(f"{where}: unknown option {unknown[0]!r}; valid: {', '.join(sorted(known))}")
     hints = typing.get_type_hints(cls)
-    values = {name: _coerce(value, hints[name], f"{where}: option {name}") for name, value in raw.items()}
+    values = {name: coerce(value, hints[name], f"{where}: option {name}") for name, value in raw.items()}
     return cls(**values)
 
 

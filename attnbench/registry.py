@@ -3,7 +3,8 @@
 Built-in plugins are registered exactly like a third-party package's: core code never imports a
 plugin by name. A name resolves to an entry point either exactly (``full``) or as an entry point
 plus a variant suffix that the plugin parses (``psal-3`` -> entry ``psal``, suffix ``3``).
-Parameters can be attached in brackets: ``full[stride=2,similarity=dot]``.
+Parameters can be attached in brackets: ``full[stride=2,similarity=dot]`` (their syntax:
+:mod:`attnbench.specs`; their types, from the constructors' signatures: :mod:`attnbench.parameters`).
 
 Two distributions registering one name is an error naming both, never a silent pick; a plugin
 that fails to import (whatever it raises, ``sys.exit`` included) is listed as unavailable.
@@ -15,15 +16,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
-import re
-import typing
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional
 
 from .errors import Unavailable, UnsupportedRequest, UserError
 from .interface import Availability, AttentionMechanism
+from .parameters import parameters
+from .specs import split_spec
 
 GROUP = "attnbench.mechanisms"
 
@@ -157,80 +157,6 @@ def _shadowing(table: dict[str, PluginInfo], name: str) -> str:
     return ""
 
 
-#: a spec longer than this is refused (no mechanism needs more; it stops pathological inputs early)
-MAX_SPEC_CHARS = 200
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_INT = re.compile(r"[+-]?[0-9]+")
-_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
-_WORD = re.compile(r"[A-Za-z0-9_.+-]+")
-_SPEC_HELP = "write name[key=value,...] with plain values, e.g. full[stride=2,similarity=dot]"
-
-
-def _value(raw: str, key: str, spec: str) -> Any:
-    """A parameter value: integer, finite float, true/false, none, a word or a quoted word."""
-    low = raw.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    if _INT.fullmatch(raw):
-        return int(raw)
-    if _FLOAT.fullmatch(raw):
-        number = float(raw)
-        if math.isfinite(number):
-            return number
-        raise UserError(f"bad value {raw!r} for {key} in mechanism spec {spec!r}: not a finite number")
-    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" and _WORD.fullmatch(raw[1:-1]):
-        return raw[1:-1]
-    if _WORD.fullmatch(raw):
-        return raw
-    raise UserError(f"bad value {raw!r} for {key} in mechanism spec {spec!r}; values are numbers, "
-                    f"true/false, none or plain words ({_SPEC_HELP})")
-
-
-def split_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"full[stride=2]"`` -> ``("full", {"stride": 2})``; anything else than that shape is a UserError."""
-    text = str(spec).strip()
-    if len(text) > MAX_SPEC_CHARS:
-        raise UserError(f"mechanism spec of {len(text)} characters (at most {MAX_SPEC_CHARS}): {text[:40]!r}...")
-    name, bracket, rest = text.partition("[")
-    inner = ""
-    if bracket:
-        if not rest.endswith("]") or "[" in rest[:-1] or "]" in rest[:-1]:
-            raise UserError(f"bad mechanism spec {text!r}: one [...] at the end; {_SPEC_HELP}")
-        inner = rest[:-1]
-    name = name.strip()
-    if not _NAME.fullmatch(name):
-        raise UserError(f"bad mechanism name {name!r} in spec {text!r}; {_SPEC_HELP}")
-    params: dict[str, Any] = {}
-    for item in (s.strip() for s in inner.split(",")):
-        if not item:
-            continue
-        key, eq, raw = (part.strip() for part in item.partition("="))
-        if not eq or not _KEY.fullmatch(key):
-            raise UserError(f"bad parameter {item!r} in mechanism spec {text!r}; {_SPEC_HELP}")
-        if key in params:
-            raise UserError(f"parameter {key!r} given twice in mechanism spec {text!r}")
-        params[key] = _value(raw, key, text)
-    return name, params
-
-
-def split_specs(text: str) -> list[str]:
-    """Split a comma-separated list of specs, keeping commas inside brackets."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        if ch == "," and depth == 0:
-            out.append(cur)
-            cur = ""
-            continue
-        depth += ch == "["
-        depth -= ch == "]"
-        cur += ch
-    out.append(cur)
-    return [s.strip() for s in out if s.strip()]
-
-
 def resolve(name: str) -> tuple[PluginInfo, dict[str, Any]]:
     """Find the plugin behind a (possibly variant) name and the parameters the name implies."""
     table = plugins()
@@ -265,77 +191,6 @@ def _variant(table: dict[str, PluginInfo], name: str) -> tuple[PluginInfo, dict[
             return info, implied
     valid = ", ".join(sorted(v for p in table.values() for v in p.variants))
     raise UserError(f"unknown mechanism {name!r}; valid: {valid} (see `attnbench list`)")
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """One constructor parameter of a mechanism: its name, accepted types (from the signature) and default."""
-
-    name: str
-    types: tuple[type, ...]  # accepted Python types; () when the signature does not say
-    default: Any = None
-    optional: bool = False  # None accepted
-
-    def describe(self) -> str:
-        words = {int: "an integer", float: "a number", bool: "true or false", str: "a word"}
-        names = [words.get(t, t.__name__) for t in self.types] + (["none"] if self.optional else [])
-        return " or ".join(names) or "any value"
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.optional or self.default is None or not self.types
-        if not self.types:
-            return isinstance(value, (bool, int, float, str))
-        if isinstance(value, bool):
-            return bool in self.types
-        if isinstance(value, int):
-            return int in self.types or float in self.types
-        if isinstance(value, float):
-            return float in self.types and math.isfinite(value)
-        return isinstance(value, self.types)
-
-
-def _types_of(hint: Any, default: Any) -> tuple[tuple[type, ...], bool]:
-    if hint is inspect.Parameter.empty or hint is Any:
-        if default is None or default is inspect.Parameter.empty:
-            return (), default is None
-        return (type(default),), False
-    if typing.get_origin(hint) is Union or type(hint).__name__ == "UnionType":
-        args = typing.get_args(hint)
-        types = tuple(a for a in args if isinstance(a, type) and a is not type(None))
-        return types, type(None) in args
-    return ((hint,) if isinstance(hint, type) else ()), False
-
-
-@functools.lru_cache(maxsize=None)
-def parameters(cls: type[AttentionMechanism]) -> dict[str, Parameter]:
-    """The keyword parameters a mechanism accepts, from its constructors' signatures.
-
-    Follows the MRO while each ``__init__`` forwards ``**kwargs`` to its parent, down to
-    :class:`AttentionMechanism` (``patch_size``, ``similarity``, ``temperature``).
-    """
-    found: dict[str, Parameter] = {}
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        init = vars(klass)["__init__"]
-        try:
-            hints = typing.get_type_hints(init)
-        except Exception:  # noqa: BLE001 -- an unresolvable annotation: fall back to the defaults' types
-            hints = {}
-        try:
-            signature = inspect.signature(init)
-        except (TypeError, ValueError):  # not introspectable: the constructor alone will judge
-            break
-        for p in list(signature.parameters.values())[1:]:
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in found:
-                default = None if p.default is p.empty else p.default
-                types, optional = _types_of(hints.get(p.name, p.empty), p.default)
-                found[p.name] = Parameter(p.name, types, default, optional)
-        forwards = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-        if klass is AttentionMechanism or not forwards:
-            break
-    return found
 
 
 #: seeds reach torch.manual_seed and the kernels' 64-bit counters

@@ -17,7 +17,8 @@ from typing import Any, Optional
 from .cells import CellSpec
 from .errors import UserError
 from .interface import DTYPE_NAMES, MODES
-from .registry import resolve, split_spec
+from .registry import resolve
+from .specs import split_spec
 
 GRID_KEYS = ("mechanisms", "sizes", "channels", "patch_size", "batch", "modes", "dtype", "device", "seed", "timeout")
 

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from attnbench import registry
+from attnbench import parameters, registry, specs
 from attnbench.cli import main
 from attnbench.report.gate import gate
 from attnbench.schema import append
@@ -253,16 +253,16 @@ def test_huge_seed_is_one_line_before_any_worker(seed: str, tmp_path: Path,
     ("full[similarity='dot']", {"similarity": "dot"}),
 ])
 def test_good_specs_still_parse(spec: str, params: dict[str, Any]) -> None:
-    name, parsed = registry.split_spec(spec)
+    name, parsed = specs.split_spec(spec)
     assert parsed == params and name == spec.split("[")[0]
     registry.validate_specs([spec])
 
 
 def test_parameters_come_from_the_constructor_signature() -> None:
-    psal = registry.parameters(registry.plugins()["psal"].cls)
+    psal = parameters.parameters(registry.plugins()["psal"].cls)
     assert psal["k"].types == (int,) and psal["search_k"].optional
     assert {"patch_size", "similarity", "temperature"} <= set(psal)
-    local = registry.parameters(registry.plugins()["local"].cls)
+    local = parameters.parameters(registry.plugins()["local"].cls)
     assert {"window", "block", "patch_size"} <= set(local) and "k" not in local
 
 

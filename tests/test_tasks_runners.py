@@ -25,7 +25,7 @@ def available(name: str) -> bool:
 
 
 def cell(suite: str, mechanism: str, size: int, **options) -> CellSpec:  # type: ignore[no-untyped-def]
-    name, params = attnbench.registry.split_spec(mechanism)
+    name, params = attnbench.specs.split_spec(mechanism)
     return CellSpec(suite=suite, runner="", mechanism=name, params=params, size=size, channels=3, patch_size=5,
                     options=options)
 

@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     from ..interface import ProblemShape, dtype_from_name
     from ..measure.memory import available_memory_bytes
     from ..measure.timing import matmul_flops_per_s
-    from ..registry import split_specs, validate_specs
+    from ..registry import validate_specs
+    from ..specs import split_specs
     from ..suites import check_device
 
     import torch

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def mechanisms_data() -> list[dict[str, Any]]:
     """One dict per entry point: name, variants, availability, parameters, origin, summary."""
-    from ..registry import parameters, plugins
+    from ..parameters import parameters
+    from ..registry import plugins
 
     out = []
     for name, info in plugins().items():

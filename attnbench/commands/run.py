@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
     from ..console import make_console, plain
     from ..executors import make_executor
     from ..prepare import PREPARED_ENV
-    from ..registry import split_specs, validate_specs
+    from ..registry import validate_specs
+    from ..specs import split_specs
     from ..resultsfile import ResultsFile
     from ..suites import load
 
