@@ -15,6 +15,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+#: what a cell measures of a call: the forward pass alone, or forward then backward (training cost)
+MODES = ("fwd", "fwd+bwd")
+
 #: how a cell can end; ``killed``: the worker died from a signal with no evidence of an OOM
 STATUSES = ("ok", "oom", "timeout", "killed", "error", "unavailable", "infeasible", "unsupported")
 #: statuses that say something about the mechanism on this machine; ``--resume`` keeps them

@@ -19,6 +19,12 @@ PIPE_WIDTH = 1000
 __all__ = ["PIPE_WIDTH", "escape", "make_console", "no_color", "plain"]
 
 
+#: the style of each cell status wherever one is printed (the run's progress lines, report tables):
+#: green done, yellow skipped as too big or slow, dim a final "cannot run here", red failed
+STATUS_STYLE = {"ok": "green", "infeasible": "yellow", "unavailable": "dim", "unsupported": "dim", "not run": "dim",
+                "oom": "red", "timeout": "red", "killed": "red", "error": "bold red"}
+
+
 def no_color() -> bool:
     """``NO_COLOR`` set to anything non-empty (the convention's rule)."""
     return bool(os.environ.get("NO_COLOR"))

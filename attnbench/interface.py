@@ -18,10 +18,10 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
+from .cells import MODES  # noqa: F401 -- plugins and the contract kit read the modes from the interface
 from .errors import UnsupportedRequest
 
 SIMILARITIES = ("l2", "dot")
-MODES = ("fwd", "fwd+bwd")
 
 DTYPE_NAMES = {
     "float32": torch.float32,

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .cells import FINAL_STATUSES
+from .cells import FAILED_STATUSES, FINAL_STATUSES
 from .schema import migrate
 from .errors import UserError
 
@@ -228,6 +228,6 @@ def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> 
                             "that line, then --resume again)")
         last[rec["key"]] = rec["status"]
         definitions[rec["key"]] = migrate(rec).get("definition")
-    keep_statuses = set(FINAL_STATUSES) | ({"error", "timeout", "killed"} if keep_failed else set())
+    keep_statuses = set(FINAL_STATUSES) | (set(FAILED_STATUSES) if keep_failed else set())
     done = {key: status for key, status in last.items() if status in keep_statuses}
     return done, {key: definitions[key] for key in done}

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .cells import CellSpec, STATUSES
+from .cells import MODES, STATUSES, CellSpec
 from .errors import UserError
 
 SCHEMA_VERSION = 2
@@ -161,8 +161,8 @@ def check_record(rec: Any) -> str:
             return f"field {name!r} must be a positive integer, got {rec[name]}"
     if rec["status"] not in STATUSES:
         return f"unknown status {rec['status']!r}; valid: {', '.join(STATUSES)}"
-    if rec["mode"] not in ("fwd", "fwd+bwd"):
-        return f"unknown mode {rec['mode']!r}; valid: fwd, fwd+bwd"
+    if rec["mode"] not in MODES:
+        return f"unknown mode {rec['mode']!r}; valid: {', '.join(MODES)}"
     return ""
 
 

@@ -21,6 +21,7 @@ import math
 import re
 from typing import Any, Optional
 
+from ..cells import MODES
 from . import int_option
 
 NAME = "estimate"
@@ -50,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch-size", type=int_option("--patch-size", maximum=1_000_000, odd=True), default=7,
                         help="patch size p, odd (default 7)")
     parser.add_argument("--batch", type=int_option("--batch", maximum=1_000_000), default=1, help="batch size B (default 1)")
-    parser.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd",
+    parser.add_argument("--mode", choices=MODES, default=MODES[0],
                         help="forward only (inference) or forward + backward (training); default fwd")
     parser.add_argument("--dtype", default="float32", help="float32 (default), float64, float16, bfloat16")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")

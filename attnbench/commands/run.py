@@ -14,7 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from ..console import STATUS_STYLE
 from ..errors import UserError
+from ..prepare import DEFAULT_TIMEOUT_S as PREPARE_TIMEOUT_S
 from . import int_option
 
 NAME = "run"
@@ -25,9 +27,6 @@ DEFAULT_OUT = Path("results/runs")
 EPILOG = """exit status: 0 every cell ok, infeasible, unavailable or unsupported; 2 bad input (nothing ran);
 3 some cell ended error, timeout, killed or oom (a summary names them); 4 the results file could
 not be written (every complete record is kept: rerun with --resume); 130 interrupted."""
-
-STATUS_STYLE = {"ok": "green", "infeasible": "yellow", "unavailable": "magenta", "unsupported": "magenta", "oom": "red", "timeout": "red",
-                "killed": "red", "error": "red"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(cells that ended error, timeout or killed run again)")
     parser.add_argument("--keep-failed", action="store_true", help="with --resume: do not run again cells that "
                         "ended error, timeout or killed")
-    parser.add_argument("--prepare-timeout", type=_timeout_arg, default=900.0, metavar="SECONDS",
-                        help="limit of the one-time preparation of mechanisms, e.g. PSAL's kernel build (default: 900)")
+    parser.add_argument("--prepare-timeout", type=_timeout_arg, default=PREPARE_TIMEOUT_S, metavar="SECONDS",
+                        help="limit of the one-time preparation of mechanisms, e.g. PSAL's kernel build "
+                             f"(default: {PREPARE_TIMEOUT_S:g})")
     parser.add_argument("--json", action="store_true", help="print the run's summary as JSON on stdout")
     parser.add_argument("--no-table", action="store_true", help="do not print the summary table at the end")
     from ..executors import add_executor_arguments
@@ -96,10 +96,12 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def parse_modes(text: str) -> list[str]:
-    modes = ["fwd", "fwd+bwd"] if text.strip() == "both" else [m.strip() for m in text.split(",") if m.strip()]
+    from ..cells import MODES
+
+    modes = list(MODES) if text.strip() == "both" else [m.strip() for m in text.split(",") if m.strip()]
     for mode in modes:
-        if mode not in ("fwd", "fwd+bwd"):
-            raise UserError(f"unknown mode {mode!r}; valid: fwd, fwd+bwd, both")
+        if mode not in MODES:
+            raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}, both")
     return modes
 
 

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from ..cells import MODES
 from ..metrics import as_number
 from .style import order_key
 
@@ -116,7 +117,7 @@ def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     if df.empty:
         return df
     df["_order"] = df["label"].map(order_key)
-    mode_rank = df["mode"].map({"fwd": 0, "fwd+bwd": 1}).fillna(2)
+    mode_rank = df["mode"].map({mode: rank for rank, mode in enumerate(MODES)}).fillna(len(MODES))
     df = df.assign(_mode=mode_rank).sort_values(["_order", "_mode", "size"], kind="stable")
     return df.drop(columns=["_order", "_mode"]).reset_index(drop=True)
 

@@ -29,6 +29,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter  # noqa: E402
 
 from .. import metrics as catalogue  # noqa: E402
+from ..cells import MODES  # noqa: E402
 from ..metrics import HIGHER_IS_BETTER, QUALITY_METRICS  # noqa: E402
 from .analysis import fit_exponent, pareto_front  # noqa: E402
 from .frame import ROW_FIELDS, caption, latest, metric_columns, row_label, to_frame, varying  # noqa: E402
@@ -130,7 +131,7 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
     wanted = [c for c in (axis.metric, axis.estimate) if c and c in df.columns]
     if not wanted or df.empty:
         return None
-    modes = [m for m in ("fwd", "fwd+bwd") if m in set(df["mode"])] + sorted(set(df["mode"]) - {"fwd", "fwd+bwd"})
+    modes = [m for m in MODES if m in set(df["mode"])] + sorted(set(df["mode"]) - set(MODES))
     data_style = {d: _DATA_STYLES[i % len(_DATA_STYLES)] for i, d in enumerate(dict.fromkeys(df["data"]))}
     fig, axes = plt.subplots(1, len(modes), figsize=(6.4 * len(modes), 4.6), squeeze=False, sharey=True)
     drew = False

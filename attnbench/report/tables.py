@@ -366,15 +366,13 @@ def suites_in(records: Sequence[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(r["suite"] for r in records))
 
 
-_STATUS_STYLE = {"infeasible": "yellow", "oom": "red", "timeout": "red", "error": "bold red",
-                 "unavailable": "dim", "unsupported": "dim", "not run": "dim"}
-
-
 def _styled(text: str, paper_column: bool) -> Text:
     if paper_column:
         return Text(text, style="italic cyan")
-    for status, style in _STATUS_STYLE.items():
-        if text.startswith(status):
+    from ..console import STATUS_STYLE
+
+    for status, style in STATUS_STYLE.items():
+        if status != "ok" and text.startswith(status):
             return Text(text, style=style)
     return Text(text)
 
