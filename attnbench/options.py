@@ -158,16 +158,21 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def parse(cls: type[T], raw: Mapping[str, Any], where: str = "options") -> T:
-    """``cls(**raw)`` with every key known and every value of its declared type, else UserError."""
+def parse(cls: type[T], raw: Mapping[str, Any], where: str = "options", kind: str = "option") -> T:
+    """``cls(**raw)`` with every key known, every required one given and every value of its declared
+    type, else a UserError naming the key (``kind``: what a key is called in messages)."""
     if not isinstance(raw, Mapping):
-        raise UserError(f"{where}: options must be a table of key = value, got {raw!r}")
+        raise UserError(f"{where}: {kind}s must be a table of key = value, got {raw!r}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise UserError(f"{where}: unknown option {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+        raise UserError(f"{where}: unknown {kind} {unknown[0]!r}; valid: {', '.join(sorted(known))}")
+    missing = [name for name, f in known.items() if name not in raw
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise UserError(f"{where}: {kind} {missing[0]!r} is required")
     hints = typing.get_type_hints(cls)
-    values = {name: coerce(value, hints[name], f"{where}: option {name}") for name, value in raw.items()}
+    values = {name: coerce(value, hints[name], f"{where}: {kind} {name}") for name, value in raw.items()}
     return cls(**values)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Iterable, Optional
 
+from .cells import MAX_SEED
 from .errors import Unavailable, UnsupportedRequest, UserError
 from .interface import Availability, AttentionMechanism
 from .parameters import parameters
@@ -193,8 +194,6 @@ def _variant(table: dict[str, PluginInfo], name: str) -> tuple[PluginInfo, dict[
     raise UserError(f"unknown mechanism {name!r}; valid: {valid} (see `attnbench list`)")
 
 
-#: seeds reach torch.manual_seed and the kernels' 64-bit counters
-MAX_SEED = 2**63 - 1
 
 
 def _check_seed(seed: Any, what: str) -> None:

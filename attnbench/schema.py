@@ -38,12 +38,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .cells import MODES, STATUSES, CellSpec
+from .cells import MODES, NOT_RECORDED, STATUSES, CellSpec, grid_keys, record_fields
 from .errors import UserError
 
 SCHEMA_VERSION = 2
-REQUIRED = ("schema", "suite", "key", "mechanism", "params", "size", "channels", "patch_size", "batch",
-            "mode", "device", "dtype", "status", "reason", "metrics", "env", "definition")
+#: fields of every record: the cell's own (CellSpec.record_fields, the one declaration), then the outcome
+OUTCOME_TYPES: dict[str, tuple[type, ...]] = {"status": (str,), "reason": (str,), "metrics": (dict,), "env": (dict,)}
+REQUIRED = ("schema", "key", "definition", *(f for f in record_fields() if f != "calibration"), *OUTCOME_TYPES)
 
 
 def _from_v1(rec: dict[str, Any]) -> dict[str, Any]:
@@ -72,9 +73,7 @@ def make_record(spec: CellSpec, status: str, reason: str = "", metrics: dict[str
 
     assert status in STATUSES, status
     rec: dict[str, Any] = {"schema": SCHEMA_VERSION, "key": spec.key, "definition": of_cell(spec)}
-    rec.update(spec.to_dict())
-    rec.pop("runner")
-    rec.pop("timeout_s")
+    rec.update({name: value for name, value in spec.to_dict().items() if name not in NOT_RECORDED})
     rec.update(status=status, reason=reason, metrics=dict(metrics or {}), env=dict(env or {}))
     rec.update(extra)
     return rec
@@ -125,10 +124,8 @@ def append(path: Path, record: dict[str, Any]) -> None:
 
 #: the JSON type each field must have (bool is never accepted as int); checked on every read
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "schema": (int,), "suite": (str,), "key": (str,), "mechanism": (str,), "params": (dict,),
-    "size": (int,), "channels": (int,), "patch_size": (int,), "batch": (int,), "mode": (str,),
-    "device": (str,), "dtype": (str,), "status": (str,), "reason": (str,), "metrics": (dict,), "env": (dict,),
-    "preset": (str,), "seed": (int,), "options": (dict,), "definition": (dict,),
+    "schema": (int,), "key": (str,), "definition": (dict,),
+    **{name: (tp,) for name, tp in record_fields().items()}, **OUTCOME_TYPES,
 }
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "true/false", type(None): "null"}
@@ -156,9 +153,9 @@ def check_record(rec: Any) -> str:
             return f"field {name!r} must be {_JSON_NAMES[types[0]]}, got {_json_name(value)} {json.dumps(value, default=str)[:40]}"
     if rec["schema"] != SCHEMA_VERSION:
         return f"schema version {rec['schema']} is not one this attnbench reads (1-{SCHEMA_VERSION})"
-    for name in ("size", "channels", "patch_size", "batch"):
-        if rec[name] < 1:
-            return f"field {name!r} must be a positive integer, got {rec[name]}"
+    for key in grid_keys():
+        if key.type is int and key.minimum == 1 and rec.get(key.field, 1) < 1:
+            return f"field {key.field!r} must be a positive integer, got {rec[key.field]}"
     if rec["status"] not in STATUSES:
         return f"unknown status {rec['status']!r}; valid: {', '.join(STATUSES)}"
     if rec["mode"] not in MODES:

@@ -7,20 +7,35 @@ command-line overrides into independent ``CellSpec`` s.
 """
 from __future__ import annotations
 
-import math
+import functools
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, make_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
 
-from .cells import CellSpec
+from .cells import CellSpec, GridKey, grid_keys
 from .errors import UserError
-from .interface import DTYPE_NAMES, MODES
+from .interface import DTYPE_NAMES
+from .options import parse
 from .registry import resolve
 from .specs import split_spec
 
-GRID_KEYS = ("mechanisms", "sizes", "channels", "patch_size", "batch", "modes", "dtype", "device", "seed", "timeout")
+#: the grid's keys, derived from CellSpec (the one declaration of a cell's fields)
+GRID = {g.name: g for g in grid_keys()}
+
+
+@functools.lru_cache(maxsize=1)
+def grid_class() -> type:
+    """A dataclass of the grid's keys (axes as lists), for :func:`attnbench.options.parse`; defaults
+    are CellSpec's, so a suite lists only what differs from them."""
+    def default(g: GridKey) -> Any:
+        if g.default is MISSING:
+            return field()
+        return field(default_factory=lambda: list(g.default)) if g.axis else field(default=g.default)
+
+    return make_dataclass("Grid", [(g.name, list[g.type] if g.axis else g.type, default(g)) for g in GRID.values()],
+                          frozen=True)
 
 
 def _suite_files() -> dict[str, Any]:
@@ -77,20 +92,10 @@ class Suite:
                     if str(size) in by_size and key not in params:
                         params[key] = by_size[str(size)]
                 for mode in grid["modes"]:
-                    specs.append(CellSpec(
-                        suite=self.name, runner=self.runner, mechanism=name, params=params,
-                        size=size, channels=grid["channels"], patch_size=grid["patch_size"],
-                        batch=grid["batch"], mode=mode, device=grid["device"], dtype=grid["dtype"],
-                        seed=grid["seed"], options=options, preset=preset_name,
-                        timeout_s=float(grid["timeout"]),
-                    ))
+                    fixed = {g.field: grid[g.name] for g in GRID.values() if not g.axis}
+                    specs.append(CellSpec(suite=self.name, runner=self.runner, mechanism=name, params=params,
+                                          size=size, mode=mode, options=options, preset=preset_name, **fixed))
         return specs
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def check_options(runner: str, options: dict[str, Any], where: str) -> None:
@@ -102,55 +107,36 @@ def check_options(runner: str, options: dict[str, Any], where: str) -> None:
         parse(cls, options, where)
 
 
-def check_timeout(value: Any, what: str = "timeout") -> float:
-    """A cell timeout: a finite number of seconds > 0 (nan and inf would disable it)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UserError(f"{what} must be a positive, finite number of seconds, got {value!r}")
-    return float(value)
-
-
-def _string_list(value: Any, what: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UserError(f"{what} must be a list of strings, e.g. [\"full\", \"psal-3\"], got {value!r}")
-    return value
+def _check_range(g: GridKey, value: Any, suite: str) -> None:
+    what = g.flag.lstrip("-").replace("-", " ")
+    if g.minimum is not None and not (value > g.minimum if g.type is float else value >= g.minimum):
+        kind = "a positive, finite number of seconds" if g.type is float else (
+            "a positive integer" if g.minimum == 1 else f"an integer >= {g.minimum}")
+        raise UserError(f"suite {suite!r}: {what} must be {kind}, got {value!r}")
+    if g.maximum is not None and value > g.maximum:
+        raise UserError(f"suite {suite!r}: {what} must be at most {g.maximum}, got {value!r}")
+    if g.odd and value % 2 == 0:
+        raise UserError(f"{what} must be odd (patches are centred), got {value}")
+    if g.choices and value not in g.choices:
+        raise UserError(f"unknown {what} {value!r}; valid: {', '.join(g.choices)}")
 
 
 def validate_grid(grid: dict[str, Any], suite: str) -> dict[str, Any]:
-    """Check every grid value, so bad input fails before any cell runs."""
-    missing = [k for k in GRID_KEYS if k not in grid]
-    if missing:
-        raise UserError(f"suite {suite!r}: grid is missing {', '.join(missing)}")
-    unknown = sorted(set(grid) - set(GRID_KEYS))
-    if unknown:
-        raise UserError(f"suite {suite!r}: unknown grid key {unknown[0]!r}; valid: {', '.join(GRID_KEYS)}")
-    out = dict(grid)
-    if not isinstance(grid["sizes"], list):
-        raise UserError(f"suite {suite!r}: sizes must be a list of positive integers, e.g. [64, 128], got {grid['sizes']!r}")
-    out["sizes"] = [_positive_int(s, "size") for s in grid["sizes"]]
-    for key in ("channels", "batch", "patch_size"):
-        out[key] = _positive_int(grid[key], key.replace("_", " "))
-    if isinstance(grid["seed"], bool) or not isinstance(grid["seed"], int) or not 0 <= grid["seed"] < 2**63:
-        raise UserError(f"seed must be an integer in [0, 2^63), got {grid['seed']!r}")
-    out["timeout"] = check_timeout(grid["timeout"])
-    _string_list(grid["mechanisms"], f"suite {suite!r}: mechanisms")
-    _string_list(grid["modes"], f"suite {suite!r}: modes")
-    for key in ("dtype", "device"):
-        if not isinstance(grid[key], str):
-            raise UserError(f"suite {suite!r}: {key} must be a string, got {grid[key]!r}")
-    if out["patch_size"] % 2 == 0:
-        raise UserError(f"patch size must be odd (patches are centred), got {out['patch_size']}")
+    """Check every grid value (types through options.parse, ranges from CellSpec's declarations,
+    then what needs torch or the registry), so bad input fails before any cell runs."""
+    out = asdict(parse(grid_class(), grid, f"suite {suite!r}: grid", kind="grid key"))
+    for g in GRID.values():
+        for value in (out[g.name] if g.axis else [out[g.name]]):
+            _check_range(g, value, suite)
     if out["sizes"] and out["patch_size"] > min(out["sizes"]):
         raise UserError(f"patch size {out['patch_size']} is larger than the image ({min(out['sizes'])} px); "
                         "use a smaller --patch-size or larger --sizes")
-    for mode in grid["modes"]:
-        if mode not in MODES:
-            raise UserError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    if grid["dtype"] not in DTYPE_NAMES:
-        raise UserError(f"unknown dtype {grid['dtype']!r}; valid: {', '.join(DTYPE_NAMES)}")
-    check_device(grid["device"])
-    if not grid["mechanisms"]:
+    if out["dtype"] not in DTYPE_NAMES:
+        raise UserError(f"unknown dtype {out['dtype']!r}; valid: {', '.join(DTYPE_NAMES)}")
+    check_device(out["device"])
+    if not out["mechanisms"]:
         raise UserError("no mechanisms selected")
-    for spec_text in grid["mechanisms"]:
+    for spec_text in out["mechanisms"]:
         resolve(split_spec(spec_text)[0])  # raises UserError listing valid names
     return out
 
@@ -197,7 +183,7 @@ def load(name_or_path: str) -> Suite:
             name=data["name"],
             description=data.get("description", ""),
             runner=data["runner"],
-            grid=dict(data["grid"]),
+            grid=dict(data.get("grid", {})),
             options=dict(data.get("options", {})),
             per_size={m: {k: {str(s): v for s, v in by.items()} for k, by in t.items()} for m, t in data.get("per_size", {}).items()},
             presets=dict(data.get("presets", {})),

@@ -31,10 +31,6 @@ mechanisms = [{mech}]
 sizes = {sizes}
 channels = 1
 patch_size = 1
-batch = 1
-modes = ["fwd"]
-dtype = "float32"
-device = "cpu"
 seed = 3
 timeout = {timeout}
 ''')

@@ -22,12 +22,15 @@ def writable_folder(path: Path, flag: str = "--out") -> Path:
     return path
 
 
-def int_option(flag: str, minimum: int = 1, maximum: int = 2**63 - 1, odd: bool = False):  # type: ignore[no-untyped-def]
-    """An argparse ``type`` for an integer flag in [minimum, maximum] (odd if asked): bad text or a value
-    out of range is a UserError naming the flag, so every command says it the same way."""
+def int_option(flag: str, minimum: int = 1, maximum: int | None = None, odd: bool = False):  # type: ignore[no-untyped-def]
+    """An argparse ``type`` for an integer flag in [minimum, maximum] (odd if asked; the largest seed
+    when no maximum is given): bad text or a value out of range is a UserError naming the flag, so
+    every command says it the same way."""
+    from ..cells import MAX_SEED
     from ..errors import UserError
 
-    kind = f"{'an odd' if odd else 'an'} integer from {minimum} to {maximum if maximum < 2**63 - 1 else '2^63-1'}"
+    maximum = MAX_SEED if maximum is None else maximum
+    kind = f"{'an odd' if odd else 'an'} integer from {minimum} to {maximum if maximum < MAX_SEED else '2^63-1'}"
 
     def parse(text: str) -> int:
         try:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+from ..cells import GridKey, grid_keys
 from ..console import STATUS_STYLE
 from ..errors import UserError
 from ..prepare import DEFAULT_TIMEOUT_S as PREPARE_TIMEOUT_S
@@ -35,21 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", help="suite name (see `attnbench list suites`) or path to a suite .toml")
     parser.add_argument("--preset", help="preset of the suite (default: the suite's default_preset; "
                         "`attnbench list suites` shows them)")
-    parser.add_argument("--mechanisms", help="comma-separated names/specs, e.g. full,flash,psal-3,full[stride=2] "
-                        "(default: the preset's)")
-    parser.add_argument("--sizes", help="comma-separated input sizes (H = W), e.g. 64,128 (default: the preset's)")
-    parser.add_argument("--mode", help="fwd, fwd+bwd, or both (default: the preset's)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the preset's, cpu)")
-    parser.add_argument("--dtype", help="float32, float64, float16, bfloat16 (default: the preset's, float32)")
-    parser.add_argument("--channels", type=int_option("--channels"), metavar="C",
-                        help="channels of q and k (default: the preset's; 16 in memory/speed, 3 in the image tasks)")
-    parser.add_argument("--patch-size", type=int_option("--patch-size"), metavar="P",
-                        help="odd patch side p of the similarity, at most the image size (default: the preset's, 7)")
-    parser.add_argument("--batch", type=int_option("--batch"), metavar="B", help="batch size (default: the preset's, 1)")
-    parser.add_argument("--seed", type=int_option("--seed", minimum=0),
-                        help="seed of inputs and stochastic mechanisms (default: the preset's, 0)")
-    parser.add_argument("--timeout", type=_timeout_arg, metavar="SECONDS",
-                        help="seconds per cell before it is recorded as timeout (default: the preset's)")
+    for key in grid_keys():  # the grid's flags, declared once with CellSpec's fields
+        parser.add_argument(key.flag, dest=key.name, type=_grid_parser(key), metavar=_METAVARS.get(key.name),
+                            help=f"{key.help} (default: the preset's)")
     parser.add_argument("--data", metavar="DIR", help="your images for the image-task suites: NAME_a.png + NAME_b.png "
                         "pairs, sub-folders of two images, or a DAVIS JPEGImages/<res>/<sequence>/ tree "
                         "(default: the embedded pairs)")
@@ -68,6 +57,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..executors import add_executor_arguments
 
     add_executor_arguments(parser)
+
+
+#: how the command line spells a value of these grid keys (default: CellSpec's field type)
+_METAVARS = {"channels": "C", "patch_size": "P", "batch": "B", "timeout": "SECONDS", "modes": "MODE", "sizes": "SIZES"}
+
+
+def _grid_parser(key: GridKey) -> Any:
+    """The argparse ``type`` of a grid flag: a comma-separated list for an axis, else one value in
+    the range CellSpec declares."""
+    if key.name == "mechanisms":
+        from ..specs import split_specs
+
+        return split_specs
+    if key.name == "modes":
+        return parse_modes
+    if key.axis:
+        return parse_sizes
+    if key.type is int:
+        return int_option(key.flag, minimum=int(key.minimum or 0), maximum=key.maximum)
+    if key.type is float:
+        return _timeout_arg
+    return str
 
 
 def _timeout_arg(text: str) -> float:
@@ -149,18 +160,11 @@ def run(args: argparse.Namespace) -> int:
     from ..executors import make_executor
     from ..prepare import PREPARED_ENV
     from ..registry import validate_specs
-    from ..specs import split_specs
     from ..resultsfile import ResultsFile
     from ..suites import load
 
     suite = load(args.suite)
-    overrides: dict[str, Any] = {
-        "mechanisms": split_specs(args.mechanisms) if args.mechanisms else None,
-        "sizes": parse_sizes(args.sizes) if args.sizes else None,
-        "modes": parse_modes(args.mode) if args.mode else None,
-        "device": args.device, "dtype": args.dtype, "channels": args.channels,
-        "patch_size": args.patch_size, "batch": args.batch, "seed": args.seed, "timeout": args.timeout,
-    }
+    overrides: dict[str, Any] = {key.name: getattr(args, key.name) for key in grid_keys()}
     cells = suite.cells(args.preset, **overrides)
     validate_specs(cells)  # bad mechanism parameters or seed: one line, exit 2, before any worker
     if not args.data and any(c.options.get("require_data") for c in cells):

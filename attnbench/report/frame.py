@@ -11,13 +11,12 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
-from ..cells import MODES
+from ..cells import MODES, identity_fields
 from ..metrics import as_number
 from .style import order_key
 
 #: fields that make two records the same measurement (the cell's identity, without the key hash)
-IDENTITY: tuple[str, ...] = ("suite", "preset", "mechanism", "params", "size", "channels", "patch_size",
-                             "batch", "mode", "device", "dtype", "seed", "options")
+IDENTITY: tuple[str, ...] = identity_fields()
 #: identity fields that may label a row when they vary (suite/preset label tables, not rows); ``data``
 #: (where the images came from) is derived from the options, so runs on different data never share a row
 ROW_FIELDS: tuple[str, ...] = ("data", "channels", "patch_size", "batch", "device", "dtype", "seed", "options")
