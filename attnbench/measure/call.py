@@ -139,6 +139,8 @@ def estimate_metrics(module: AttentionMechanism, shape: ProblemShape, prefix: st
     }
     if getattr(module, "backend", None):
         metrics[f"{prefix}backend"] = module.backend
+    if getattr(module, "backend_note", None):  # a fallback backend, and why
+        metrics[f"{prefix}backend_note"] = module.backend_note
     _note_partial(metrics)
     return metrics
 
