@@ -21,7 +21,9 @@ cross-attention; a batch equals separate calls (deterministic mechanisms); unsup
 similarities, even patch sizes, malformed inputs and unknown parameters raise
 ``UnsupportedRequest``; ``estimate()`` returns positive integer bytes and FLOPs that grow with the
 size and with the backward pass; gradients reach exactly the declared inputs; masked keys never
-reach the output (or ``key_mask`` is refused when ``supports_mask`` is False).
+reach the output (or ``key_mask`` is refused when ``supports_mask`` is False); the output is a new
+tensor (not an input nor a view of one) and the inputs are left unchanged (the measuring path
+records either as ``error``, see :mod:`attnbench.measure.guard`).
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from .errors import UnsupportedRequest
+from .errors import InvalidOutput, UnsupportedRequest
 from .interface import MODES, SIMILARITIES, AttentionMechanism, ProblemShape
+from .measure.guard import InputGuard
 
 #: the patch size the checks use (small, so every check runs in well under a second)
 P = 3
@@ -253,6 +256,44 @@ def check_key_mask(make: Factory) -> None:
                                            "touches the mask must get no weight; see attnbench.patches)")
 
 
+def _guarded(what: Callable[[], Any]) -> Any:
+    try:
+        return what()
+    except InvalidOutput as exc:
+        raise ContractError(str(exc)) from None
+
+
+def check_output_is_new(make: Factory) -> None:
+    """The output is a new tensor, never an input or a view of one (that would cost nothing and score
+    perfectly), for self- and cross-attention."""
+    m = _build(make)
+    q, k, v = inputs(c=3, cv=3)  # Cv = C: returning q (or k, v at the same size) has the right shape
+    for args in ((q, k, v), (q, q, q)):
+        guard = InputGuard(dict(zip("qkv", args)))
+        _guarded(lambda a=args, g=guard: g.check_output(_output(m, *a)))
+
+
+def check_inputs_unchanged(make: Factory) -> None:
+    """q, k, v (and key_mask) are left as they were: every repeat of a timed call sees the same inputs."""
+    m = _build(make)
+    q, k, v = inputs()
+    named = {"q": q, "k": k, "v": v}
+    guard = InputGuard(named)
+    with torch.no_grad():
+        _output(m, q, k, v)
+        _output(m, q, k, v)
+    _guarded(lambda: guard.check("two calls without a graph"))
+    _output(m, q, k, v)
+    _guarded(lambda: guard.check("a call building a graph"))
+    if type(m).supports_mask:
+        mask = torch.zeros(1, 1, 12, 12, dtype=torch.bool)
+        mask[:, :, 2:6, 3:8] = True
+        guard = InputGuard({**named, "key_mask": mask})
+        with torch.no_grad():
+            _output(m, q, k, v, mask)
+        _guarded(lambda: guard.check("a call with a key_mask"))
+
+
 #: every check, by the name it is reported under
 CHECKS: dict[str, Callable[[Factory], None]] = {
     "declarations": check_declarations,
@@ -264,6 +305,8 @@ CHECKS: dict[str, Callable[[Factory], None]] = {
     "estimate": check_estimate,
     "gradients": check_gradients,
     "key_mask": check_key_mask,
+    "output_is_new": check_output_is_new,
+    "inputs_unchanged": check_inputs_unchanged,
 }
 
 

@@ -2,7 +2,8 @@
 
 Running every cell in its own process means an OOM, a segfault or a hang loses only that cell
 (pyperf and asv do the same), and that memory and one-time costs (kernel builds, allocator
-caches) never leak from one cell into the next.
+caches) never leak from one cell into the next. Nor do processes: the worker is the subreaper
+of whatever its cell starts and kills all of it when the cell ends (:mod:`attnbench.proctree`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 from .cells import CellSpec
 from .errors import Infeasible, InvalidOutput, OutOfMemory, Unavailable, Unsupported, UserError
+from .proctree import CELL_ENV, become_subreaper, kill_descendants
 
 #: environment variable naming the file where a worker notes what it knows before the risky part
 #: of a cell (the estimates), so that a timeout or a kill still records them
@@ -109,9 +111,14 @@ PARTIAL_NAME = "partial.json"
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     os.environ.setdefault(PARTIAL_ENV, str(Path(args[1]).with_name(PARTIAL_NAME)))
-    spec = CellSpec.from_dict(json.loads(Path(args[0]).read_text()))
-    record = execute(spec)
-    Path(args[1]).write_text(json.dumps(record, default=str))
+    become_subreaper()  # orphans of the cell stay in this tree, and end with it below
+    os.environ[CELL_ENV] = str(Path(args[0]).resolve())  # the mark the executor finds escapees by
+    try:
+        spec = CellSpec.from_dict(json.loads(Path(args[0]).read_text()))
+        record = execute(spec)
+        Path(args[1]).write_text(json.dumps(record, default=str))
+    finally:
+        kill_descendants()  # whatever the cell started ends with it
     return 0
 
 

@@ -79,6 +79,8 @@ class FaissKnn(AttentionMechanism):
         self.differentiable_wrt = ("v",) if self.k_nn == 1 else ("q", "k", "v")
         #: backend of the similarity + attend ops (PSAL's), resolved once
         self.backend = psal_ops.prepare()
+        #: why the reference runs when nobody asked for it (recorded with the cell), else None
+        self.backend_note = psal_ops.backend_note(self.backend)
 
     @classmethod
     def availability(cls) -> Availability:

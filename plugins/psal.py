@@ -115,6 +115,8 @@ class PSAL(AttentionMechanism):
         self.differentiable_wrt = ("v",) if (self.k_nn == 1 and not aggregation) else ("q", "k", "v")
         #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
         self.backend = psal_ops.prepare()
+        #: why the reference runs when nobody asked for it (recorded with the cell), else None
+        self.backend_note = psal_ops.backend_note(self.backend)
         #: cost evaluations of the last search, (B,) int64 tensor (what the FLOP counter reports)
         self.last_evaluations: Optional[torch.Tensor] = None
 
@@ -220,6 +222,8 @@ class KnnExact(AttentionMechanism):
         self.differentiable_wrt = ("v",) if self.k_nn == 1 else ("q", "k", "v")
         #: backend of the similarity + attend ops, resolved once (the search is plain PyTorch)
         self.backend = psal_ops.prepare()
+        #: why the reference runs when nobody asked for it (recorded with the cell), else None
+        self.backend_note = psal_ops.backend_note(self.backend)
 
     @classmethod
     def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:

@@ -12,7 +12,8 @@ torch ``lock`` baton found while holding it was left by a dead builder and is re
 waited on forever. ``attnbench run`` builds once in the parent before any cell (:func:`prepare`,
 with its own timeout, see ``attnbench/prepare.py``); a failed build is written to
 ``attnbench-build-failed.txt`` so that the run's workers fall back to the reference at once
-instead of each trying again.
+instead of each trying again. A kernel cache that cannot be written (``TORCH_EXTENSIONS_DIR`` on a
+read-only or missing path) is such a failure too, found before any build (:func:`cache_problem`).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import hashlib
 import importlib.resources
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -54,6 +56,24 @@ def build_dir() -> Path:
     root = os.environ.get("TORCH_EXTENSIONS_DIR")
     base = Path(root) if root else Path.home() / ".cache" / "attnbench" / "torch_extensions"
     return base
+
+
+def cache_problem(directory: Path) -> Optional[str]:
+    """Why the kernel cache cannot be written, or None: checked before a build, so that a cache
+    that is not writable is a reason to use the reference backend, not an error of every cell."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".attnbench-write-test-"):
+            pass
+    except OSError as exc:
+        where = "TORCH_EXTENSIONS_DIR" if os.environ.get("TORCH_EXTENSIONS_DIR") else "the default cache; set TORCH_EXTENSIONS_DIR"
+        return f"kernel cache {build_dir()} ({where}) is not writable: {exc.strerror or exc}"
+    return None
+
+
+def fallback_reason() -> Optional[str]:
+    """Why the native backend could not be had in this process (None when it was, or was not tried)."""
+    return _state.error if _state.module is None else None
 
 
 def _with_cuda(src: Path) -> bool:
@@ -122,6 +142,10 @@ def load_extension(verbose: bool = False) -> ModuleType:
         marker = directory / FAILED_MARKER
         if os.environ.get(PREPARED_ENV) and marker.exists():  # the run's parent tried already
             raise RuntimeError(marker.read_text(errors="replace").strip() or "PSAL native build failed")
+        problem = cache_problem(directory)
+        if problem:
+            _state.error = f"PSAL native kernel not built: {problem}"
+            raise RuntimeError(_state.error)
         flags = ["-O3", "-fopenmp"] + (["-DWITH_CUDA"] if with_cuda else [])
         with _BuildLock(directory):
             _state.module = load(
@@ -136,6 +160,8 @@ def load_extension(verbose: bool = False) -> ModuleType:
                 verbose=verbose,
             )
     except Exception as exc:  # compiler missing, headers missing, link error...
+        if _state.error:
+            raise RuntimeError(_state.error) from None
         _state.error = f"PSAL native build failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
         raise RuntimeError(_state.error) from exc
     return _state.module
@@ -151,12 +177,14 @@ def prepare() -> str:
         return "reference backend requested; nothing to build"
     *_, directory = _build_target()
     marker = directory / FAILED_MARKER
-    marker.unlink(missing_ok=True)
+    problem = cache_problem(directory)
+    if not problem:
+        marker.unlink(missing_ok=True)
     try:
         module = load_extension()
     except RuntimeError as exc:
-        directory.mkdir(parents=True, exist_ok=True)
-        marker.write_text(str(exc))
+        if not problem:  # an unwritable cache: each worker finds that out at once, without a marker
+            marker.write_text(str(exc))
         if requested_backend() == "native":
             raise
         return f"{exc}; PSAL cells use the pure-PyTorch reference"

@@ -284,6 +284,15 @@ def prepare() -> str:
     return backend
 
 
+def backend_note(backend: str) -> Optional[str]:
+    """Why a layer runs on the reference when nobody asked for it (no compiler, an unwritable kernel
+    cache...): recorded with each cell as ``backend_note``; None otherwise."""
+    if backend != contract.BACKEND_REFERENCE or psal_build.requested_backend() == "reference":
+        return None
+    reason = psal_build.fallback_reason()
+    return f"{reason}; the pure-PyTorch reference runs instead" if reason else None
+
+
 def matched_attention(q: Tensor, k: Tensor, v: Tensor, idx: Tensor, patch_size: int, dot: bool,
                       aggregation: bool, temperature: float, with_similarity: bool, backend: str) -> Tensor:
     """Softmax attention over the matched keys ``idx`` (B, Hq, Wq, K): the custom ops on the

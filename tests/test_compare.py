@@ -54,3 +54,21 @@ def test_time_ratios_within_the_iqr_are_flagged_as_noise_without_samples() -> No
         rec["metrics"].pop("time_samples_s")
         rec["metrics"]["time_iqr_s"] = rec["metrics"]["time_median_s"] * 0.1
     assert compare(a, c).loc["speed: full 32px fwd", "time B/A"] == "×2.00"
+
+
+def test_time_ratios_across_machines_are_marked_and_warned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = speed_records(), speed_records(slow={"full": 1.5})
+    for rec in a:
+        rec["env"].update(threads=2)
+    for rec in b:
+        rec["env"].update(threads=16)
+    df = compare(a, b)
+    assert df.loc["speed: full 32px fwd", "time B/A"].endswith("[other machine]")
+    (warning,) = df.attrs["warnings"]
+    assert "threads 2 (A) vs 16 (B)" in warning and "compare the machines" in warning
+    for name, recs in (("a", a), ("b", b)):
+        for r in recs:
+            append(tmp_path / name / "speed.jsonl", r)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "warning: A and B measured on different machines (threads 2 (A) vs 16 (B))" in capsys.readouterr().out
+    assert compare(a, a).attrs["warnings"] == []

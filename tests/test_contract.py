@@ -66,6 +66,17 @@ class _NoSummary(_Uniform):
     summary = ""
 
 
+class _ReturnsV(_Uniform):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Any = None) -> torch.Tensor:
+        return v.view(v.shape) if v.shape[2:] == q.shape[2:] else super().attend(q, k, v)
+
+
+class _ScalesQ(_Uniform):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Any = None) -> torch.Tensor:
+        q.mul_(2.0)
+        return super().attend(q, k, v)
+
+
 def test_a_correct_class_passes_every_check() -> None:
     assert set(check_mechanism(_Uniform).values()) == {"ok"}
 
@@ -75,6 +86,8 @@ def test_a_correct_class_passes_every_check() -> None:
     (_WrongShape, "output_shape_and_finite", ["output shape (1, 3, 1, 12)", "expected (B, Cv, Hq, Wq) = (1, 3, 12, 12)"]),
     (_NaN, "output_shape_and_finite", ["NaN"]),
     (_NoSummary, "declarations", ["summary is empty"]),
+    (_ReturnsV, "output_is_new", ["shares memory with input v"]),
+    (_ScalesQ, "inputs_unchanged", ["input q was modified in place"]),
 ])
 def test_a_broken_class_fails_with_a_clear_message(cls: type, check: str, words: list[str]) -> None:
     with pytest.raises(ContractError) as caught:

@@ -13,7 +13,7 @@ from attnbench.executors import forkserver
 from attnbench.executors.local import LocalProcessExecutor
 from attnbench.suites import load
 
-from cell_fixtures import CRASH, HANG, OK, RAISE
+from cell_fixtures import CRASH, HANG, OK, RAISE, SPAWN_HANG, SPAWN_OK, SPAWN_ORPHAN, SPAWN_SELF_KILL
 from conftest import write_suite
 
 pytestmark = pytest.mark.skipif(not forkserver.available(), reason="the fork server needs Linux (os.fork)")
@@ -87,3 +87,29 @@ def test_jobs_runs_every_cell_once_and_refuses_timing_suites() -> None:
     speed = load("speed").cells("ci")[:2]
     with pytest.raises(UserError, match="--jobs 2"):
         _run(LocalProcessExecutor(jobs=2), speed)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has ended: only its exit status is left)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("method", ["subprocess", "forkserver"])
+def test_what_a_cell_starts_in_a_session_of_its_own_ends_with_the_cell(
+        method: str, tmp_path: Path, worker_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sleep 300` started with start_new_session=True (outside the worker's process group): gone
+    after an ok cell, a timeout, a worker killed by SIGKILL, and when its own parent exited first."""
+    monkeypatch.setenv("ATTNBENCH_TEST_PID_DIR", str(tmp_path))
+    sizes = [SPAWN_OK, SPAWN_HANG, SPAWN_SELF_KILL, SPAWN_ORPHAN]
+    cells = load(str(write_suite(tmp_path, sizes, timeout=20))).cells()  # a fresh interpreter may take 5 s to start
+    records = _run(LocalProcessExecutor(start_method=method), cells)
+    status = {c.size: records[c.key]["status"] for c in cells}
+    assert status == {SPAWN_OK: "ok", SPAWN_HANG: "timeout", SPAWN_SELF_KILL: "killed", SPAWN_ORPHAN: "ok"}
+    pids = {size: int((tmp_path / f"{size}.pid").read_text()) for size in sizes}
+    deadline = time.monotonic() + 10  # SIGKILL is delivered at once; the kernel may take a moment to reap
+    while time.monotonic() < deadline and any(_running(p) for p in pids.values()):
+        time.sleep(0.05)
+    assert {size: _running(pid) for size, pid in pids.items()} == dict.fromkeys(sizes, False)

@@ -118,3 +118,36 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
     assert main(["gate", str(current), "--baseline", str(tmp_path / "nope")]) == 2
     assert main(["gate", str(current), "--baseline", str(current), "--tolerance", "flops=abc"]) == 2
     assert "bad tolerance" in capsys.readouterr().err
+
+
+def _on_machine(records: list[dict], **env: object) -> list[dict]:
+    out = copy.deepcopy(records)
+    for rec in out:
+        rec["env"].update(env)
+    return out
+
+
+@pytest.mark.parametrize("env", [{"cpu": "Other CPU"}, {"threads": 16}, {"device_name": "NVIDIA H100"},
+                                 {"torch": "2.14.0"}])
+def test_times_across_machines_are_not_judged_unless_asked(env: dict) -> None:
+    """A slower time on another machine is the machine's; memory still fails, named per field."""
+    base = _on_machine(baseline(), threads=2, device_name="Test CPU")
+    current = _on_machine(with_metric(memory_records() + speed_records(slow={"psal-3": 2.5}, seed=5)
+                                      + colorization_records(), "psal-3", "peak_memory_bytes", 1.2), **{"threads": 2, "device_name": "Test CPU", **env})
+    result = gate(current, base)
+    assert {f.metric for f in result.offenders} == {"peak_memory_bytes"}  # deterministic: still compared
+    field = {"cpu": "CPU", "threads": "threads", "device_name": "device", "torch": "torch"}[next(iter(env))]
+    (warning,) = [w for w in result.warnings if "different machines" in w]
+    assert f"{field} " in warning and "time not judged" in warning and "--cross-machine" in warning, warning
+    assert any(f.kind == "not judged" and "another machine" in f.detail for f in result.findings)
+    judged = gate(current, base, cross_machine=True)
+    assert {f.metric for f in judged.offenders} == {"peak_memory_bytes", "time_ratio (vs flash)"}
+
+
+def test_cli_cross_machine_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = write(_on_machine(speed_records(), cpu="Xeon A"), tmp_path / "base")
+    slow = write(_on_machine(speed_records(slow={"psal-3": 2.5}, seed=5), cpu="EPYC B"), tmp_path / "cur")
+    assert main(["gate", str(slow), "--baseline", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "different machines (CPU Xeon A (baseline) vs EPYC B (current))" in out and "time not judged" in out
+    assert main(["gate", str(slow), "--baseline", str(base), "--cross-machine"]) == 1

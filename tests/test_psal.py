@@ -309,6 +309,32 @@ def test_failed_build_falls_back_to_the_reference_and_says_so(monkeypatch):
         mechanism("psal-3")
 
 
+def test_an_unwritable_kernel_cache_falls_back_to_the_reference_and_says_so(monkeypatch, tmp_path):
+    """TORCH_EXTENSIONS_DIR under a regular file: mkdir fails even as root (permission bits would not)."""
+    from attnbench.measure.call import estimate_metrics
+    from attnbench.interface import ProblemShape
+    from attnbench_plugins import psal_build
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "cache"))
+    monkeypatch.delenv("ATTNBENCH_PSAL_BACKEND", raising=False)
+    monkeypatch.setattr(psal_build, "_state", psal_build._BuildState())
+    monkeypatch.setattr(psal_build.native_module, "_warned", False, raising=False)
+    message = psal_build.prepare()  # the run's one console line
+    assert "TORCH_EXTENSIONS_DIR" in message and "not writable" in message and "reference" in message, message
+    with pytest.warns(RuntimeWarning, match="not writable"):
+        m = mechanism("psal-3", patch_size=3)
+    assert m.backend == "reference"
+    metrics = estimate_metrics(m, ProblemShape.square(16, channels=2, patch_size=3))
+    assert metrics["backend"] == "reference" and "TORCH_EXTENSIONS_DIR" in metrics["backend_note"]
+    q = _rand(1, 2, 10, 10)
+    assert torch.isfinite(m(q, q, q)).all()
+    monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "native")
+    with pytest.raises(RuntimeError, match="not writable"):
+        psal_build.prepare()
+
+
 def test_backend_variable_is_validated(monkeypatch):
     from attnbench.errors import UserError
 

@@ -1,7 +1,8 @@
 """``attnbench compare A B``: two runs or machines side by side, ratio B/A per cell; always exits 0.
 
 Unlike ``gate``, compare judges nothing: it shows, and says which time ratios are within noise
-(Mann-Whitney on the timing samples, or overlapping IQRs). Write the table to CSV/Markdown with ``--out``.
+(Mann-Whitney on the timing samples, or overlapping IQRs), and warns when the two sides were
+measured on machines that time differently (CPU, device, threads, torch, CUDA). Write the table to CSV/Markdown with ``--out``.
 """
 from __future__ import annotations
 
@@ -43,10 +44,12 @@ def run(args: argparse.Namespace) -> int:
         table.caption = Text("\n".join(df.attrs["notes"]), style="dim")
         table.caption_justify = "left"
     console = wide_console()
+    for warning in df.attrs.get("warnings") or []:
+        console.print(Text(f"warning: {warning}", style="yellow"))
     console.print(table)
     if args.out:
         df.to_csv(args.out / "compare.csv")
-        notes = "".join(f"\n- {n}" for n in df.attrs.get("notes") or [])
+        notes = "".join(f"\n- {n}" for n in [*(df.attrs.get("warnings") or []), *(df.attrs.get("notes") or [])])
         (args.out / "compare.md").write_text(df.to_markdown() + "\n" + notes + "\n", encoding="utf-8")
         console.print(f"wrote {args.out / 'compare.csv'} and {args.out / 'compare.md'}")
     return 0

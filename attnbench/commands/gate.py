@@ -1,7 +1,8 @@
 """``attnbench gate CURRENT --baseline BASELINE``: exit 1 when a cell regressed, 0 when none did.
 
 Deterministic metrics are held to tight tolerances, time to its ratio to a reference mechanism
-measured in the same run (see :mod:`attnbench.report.gate`). Exit codes: 0 ok, 1 regression, 2 bad
+measured in the same run (see :mod:`attnbench.report.gate`), and not judged across machines unless
+``--cross-machine``. Exit codes: 0 ok, 1 regression, 2 bad
 input (unreadable results, a baseline of another schema version, a malformed tolerance).
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="significance level of the Mann-Whitney test on time samples (default 0.05)")
     parser.add_argument("--allow-missing", action="store_true",
                         help="report baseline cells absent from the current run without failing")
+    parser.add_argument("--cross-machine", action="store_true",
+                        help="judge times even where the baseline was measured on another machine (CPU, device, "
+                             "threads, torch or CUDA differ); by default those times are not judged")
     parser.add_argument("--all", action="store_true", help="also list improvements and cells not judged")
 
 
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     current = _read(args.current, "current")
     check_reference(args.reference, baseline, current)
     result = gate(current, baseline, tolerances=tolerances, reference=args.reference, alpha=args.alpha,
-                  allow_missing=args.allow_missing)
+                  allow_missing=args.allow_missing, cross_machine=args.cross_machine)
     console = make_console()
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

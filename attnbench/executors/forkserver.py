@@ -8,7 +8,8 @@ Fork safety: the server never runs a torch op, so no OpenMP/ATen thread pool exi
 It checks that it has no thread beyond those of a bare ``import torch`` (see ``_warm``) after
 warming up and before every fork, and refuses to fork otherwise (the client then falls back to a plain subprocess). Each child starts its own session
 (so a timeout kills its whole process group, as for a subprocess), sets its thread count itself,
-and runs exactly what ``python -m attnbench.worker SPEC RECORD`` runs.
+and runs exactly what ``python -m attnbench.worker SPEC RECORD`` runs. The server is the subreaper
+of its workers' descendants: those orphaned by a worker that died first are killed.
 
 Protocol, one JSON object per line: the client writes ``{"id", "spec", "out", "log", "threads"}``
 to the server's stdin; the server answers ``{"id", "pid"}`` once forked and ``{"pid", "code"}``
@@ -181,6 +182,9 @@ def serve(modules: list[str]) -> int:
     if thread_count() > allowed:
         _send({"error": f"{thread_count()} threads after warm-up (import torch alone: {allowed}); forking now is unsafe"})
         return 1
+    from attnbench import proctree
+
+    proctree.become_subreaper()  # a dead worker's orphans come here, and are killed below
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
@@ -221,15 +225,31 @@ def serve(modules: list[str]) -> int:
                         _child(req, [wake_r, wake_w])
                     children.add(pid)
                     _send({"id": req["id"], "pid": pid})
-        while children:  # reap every child that has exited
+        while True:  # reap every child that has exited (workers, and strays killed below)
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
-            children.discard(pid)
-            _send({"pid": pid, "code": os.waitstatus_to_exitcode(status)})
+            if pid in children:  # not an orphan re-parented here
+                children.discard(pid)
+                _send({"pid": pid, "code": os.waitstatus_to_exitcode(status)})
+        _kill_strays(children)
+
+
+def _kill_strays(workers: set[int]) -> None:
+    """Kill every child of the server that is not a worker: descendants of a worker that died first
+    (a crash, a kill from outside), re-parented to the server as their subreaper."""
+    from attnbench import proctree
+
+    for pid in proctree.children(os.getpid()):
+        if pid not in workers:
+            proctree.kill_tree(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from ..cells import CellSpec
 from ..errors import UserError
+from ..proctree import Watcher
 from ..schema import now_iso, outside_record
 from ..worker import PARTIAL_NAME, read_partial
 from .launch import Launcher, is_timing_cell, make_launcher
@@ -31,8 +32,8 @@ class LocalProcessExecutor:
 
     The process is forked from a warm fork server or is a new interpreter (``launch.py``); either
     way it runs in its own process group (session); its stdout/stderr go to a log file. A crash
-    records its last lines and the signal's name, a timeout or any exit kills the whole group
-    (nothing the worker started survives it), and how a worker ended without a record is read by
+    records its last lines and the signal's name, a timeout or any exit kills the whole group and
+    every descendant, also those that left it (nothing the worker started survives it), and how a worker ended without a record is read by
     :mod:`attnbench.executors.outcome` (a SIGKILL is ``oom`` only with evidence). Records made
     here carry env, started_at and duration_s like the worker's, and the estimates the worker
     noted (beside its record, ``partial.json``) before it was stopped.
@@ -102,10 +103,11 @@ class LocalProcessExecutor:
             self._running.add(proc)
             if self._closed:  # close() ran while this cell was starting
                 _kill_group(proc)
+            watcher = Watcher(proc.pid, token=str(spec_path.resolve()))  # the mark (proctree.CELL_ENV)
             try:
-                ended = wait_watching(proc, spec.timeout_s)
+                ended = wait_watching(proc, spec.timeout_s, on_poll=watcher.poll)
             finally:  # timeout, Ctrl-C, SIGTERM or normal exit: nothing of the cell survives
-                _kill_group(proc)
+                _kill_group(proc, watcher)
                 self._running.discard(proc)
             if ended.timed_out:
                 return outside_record(spec, "timeout", f"no result within {spec.timeout_s:g} s (raise --timeout to allow more)",
@@ -127,8 +129,10 @@ class LocalProcessExecutor:
         return None if self.jobs == 1 else max(1, usable // self.jobs)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the worker's whole process group (its children too) and reap the worker."""
+def _kill_group(proc: subprocess.Popen, watcher: Optional[Watcher] = None) -> None:
+    """SIGKILL the worker's descendants (also those in sessions of their own, and those seen by
+    ``watcher`` that outlived a dead worker), its whole process group, and reap the worker."""
+    (watcher or Watcher(proc.pid)).kill_all(running=proc.poll() is None)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from ..measure.memory import GIB
 
@@ -83,13 +83,17 @@ class Exit:
         return self.code is None
 
 
-def wait_watching(proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.2) -> Exit:
-    """Wait for ``proc`` up to ``timeout_s``, sampling its peak memory (the evidence for an OOM)."""
+def wait_watching(proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.2,
+                  on_poll: Optional[Callable[[], None]] = None) -> Exit:
+    """Wait for ``proc`` up to ``timeout_s``, sampling its peak memory (the evidence for an OOM);
+    ``on_poll`` runs at each sample (the executor notes the worker's descendants)."""
     before = oom_kill_count()
     deadline = time.monotonic() + timeout_s
     peak = 0
     while True:
         peak = max(peak, peak_rss_bytes(proc.pid))
+        if on_poll is not None:
+            on_poll()
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return Exit(None, peak, before, oom_kill_count())

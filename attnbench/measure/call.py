@@ -25,6 +25,7 @@ import torch
 from ..errors import Infeasible, InvalidOutput, OutOfMemory
 from ..interface import AttentionMechanism, ProblemShape
 from .flops import count_flops
+from .guard import InputGuard
 from .memory import GIB, available_memory_bytes, is_oom, measure_peak
 from .timing import Timing, time_call
 
@@ -84,6 +85,11 @@ class AttentionCall:
     def expected_shape(self) -> tuple[int, int, int, int]:
         return (self.q.shape[0], self.v.shape[1], self.q.shape[2], self.q.shape[3])
 
+    def inputs(self) -> dict[str, torch.Tensor]:
+        """The tensors the mechanism is given (and must neither return nor change)."""
+        named = {"q": self.q, "k": self.k, "v": self.v}
+        return named if self.key_mask is None else {**named, "key_mask": self.key_mask}
+
     def shape(self) -> ProblemShape:
         return ProblemShape.of(self.q, self.k, self.v, self.module.patch_size, mode=self.mode)
 
@@ -133,6 +139,8 @@ def estimate_metrics(module: AttentionMechanism, shape: ProblemShape, prefix: st
     }
     if getattr(module, "backend", None):
         metrics[f"{prefix}backend"] = module.backend
+    if getattr(module, "backend_note", None):  # a fallback backend, and why
+        metrics[f"{prefix}backend_note"] = module.backend_note
     _note_partial(metrics)
     return metrics
 
@@ -201,21 +209,27 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
     """``(output, metrics)`` of one call: memory, FLOPs and time as ``budget.metrics`` asks.
 
     The output is checked on the first run whatever is measured; the output is None when only the
-    time was measured (the timer keeps no result).
+    time was measured (the timer keeps no result). The inputs are guarded (:mod:`.guard`): an
+    output that shares their memory, or a call that changed them, is ``error``.
     """
     metrics: dict[str, Any] = {}
     out: Optional[torch.Tensor] = None
     expected, dtype = call.expected_shape, call.v.dtype
-    checked: list[bool] = []
+    checked: list[str] = []
+    guard = InputGuard(call.inputs())  # its copy is taken before any measurement: not in the peak
 
-    def check_once(result: Any) -> None:
-        if not checked:
+    def check_once(result: Any, when: str = "the measured call") -> None:
+        if "output" not in checked:
             check_output(result, expected, dtype)
-            checked.append(True)
+            guard.check_output(result)
+            checked.append("output")
+        if when not in checked:  # once per stage: later calls are caught by the guard's counters
+            guard.check(when)
+            checked.append(when)
 
     def checked_call() -> torch.Tensor:
         result = call()
-        check_once(result)
+        check_once(result, "the first timed call")
         return result
 
     with oom_as_outcome(known, metrics):
@@ -233,17 +247,20 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
             timing = dict(min_run_time=budget.min_run_time, budget_s=budget.time_budget_s,
                           min_repeats=budget.min_repeats)
             whole = time_call(checked_call, budget.device, warmup=warmup, label=budget.label, **timing)
+            guard.check("the timed calls")
             metrics.update(_timing_metrics(whole, prefix))
             if call.mode == "fwd":
                 metrics.update(_timing_metrics(whole, prefix, "fwd"))
             else:
                 metrics.update(_timing_metrics(time_call(call.forward, budget.device, label=budget.label, **timing),
                                                prefix, "fwd"))
+                guard.check("the timed forward passes")
                 graph = call.forward()
                 try:
                     bwd = time_call(lambda: call.backward(graph, retain_graph=True), budget.device,
                                     label=budget.label, **timing)
                     metrics.update(_timing_metrics(bwd, prefix, "bwd"))
+                    guard.check("the timed backward passes")
                 except RuntimeError as exc:  # a backward that cannot be replayed on a retained graph
                     if is_oom(exc):
                         raise

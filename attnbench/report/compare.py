@@ -4,7 +4,9 @@ Cells are joined on their key, falling back to the identity fields (mechanism, p
 shape, mode, device, dtype) when keys differ (:func:`attnbench.report.frame.match_cells`, as the
 gate); a cell present on one side only is listed as such. Time ratios are flagged when they are
 within noise: a two-sided Mann-Whitney test on the timing samples where both sides kept them,
-else overlapping interquartile ranges; such a ratio is no change and is not printed as one.
+else overlapping interquartile ranges; such a ratio is no change and is not printed as one. Time
+ratios of cells measured on machines that time differently (:mod:`.machine`) are marked, and
+the table's ``warnings`` say what differs: they compare the machines, not the code.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from .. import metrics as catalogue
 from ..errors import UserError
 from ..metrics import QUALITY_METRICS
 from .frame import match_cells, number, row_label, to_frame
+from .machine import describe_differences, differences
 from .style import sig
 
 #: metrics shown by default, in this order, when either side has them
@@ -58,6 +61,7 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     pairs = match_cells(fa, fb)
     matched_b = {j for _, j in pairs if j is not None}
     rows = []
+    machines: list[tuple[dict[str, str], dict[str, str]]] = []
 
     def cell_name(r: pd.Series) -> str:
         return f"{r['suite']}: {row_label(r, [])} {int(r['size'])}px {r['mode']}"
@@ -69,6 +73,9 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
         row: dict[str, Any] = {"cell": cell_name(ref),
                                "A status": ra["status"] if ra is not None else "absent",
                                "B status": rb["status"] if rb is not None else "absent"}
+        apart = _machines_apart(ra, rb)
+        if apart:
+            machines.append(apart)
         for m in chosen:
             metric = catalogue.get(m)
             va = ra.get(m) if ra is not None and ra["status"] == "ok" else None
@@ -83,6 +90,7 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
                 noise, p = time_noise(ra, rb)
                 where = f"p={p:.2g}" if p is not None else "IQRs overlap"
                 text = f"within noise ({text}, {where})" if noise else (f"{text} (p={p:.2g})" if p is not None else text)
+                text = f"{text} [other machine]" if apart else text
             row[f"{metric.label} B/A"] = text
         rows.append(row)
     df = pd.DataFrame(rows).set_index("cell")
@@ -92,4 +100,17 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     df.attrs["notes"] = [f"time ratios are flagged \"within noise\" when a two-sided Mann-Whitney test on the timing "
                          f"samples gives p >= {ALPHA} (or, without samples, when median ± IQR/2 overlap); "
                          "other metrics are deterministic for a fixed seed"]
+    df.attrs["warnings"] = [f"A and B measured on different machines ({describe_differences(machines, ('A', 'B'))}): "
+                            f"time ratios marked [other machine] ({len(machines)} cells) compare the machines, not "
+                            "the code; memory and FLOPs still compare"] if machines else []
     return df
+
+
+def _machines_apart(a: pd.Series | None, b: pd.Series | None) -> tuple[dict[str, str], dict[str, str]] | None:
+    """The two timing identities of a cell when both sides have it and their machines time differently."""
+    import json
+
+    if a is None or b is None:
+        return None
+    ia, ib = json.loads(a["timing_env"]), json.loads(b["timing_env"])
+    return (ia, ib) if differences(ia, ib) else None

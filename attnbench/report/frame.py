@@ -13,6 +13,7 @@ import pandas as pd
 
 from ..cells import MODES, identity_fields
 from ..metrics import as_number
+from .machine import timing_identity
 from .style import order_key
 
 #: fields that make two records the same measurement (the cell's identity, without the key hash)
@@ -108,6 +109,7 @@ def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                    label=mechanism_label(rec["mechanism"], rec.get("params")),
                    params_str=canonical(rec.get("params") or {}), options_str=canonical(rec.get("options") or {}),
                    machine=machine_name(rec.get("env") or {}), schema=rec.get("schema"),
+                   timing_env=json.dumps(timing_identity(rec.get("env") or {}), sort_keys=True),
                    trained_with=trained_with(rec) or "", data=data_source(rec))
         for name, value in (rec.get("metrics") or {}).items():
             row[name if name not in row else f"metric:{name}"] = value
@@ -159,7 +161,7 @@ def row_label(row: pd.Series, extra_fields: Sequence[str]) -> str:
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Columns of ``df`` that came from records' metrics."""
     fixed = set(IDENTITY) | {"key", "status", "reason", "label", "params_str", "options_str", "machine",
-                             "schema", "trained_with", "data"}
+                             "timing_env", "schema", "trained_with", "data"}
     return [c for c in df.columns if c not in fixed]
 
 

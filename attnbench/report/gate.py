@@ -7,6 +7,8 @@ What is judged, and how:
   mechanism (``flash``) measured in the same run, same size/mode/device; a ratio beyond tolerance
   is a regression only if, where both runs kept their timing samples, a one-sided Mann-Whitney
   test on the samples scaled by the reference median calls the slowdown significant;
+- time across machines (another CPU, device, thread count, torch or CUDA: :mod:`.machine`) is
+  not judged unless asked (``cross_machine``): the machine would be judged, not the code;
 - a cell ok in the baseline and not ok now is a regression (newly failing); a baseline cell
   missing from the current run is one too, unless ``allow_missing``;
 - a gated metric the baseline cell has and the current cell lacks is a regression, even when no
@@ -119,8 +121,12 @@ def _scaled_samples(row: pd.Series, ref_median: float) -> np.ndarray | None:
 
 def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], *,
          tolerances: Mapping[str, float] | None = None, reference: str | None = None,
-         alpha: float | None = None, allow_missing: bool = False) -> GateResult:
-    """Judge ``current`` against ``baseline``; ``tolerances`` (from the command line) override the suites'."""
+         alpha: float | None = None, allow_missing: bool = False, cross_machine: bool = False) -> GateResult:
+    """Judge ``current`` against ``baseline``; ``tolerances`` (from the command line) override the suites'.
+
+    Times of cells measured on machines that time differently (:mod:`.machine`) are not judged
+    unless ``cross_machine``; their memory, FLOPs and quality are.
+    """
     if not baseline:
         raise UserError("the baseline holds no records")
     if not current:
@@ -157,11 +163,7 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
         if cmask.any():
             cur_ref[cmask] = reference_values(cur[cmask], ref, "time_median_s")
 
-    machines_b, machines_c = set(base["machine"]), set(cur["machine"])
-    if machines_b != machines_c:
-        result.warnings.append(f"baseline measured on {', '.join(sorted(machines_b))}, current on "
-                               f"{', '.join(sorted(machines_c))}: memory and FLOPs still compare; time is judged "
-                               f"as a ratio to the reference")
+    other_machine = _other_machine(base, cur, result, cross_machine)
 
     extra = [f for f in ("channels", "batch", "device", "dtype") if base[f].astype(str).nunique() > 1]
     time_unjudged: set[str] = set()
@@ -208,6 +210,10 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
             continue
         if is_reference(base.loc[[i]], ref).iloc[0]:
             continue
+        if i in other_machine and not cross_machine:
+            result.findings.append(Finding("not judged", cell, f"{TIME_RATIO} (vs {ref})",
+                                           detail="measured on another machine (--cross-machine judges it)"))
+            continue
         br, cr = base_ref.loc[i], cur_ref.loc[j]
         if not (br > 0 and cr > 0):
             time_unjudged.add(b["suite"])
@@ -239,6 +245,34 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
             result.findings.append(Finding("new cell", f"{c['suite']}: {row_label(c, extra)} {int(c['size'])}px {c['mode']}",
                                            "status", None, c["status"], detail="not in the baseline"))
     return result
+
+
+def _other_machine(base: pd.DataFrame, cur: pd.DataFrame, result: GateResult, cross_machine: bool) -> set[int]:
+    """Baseline rows whose current cell was measured on a machine that times differently; warns
+    once, naming what differs (CPU, device, threads, torch, CUDA) and what is still compared."""
+    import json
+
+    from .machine import describe_differences, differences
+
+    found: set[int] = set()
+    pairs = []
+    for i, j in match_cells(base, cur):
+        if j is None:
+            continue
+        a, b = json.loads(base.at[i, "timing_env"]), json.loads(cur.at[j, "timing_env"])
+        if differences(a, b):
+            found.add(i)
+            pairs.append((a, b))
+    if found:
+        what = describe_differences(pairs)
+        if cross_machine:
+            result.warnings.append(f"baseline and current measured on different machines ({what}); "
+                                   "--cross-machine: times judged anyway, as a ratio to the reference")
+        else:
+            result.warnings.append(f"baseline and current measured on different machines ({what}): time not "
+                                   f"judged for {len(found)} cell(s) (memory, FLOPs and quality still compared); "
+                                   "--cross-machine judges it as a ratio to the reference anyway")
+    return found
 
 
 def _invalid_baseline_values(baseline: Sequence[dict[str, Any]], result: GateResult,
