@@ -19,7 +19,9 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
     calibration   dict      values the run measured once for every cell (flops_per_s: the matmul
-                            yardstick); not part of the key
+                            yardstick; bytes_per_s: the triad's memory bandwidth); not part of the key
+    load          dict      how loaded the machine was (attnbench.load): loadavg_1m_start/_end,
+                            steal_pct over the cell, cpus; absent in records written before it existed
 Every record has env, started_at and duration_s, whoever wrote it (the worker, or the executor
 for a timeout, a kill or a crash).
 """
@@ -30,10 +32,13 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .cells import CellSpec, STATUSES
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .load import LoadMark
 
 SCHEMA_VERSION = 1
 REQUIRED = ("schema", "suite", "key", "mechanism", "params", "size", "channels", "patch_size", "batch",
@@ -58,13 +63,17 @@ def now_iso() -> str:
 
 
 def outside_record(spec: CellSpec, status: str, reason: str, *, started_at: str, duration_s: float,
-                   metrics: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+                   metrics: dict[str, Any] | None = None, load_start: "LoadMark | None" = None,
+                   **extra: Any) -> dict[str, Any]:
     """A record made outside the worker (timeout, kill, crash) with the same fields as the worker's:
-    the environment is captured here, in the process that ran the worker."""
+    the environment and the load are read here, in the process that ran the worker (``load_start``:
+    the executor's reading when it started the cell; none: the load now, at both ends)."""
     from .env import capture
+    from .load import load_record, mark
 
+    now = mark()
     return make_record(spec, status, reason, metrics, capture(spec.device, spec.seed), started_at=started_at,
-                       duration_s=round(duration_s, 3), **extra)
+                       duration_s=round(duration_s, 3), load=load_record(load_start or now, now), **extra)
 
 
 def driver_record(spec: CellSpec, status: str, reason: str, since: tuple[str, float], **env: Any) -> dict[str, Any]:
@@ -110,7 +119,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "schema": (int,), "suite": (str,), "key": (str,), "mechanism": (str,), "params": (dict,),
     "size": (int,), "channels": (int,), "patch_size": (int,), "batch": (int,), "mode": (str,),
     "device": (str,), "dtype": (str,), "status": (str,), "reason": (str,), "metrics": (dict,), "env": (dict,),
-    "preset": (str,), "seed": (int,), "options": (dict,),
+    "preset": (str,), "seed": (int,), "options": (dict,), "calibration": (dict,), "load": (dict,),
 }
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "true/false", type(None): "null"}
