@@ -118,3 +118,30 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
     assert main(["gate", str(current), "--baseline", str(tmp_path / "nope")]) == 2
     assert main(["gate", str(current), "--baseline", str(current), "--tolerance", "flops=abc"]) == 2
     assert "bad tolerance" in capsys.readouterr().err
+
+
+def _with_backend(records: list[dict], backends: dict[str, str]) -> list[dict]:
+    out = copy.deepcopy(records)
+    for rec in out:
+        if rec["mechanism"] in backends:
+            rec["metrics"]["backend"] = backends[rec["mechanism"]]
+    return out
+
+
+def test_a_cell_whose_backend_changed_fails_the_gate() -> None:
+    base = _with_backend(baseline(), {"flash": "sdpa-flash", "psal-3": "native"})
+    assert gate(_with_backend(baseline(), {"flash": "sdpa-flash", "psal-3": "native"}), base).passed
+    result = gate(_with_backend(baseline(), {"flash": "sdpa-math", "psal-3": "native"}), base)
+    assert not result.passed
+    assert {f.kind for f in result.offenders} == {"backend changed"}
+    assert all(f.baseline == "sdpa-flash" and f.current == "sdpa-math" for f in result.offenders)
+    assert {f.cell.split(": ")[1].split()[0] for f in result.offenders} == {"flash"}
+
+
+def test_a_baseline_without_backends_is_unknown_not_a_failure_and_says_so() -> None:
+    result = gate(_with_backend(baseline(), {"flash": "sdpa-math", "psal-3": "native"}), baseline())
+    assert result.passed
+    assert any("record no backend" in w and "unknown" in w for w in result.warnings)
+    # the other way round: the baseline names its backend and the current cell records none
+    lost = gate(baseline(), _with_backend(baseline(), {"psal-3": "native"}))
+    assert {(f.kind, f.current) for f in lost.offenders} == {("backend changed", "not recorded")}
