@@ -309,10 +309,10 @@ def achieved_metrics(metrics: dict[str, Any], budget: CallBudget, prefix: str = 
         found[f"{prefix}achieved_flops_per_s"] = flops / median
         found[f"{prefix}achieved_flops_from"] = source[len(prefix):]
         if budget.flops_per_s:
-            found[f"{prefix}achieved_flops_pct"] = round(100.0 * flops / median / budget.flops_per_s, 3)
+            found[f"{prefix}achieved_flops_pct"] = 100.0 * flops / median / budget.flops_per_s
     moved = metrics.get(f"{prefix}estimated_bytes_moved")
     if isinstance(moved, (int, float)) and moved > 0:
         found[f"{prefix}achieved_bytes_per_s"] = moved / median
         if budget.bytes_per_s:
-            found[f"{prefix}achieved_bandwidth_pct"] = round(100.0 * moved / median / budget.bytes_per_s, 3)
+            found[f"{prefix}achieved_bandwidth_pct"] = 100.0 * moved / median / budget.bytes_per_s
     return found
