@@ -281,10 +281,16 @@ def kernel_metrics(call: AttentionCall, budget: CallBudget, call_s: Optional[flo
                                           f"{max(remaining, 0):.0f} s left of the timeout" if call_s is not None
                                           else "not profiled: the call's time is unknown")
     else:
-        _, prof = top_kernels(call, budget.device)
-        found[f"{prefix}kernels"] = prof.kernels
-        found[f"{prefix}kernels_device"] = prof.device
-        observed = observed_sdpa_backend(prof.names)
+        try:
+            _, prof = top_kernels(call, budget.device)
+        except Exception as exc:  # the profiler itself (Kineto) may fail where the measured calls did not
+            if is_oom(exc):
+                raise
+            found[f"{prefix}kernels_note"] = f"not profiled: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        else:
+            found[f"{prefix}kernels"] = prof.kernels
+            found[f"{prefix}kernels_device"] = prof.device
+            observed = observed_sdpa_backend(prof.names)
     declared = call.module.declared_backend(budget.device)
     found[f"{prefix}backend"] = declared
     if contradicts(declared, observed):

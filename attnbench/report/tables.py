@@ -2,8 +2,10 @@
 
 ``memory``: rows = mechanism and mode, columns = input sizes, each cell "measured (est.)" GiB or
 the cell's status, the paper's Table 1 figure (GB, as published) beside it where the cells ran at the
-paper's settings. ``speed``: median time (IQR) and the ratio
-to a reference mechanism measured in the same run. Task suites (and any suite this module does not
+paper's settings. ``speed``: median time (IQR), the ratio
+to a reference mechanism measured in the same run, and the achieved FLOP/s and bytes/s as % of the
+run's yardsticks; a time measured with a load above the CPU count is marked ``[load L/N]``. Both
+show each row's ``backend``, and a ``kernels`` table lists the top ops of the profiled call. Task suites (and any suite this module does not
 know): one row per cell with its quality metrics, GFLOPs and memory, the paper's figures beside.
 Failed, infeasible and unavailable cells are always shown with their status, never dropped; their
 reasons go to ``df.attrs["notes"]``. Titles state the grid that was run (``df.attrs["settings"]``),
