@@ -137,6 +137,8 @@ def test_a_timeout_record_has_env_start_duration_and_keeps_the_estimate(tmp_path
     assert rec["env"]["torch"] == torch.__version__ and rec["env"]["cpu"] and rec["started_at"]
     assert rec["duration_s"] >= 25
     assert rec["metrics"]["estimated_memory_bytes"] == 12345
+    # the executor read the load when it started the cell: steal is a figure over the 25 s, not unknown
+    assert rec["load"]["loadavg_1m_start"] is not None and rec["load"]["steal_pct"] is not None
 
 
 class _FakeExecutor:
