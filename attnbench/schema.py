@@ -15,7 +15,12 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     reason        str       why, when status is not ok
     metrics       dict      peak_memory_bytes, estimated_memory_bytes, flops, estimated_flops,
                             uncounted_ops, time_median_s, time_iqr_s, time_repeats, and quality
-                            metrics of task suites (l2, psnr, ssim, ...); absent = not measured
+                            metrics of task suites (l2, psnr, ssim, ...); absent = not measured;
+                            what ran (measure/kernels.py): backend (str), kernels (list of {name,
+                            self_time_us, share, calls}), kernels_device, kernels_note, backend_declared
+                            and backend_note (when the profile contradicts the declared backend);
+                            estimated_bytes_moved, achieved_flops_per_s, achieved_flops_pct,
+                            achieved_flops_from, achieved_bytes_per_s, achieved_bandwidth_pct
     env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
     calibration   dict      values the run measured once for every cell (flops_per_s: the matmul
