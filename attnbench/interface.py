@@ -81,6 +81,15 @@ class ProblemShape:
     def backward(self) -> bool:
         return self.mode == "fwd+bwd"
 
+    @property
+    def input_bytes(self) -> int:
+        """Bytes of a call's inputs (q, k, v, and the output gradient for fwd+bwd)."""
+        (hq, wq), (hk, wk) = self.query_hw, self.key_hw
+        elements = self.channels * (hq * wq + hk * wk) + self.value_channels * hk * wk
+        if self.backward:
+            elements += self.value_channels * hq * wq
+        return self.batch * elements * self.dtype_bytes
+
     @classmethod
     def square(
         cls,
@@ -122,12 +131,15 @@ class CostEstimate:
     """Analytic peak memory (bytes, net of the inputs) and FLOPs of one call.
 
     ``formula`` is the human-readable complexity (the paper's column), e.g. ``"O(n^2)"``.
+    ``bytes_moved``: bytes the call reads and writes in memory (the achieved-bandwidth figure
+    divides it by the time); None: the harness uses :meth:`AttentionMechanism.estimate_bytes_moved`.
     """
 
     memory_bytes: int
     flops: int
     formula: str = ""
     notes: str = ""
+    bytes_moved: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -230,6 +242,24 @@ class AttentionMechanism(nn.Module):
     def estimate(self, shape: ProblemShape) -> CostEstimate:
         raise NotImplementedError
 
+    def estimate_bytes_moved(self, shape: ProblemShape, estimate: CostEstimate) -> int:
+        """Bytes one call moves: the estimate's ``bytes_moved`` where the plugin gives one, else a
+        stated lower bound, :func:`streamed_bytes` (inputs read once, the peak working set written
+        once and read once): a mechanism that re-reads its intermediates moves more."""
+        if estimate.bytes_moved is not None:
+            return int(estimate.bytes_moved)
+        return streamed_bytes(shape, estimate.memory_bytes)
+
+    def declared_backend(self, device: str) -> str:
+        """Which kernel path a call on ``device`` takes, as one short line recorded with every result
+        (``metrics.backend``; ``gate`` fails a cell whose backend changed). Read after the call, so a
+        plugin may report what it chose then (FlexAttention compiled or eager). Default: a string
+        attribute ``backend`` if the plugin sets one (PSAL: native or reference), else ``torch``
+        (plain PyTorch ops; the record's ``kernels`` say which ran). Plugins whose name promises a
+        kernel declare it: ``sdpa-flash`` is checked against the SDPA op the profiler saw."""
+        backend = getattr(self, "backend", None)
+        return backend if isinstance(backend, str) and backend else "torch"
+
     # ----------------------------------------------------------------- shared checks
     def check_inputs(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor]) -> None:
         """Reject requests this mechanism does not support, with a clear message."""
@@ -273,6 +303,11 @@ class AttentionMechanism(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+
+
+def streamed_bytes(shape: ProblemShape, memory_bytes: int) -> int:
+    """Inputs read once plus ``memory_bytes`` (a working set, output included) written once and read once."""
+    return int(shape.input_bytes + 2 * max(int(memory_bytes), 0))
 
 
 def log2ceil(n: int) -> int:

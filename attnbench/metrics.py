@@ -75,6 +75,20 @@ _CATALOGUE: tuple[Metric, ...] = (
     Metric("time_warmup_s", "warm-up time", "bookkeeping", "s"),
     Metric("uncounted_ops", "uncounted ops", "bookkeeping"),
     Metric("flops_by_op", "FLOP by op", "bookkeeping"),
+    # what ran (measure/kernels.py): the backend is judged by the gate as a string of its own, not here
+    Metric("backend", "backend", "bookkeeping"),
+    Metric("backend_declared", "declared backend", "bookkeeping"),
+    Metric("backend_note", "backend note", "bookkeeping"),
+    Metric("kernels", "top ops by self time", "bookkeeping"),
+    Metric("kernels_device", "kernels on", "bookkeeping"),
+    Metric("kernels_note", "kernels note", "bookkeeping"),
+    # how close to the machine's limits a timed call came: rates move with the time, so never gated
+    Metric("estimated_bytes_moved", "est. bytes moved", "cost", "GiB", GIB, tolerance=1e-6),
+    Metric("achieved_flops_per_s", "achieved FLOP/s", "time", "GFLOP/s", GFLOP, higher_is_better=True),
+    Metric("achieved_flops_pct", "% of matmul FLOP/s", "time", "%", higher_is_better=True, digits=2),
+    Metric("achieved_flops_from", "FLOPs from", "bookkeeping"),
+    Metric("achieved_bytes_per_s", "achieved bandwidth", "time", "GB/s", GFLOP, higher_is_better=True),
+    Metric("achieved_bandwidth_pct", "% of triad bandwidth", "time", "%", higher_is_better=True, digits=2),
     # quality, in the order tables show them
     Metric("l2", "l2", "quality", tolerance=0.02),
     Metric("l1", "l1", "quality", tolerance=0.02),

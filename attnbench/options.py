@@ -73,7 +73,15 @@ class MeasureOptions(RunnerOptions):
     min_repeats: int = 3
 
     def calibrations(self) -> tuple[str, ...]:
+        """The matmul yardstick for the time feasibility check; both yardsticks (matmul FLOP/s and
+        triad bytes/s) when the runner times calls, whose achieved rates are shown as % of them."""
+        if self.times_calls():
+            return ("flops_per_s", "bytes_per_s")
         return ("flops_per_s",) if self.time_margin is not None else ()
+
+    def times_calls(self) -> bool:
+        """Whether the runner times its attention call (``metrics`` holds "time", or ``timing`` is on)."""
+        return "time" in (getattr(self, "metrics", None) or ()) or bool(getattr(self, "timing", False))
 
     @classmethod
     def subset_of(cls, spec: Any) -> "MeasureOptions":

@@ -3,8 +3,9 @@
 Why a module: the CLI, tests and other front ends run cells the same way. The loop owns the
 order of things that make a run trustworthy:
 
-1. :func:`calibrate`: measure once what the runners declare they need (the matmul yardstick,
-   ``flops_per_s``), carried in ``CellSpec.calibration``, which is not part of a cell's identity;
+1. :func:`calibrate`: measure once per device what the runners declare they need (the matmul
+   yardstick ``flops_per_s``; for timed cells also the triad's ``bytes_per_s``), carried in
+   ``CellSpec.calibration``, which is not part of a cell's identity;
 2. :func:`prepare`: one-time set-up of the mechanisms (a kernel build) in the parent, with a
    timeout (:mod:`attnbench.prepare`);
 3. :func:`run_cells`: dispatch to an injected executor, append each record as it arrives, stop
@@ -77,9 +78,9 @@ class RunSummary:
 
 # ----------------------------------------------------------------------------- before dispatch
 def _calibration_functions() -> dict[str, Callable[[str], float]]:
-    from .measure.timing import matmul_flops_per_s
+    from .measure.timing import matmul_flops_per_s, triad_bytes_per_s
 
-    return {"flops_per_s": matmul_flops_per_s}
+    return {"flops_per_s": matmul_flops_per_s, "bytes_per_s": triad_bytes_per_s}
 
 
 def calibrate(cells: Sequence[CellSpec], note: Note = _quiet) -> list[CellSpec]:
@@ -97,11 +98,14 @@ def calibrate(cells: Sequence[CellSpec], note: Note = _quiet) -> list[CellSpec]:
             if name in values:
                 continue
             if (name, cell.device) not in measured:
-                note(f"measuring {name} on {cell.device} (the yardstick that skips cells that cannot finish)...")
+                note(f"measuring {name} on {cell.device} (a yardstick, once per run)...")
                 measured[name, cell.device] = functions[name](cell.device)
                 if name == "flops_per_s":
                     note(f"matmul yardstick: {measured[name, cell.device] / 1e9:.1f} GFLOP/s "
-                         "(used only to skip cells that cannot finish)")
+                         "(skips cells that cannot finish; timed cells report their FLOP/s as % of it)")
+                elif name == "bytes_per_s":
+                    note(f"triad yardstick: {measured[name, cell.device] / 1e9:.1f} GB/s "
+                         "(timed cells report their bytes/s as % of it)")
             values[name] = measured[name, cell.device]
         out.append(replace(cell, calibration=values) if values != cell.calibration else cell)
     return out

@@ -15,11 +15,18 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     reason        str       why, when status is not ok
     metrics       dict      peak_memory_bytes, estimated_memory_bytes, flops, estimated_flops,
                             uncounted_ops, time_median_s, time_iqr_s, time_repeats, and quality
-                            metrics of task suites (l2, psnr, ssim, ...); absent = not measured
+                            metrics of task suites (l2, psnr, ssim, ...); absent = not measured;
+                            what ran (measure/kernels.py): backend (str), kernels (list of {name,
+                            self_time_us, share, calls}), kernels_device, kernels_note, backend_declared
+                            and backend_note (when the profile contradicts the declared backend);
+                            estimated_bytes_moved, achieved_flops_per_s, achieved_flops_pct,
+                            achieved_flops_from, achieved_bytes_per_s, achieved_bandwidth_pct
     env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
     calibration   dict      values the run measured once for every cell (flops_per_s: the matmul
-                            yardstick); not part of the key
+                            yardstick; bytes_per_s: the triad's memory bandwidth); not part of the key
+    load          dict      how loaded the machine was (attnbench.load): loadavg_1m_start/_end,
+                            steal_pct over the cell, cpus; absent in records written before it existed
     definition    dict      what the figures were measured under: {"runner": version of the runner's
                             measuring procedure, "mechanism": the mechanism's algorithm_version}
                             (attnbench/definition.py); ``--resume`` re-runs cells whose definition changed
@@ -36,10 +43,13 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .cells import MODES, NOT_RECORDED, STATUSES, CellSpec, grid_keys, record_fields
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .load import LoadMark
 
 SCHEMA_VERSION = 2
 #: fields of every record: the cell's own (CellSpec.record_fields, the one declaration), then the outcome
@@ -85,13 +95,17 @@ def now_iso() -> str:
 
 
 def outside_record(spec: CellSpec, status: str, reason: str, *, started_at: str, duration_s: float,
-                   metrics: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+                   metrics: dict[str, Any] | None = None, load_start: "LoadMark | None" = None,
+                   **extra: Any) -> dict[str, Any]:
     """A record made outside the worker (timeout, kill, crash) with the same fields as the worker's:
-    the environment is captured here, in the process that ran the worker."""
+    the environment and the load are read here, in the process that ran the worker (``load_start``:
+    the executor's reading when it started the cell; none: the load now, at both ends)."""
     from .env import capture
+    from .load import load_record, mark
 
+    now = mark()
     return make_record(spec, status, reason, metrics, capture(spec.device, spec.seed), started_at=started_at,
-                       duration_s=round(duration_s, 3), **extra)
+                       duration_s=round(duration_s, 3), load=load_record(load_start or now, now), **extra)
 
 
 def driver_record(spec: CellSpec, status: str, reason: str, since: tuple[str, float], **env: Any) -> dict[str, Any]:
@@ -124,7 +138,7 @@ def append(path: Path, record: dict[str, Any]) -> None:
 
 #: the JSON type each field must have (bool is never accepted as int); checked on every read
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    "schema": (int,), "key": (str,), "definition": (dict,),
+    "schema": (int,), "key": (str,), "definition": (dict,), "load": (dict,),
     **{name: (tp,) for name, tp in record_fields().items()}, **OUTCOME_TYPES,
 }
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",

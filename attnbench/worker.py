@@ -70,9 +70,11 @@ def seed_everything(seed: int) -> None:
 def execute(spec: CellSpec) -> dict[str, Any]:
     """Run one cell in this process and return its record (never raises)."""
     from .env import capture
+    from .load import load_record, mark
     from .measure.memory import is_oom
     from .schema import make_record
 
+    load_start = mark()
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     status, reason, metrics, extra = "ok", "", {}, {}
@@ -101,7 +103,7 @@ def execute(spec: CellSpec) -> dict[str, Any]:
         metrics = dict(getattr(exc, "metrics", {}) or {})
     env = capture(spec.device, spec.seed)
     return make_record(spec, status, reason, metrics, env, started_at=started,
-                       duration_s=round(time.perf_counter() - t0, 3), **extra)
+                       duration_s=round(time.perf_counter() - t0, 3), load=load_record(load_start), **extra)
 
 
 #: where a worker notes its partial record when the executor names no other file: beside the record

@@ -92,6 +92,10 @@ class FaissKnn(AttentionMechanism):
             return {"index": suffix}
         raise ValueError(suffix)
 
+    def declared_backend(self, device: str) -> str:
+        """The faiss index type, then the backend of PSAL's attend op: ``faiss-ivf+native``."""
+        return f"faiss-{self.index}+{self.backend}"
+
     def params(self) -> dict[str, Any]:
         out = {**super().params(), "k": self.k_nn, "index": self.index, "seed": self.seed, "backend": self.backend}
         if self.index == "ivf":

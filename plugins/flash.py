@@ -108,6 +108,11 @@ class FlashAttention(AttentionMechanism):
     def exact_params(cls, shape: ProblemShape, usable_keys: int) -> Optional[dict[str, Any]]:
         return {}
 
+    def declared_backend(self, device: str) -> str:
+        """CPU: SDPA's flash kernel (equal head dims make SDPA pick it); CUDA: either fused kernel
+        (:func:`_fused_cuda_sdpa`). The profiled call's SDPA op is checked against it."""
+        return "sdpa-fused" if device.startswith("cuda") else "sdpa-flash"
+
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
@@ -199,6 +204,9 @@ class XFormersAttention(FlashAttention):
     @classmethod
     def availability(cls) -> Availability:
         return xformers_availability()
+
+    def declared_backend(self, device: str) -> str:
+        return "xformers"
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None

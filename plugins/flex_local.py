@@ -95,6 +95,12 @@ class FlexLocal(AttentionMechanism):
     def availability(cls) -> Availability:
         return flex_availability()
 
+    def declared_backend(self, device: str) -> str:
+        """``flex-compiled`` or ``flex-eager``: the path the last call took (``flex`` before any call)."""
+        if self.last_compiled is None:
+            return "flex"
+        return "flex-compiled" if self.last_compiled else "flex-eager"
+
     def params(self) -> dict[str, Any]:
         return {**super().params(), "window": self.window, "compile": "auto" if self.compile is None else self.compile,
                 "compile_min_queries": self.compile_min_queries, "platform_compiles": self.can_compile}

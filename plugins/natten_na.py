@@ -73,6 +73,11 @@ class NattenAttention(AttentionMechanism):
     def availability(cls) -> Availability:
         return natten_availability()
 
+    def declared_backend(self, device: str) -> str:
+        """CPU: NATTEN's Flex backend, uncompiled (``flex-fna``, asked for by name); GPU: the fused
+        kernel NATTEN picks for the card (its own choice, not asked for)."""
+        return "natten-flex-fna-eager" if not device.startswith("cuda") else "natten-cuda-auto"
+
     def params(self) -> dict[str, Any]:
         return {**super().params(), "window": self.window}
 

@@ -151,3 +151,28 @@ def test_cli_cross_machine_flag(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out
     assert "different machines (CPU Xeon A (baseline) vs EPYC B (current))" in out and "time not judged" in out
     assert main(["gate", str(slow), "--baseline", str(base), "--cross-machine"]) == 1
+def _with_backend(records: list[dict], backends: dict[str, str]) -> list[dict]:
+    out = copy.deepcopy(records)
+    for rec in out:
+        if rec["mechanism"] in backends:
+            rec["metrics"]["backend"] = backends[rec["mechanism"]]
+    return out
+
+
+def test_a_cell_whose_backend_changed_fails_the_gate() -> None:
+    base = _with_backend(baseline(), {"flash": "sdpa-flash", "psal-3": "native"})
+    assert gate(_with_backend(baseline(), {"flash": "sdpa-flash", "psal-3": "native"}), base).passed
+    result = gate(_with_backend(baseline(), {"flash": "sdpa-math", "psal-3": "native"}), base)
+    assert not result.passed
+    assert {f.kind for f in result.offenders} == {"backend changed"}
+    assert all(f.baseline == "sdpa-flash" and f.current == "sdpa-math" for f in result.offenders)
+    assert {f.cell.split(": ")[1].split()[0] for f in result.offenders} == {"flash"}
+
+
+def test_a_baseline_without_backends_is_unknown_not_a_failure_and_says_so() -> None:
+    result = gate(_with_backend(baseline(), {"flash": "sdpa-math", "psal-3": "native"}), baseline())
+    assert result.passed
+    assert any("record no backend" in w and "unknown" in w for w in result.warnings)
+    # the other way round: the baseline names its backend and the current cell records none
+    lost = gate(baseline(), _with_backend(baseline(), {"psal-3": "native"}))
+    assert {(f.kind, f.current) for f in lost.offenders} == {("backend changed", "not recorded")}

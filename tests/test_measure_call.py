@@ -1,110 +1,108 @@
-"""The one measuring path (attnbench.measure.call): outputs that are the inputs and inputs changed
-in place are ``error``, in micro-benchmarks and task suites alike."""
+"""What a measured call's record says ran: the top ops of one profiled call, the backend line
+(checked against the SDPA op the profiler saw), and the achieved rates as % of the yardsticks."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import torch
 
-from attnbench import registry
-from attnbench.errors import InvalidOutput
-from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
-from attnbench.measure.call import AttentionCall, CallBudget, measure_call
-from attnbench.suites import load
+from attnbench.measure import kernels
+from attnbench.measure.call import AttentionCall, CallBudget, estimate_metrics, measure_call
+from attnbench.registry import mechanism
+from attnbench_plugins.flash import FlashAttention
 
 
-class _Cheat(AttentionMechanism):
-    """An 'attention' that cheats in one of the ways the harness must catch (``kind``)."""
-
-    similarities = ("l2", "dot")
-    devices = ("cpu",)
-    differentiable_wrt = ("q", "k", "v")
-    summary = "cheats on purpose"
-    complexity = "O(n)"
-    kind = "honest"
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Any = None) -> torch.Tensor:
-        if self.kind == "returns_q":
-            return q
-        if self.kind == "returns_view":
-            return q[:, : v.shape[1]]
-        if self.kind == "scales_q":
-            q.mul_(2.0)  # each call: the timed inputs grow to Inf
-        if self.kind == "scales_and_restores":
-            q.mul_(2.0)
-            q.div_(2.0)
-        if self.kind == "writes_data":
-            q.data.mul_(2.0)  # .data keeps no version counter: only the contents tell
-        return v.clone() + 0.0 * q.mean()
-
-    def estimate(self, shape: ProblemShape) -> CostEstimate:
-        return CostEstimate(memory_bytes=1000, flops=1000)
+def _measure(module: Any, metrics: set[str], size: int = 16, **budget: Any) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, size, size, generator=gen) for _ in range(3))
+    call = AttentionCall(module, q, k, v)
+    known = estimate_metrics(module, call.shape())
+    options = dict(min_run_time=0.02, time_budget_s=0.1, min_repeats=2)
+    options.update(budget)
+    _, measured = measure_call(call, CallBudget(metrics=frozenset(metrics), **options), known=known)
+    return {**known, **measured}
 
 
-def _cheat(kind: str) -> AttentionMechanism:
-    return type(f"Cheat_{kind}", (_Cheat,), {"kind": kind})(patch_size=1)
+def test_a_record_lists_its_top_ops_by_self_time_and_names_the_sdpa_kernel_that_ran() -> None:
+    m = _measure(mechanism("flash", patch_size=3), {"memory", "flops"})
+    ops = m["kernels"]
+    assert 1 <= len(ops) <= kernels.TOP and m["kernels_device"] == "cpu"
+    assert all(set(op) == {"name", "self_time_us", "share", "calls"} for op in ops)
+    assert [op["self_time_us"] for op in ops] == sorted((op["self_time_us"] for op in ops), reverse=True)
+    assert 0 < sum(op["share"] for op in ops) <= 1.0 + 1e-6
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in {op["name"] for op in ops}
+    assert m["backend"] == "sdpa-flash" and "backend_note" not in m
 
 
-def _call(kind: str, mode: str = "fwd") -> AttentionCall:
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
-    return AttentionCall(_cheat(kind), q, k, v, mode=mode)
+class _MathBehindFlash(FlashAttention):
+    """A "flash" whose SDPA call is forced onto the math kernel: what a silent fallback looks like."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel([SDPBackend.MATH]):
+            return super().attend(q, k, v, key_mask)
 
 
-BUDGETS = {"memory+flops": CallBudget(metrics=frozenset({"memory", "flops"})),
-           "time": CallBudget(metrics=frozenset({"time"}), min_run_time=0.01, time_budget_s=0.1)}
-CHEATS = {"returns_q": "shares memory with input q", "returns_view": "shares memory with input q",
-          "scales_q": "input q was modified in place", "scales_and_restores": "input q was modified in place",
-          "writes_data": "input q changed during"}
+def test_a_kernel_that_contradicts_the_declared_backend_is_what_the_record_names() -> None:
+    m = _measure(_MathBehindFlash(patch_size=3), {"time"})
+    assert m["backend"] == "sdpa-math" and m["backend_declared"] == "sdpa-flash"
+    assert "sdpa-math" in m["backend_note"]
 
 
-@pytest.mark.parametrize("budget", list(BUDGETS))
-@pytest.mark.parametrize("kind", list(CHEATS))
-def test_an_output_that_is_an_input_or_an_input_changed_is_invalid(kind: str, budget: str) -> None:
-    with pytest.raises(InvalidOutput, match=CHEATS[kind]):
-        measure_call(_call(kind), BUDGETS[budget])
+def test_the_profile_is_one_extra_call_and_skipped_when_the_timeout_cannot_hold_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = kernels.top_kernels
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "top_kernels", counted)
+    m = _measure(mechanism("full", patch_size=3), {"memory", "flops", "time"})
+    assert len(calls) == 1 and m["kernels"] and m["backend"] == "torch"
+    m = _measure(mechanism("full", patch_size=3), {"memory", "flops"}, timeout_s=1e-3)
+    assert len(calls) == 1 and "kernels" not in m
+    assert m["kernels_note"].startswith("not profiled") and m["backend"] == "torch"
 
 
-@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
-def test_an_output_aliasing_q_is_caught_and_an_honest_one_passes_at_no_memory_cost(mode: str) -> None:
-    """The guard's copy of the inputs is taken before the measurement: not in the call's peak."""
-    budget = CallBudget(metrics=frozenset({"memory", "flops", "time"}), min_run_time=0.01, time_budget_s=0.1)
-    q = torch.randn(1, 64, 64, 64)  # 1 MiB each: a copy of q, k, v inside the measurement would show
-    out, metrics = measure_call(AttentionCall(_cheat("honest"), q, q.clone(), q.clone(), mode=mode), budget)
-    assert out is not None and metrics["time_repeats"] >= 1
-    assert metrics["peak_memory_bytes"] < 3 * q.nbytes + 2**16  # v.clone(), the sum (and a grad for fwd+bwd)
-    with pytest.raises(InvalidOutput, match="shares memory with input q"):
-        measure_call(AttentionCall(_cheat("returns_view"), q.clone(), q.clone(), q.clone(), mode=mode), budget)
+def test_psal_records_its_native_or_reference_backend() -> None:
+    module = mechanism("psal-1", patch_size=3)
+    m = _measure(module, {"memory"})
+    assert m["backend"] == module.backend and module.backend in ("native", "reference")
 
 
-def test_in_place_writes_during_the_timing_loop_alone_are_caught() -> None:
-    """A call that behaves on its first run and writes from the second on: the loop's counters tell."""
-
-    class Later(_Cheat):
-        calls = 0
-
-        def attend(self, q, k, v, key_mask=None):  # type: ignore[override]
-            type(self).calls += 1
-            if type(self).calls > 2:
-                q.mul_(2.0)
-            return v.clone()
-
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
-    budget = CallBudget(metrics=frozenset({"memory", "time"}), min_run_time=0.01, time_budget_s=0.1)
-    with pytest.raises(InvalidOutput, match="modified in place during the timed calls"):
-        measure_call(AttentionCall(Later(patch_size=1), q, k, v), budget)
+def test_flex_records_whether_it_ran_compiled_or_eager() -> None:
+    cls = type(mechanism("flex-local", patch_size=3, window=5, compile=False))
+    if not cls.availability().ok:
+        pytest.skip(str(cls.availability()))
+    m = _measure(mechanism("flex-local", patch_size=3, window=5, compile=False), {"time"})
+    assert m["backend"] == "flex-eager" and m["kernels"]
 
 
-@pytest.mark.parametrize("suite, preset", [("memory", "ci"), ("reconstruction", "quick")])
-def test_suites_record_a_cheating_layer_as_error(monkeypatch: pytest.MonkeyPatch, suite: str, preset: str) -> None:
-    """Micro-benchmarks and task suites (tasks/costs.py) both go through the guarded path."""
-    from attnbench.worker import execute
+def test_timed_records_carry_achieved_rates_as_a_share_of_both_yardsticks() -> None:
+    m = _measure(mechanism("full", patch_size=3), {"flops", "time"}, flops_per_s=2e9, bytes_per_s=4e9)
+    median = m["time_median_s"]
+    assert m["achieved_flops_from"] == "flops"
+    assert m["achieved_flops_per_s"] == pytest.approx(m["flops"] / median)
+    assert m["achieved_flops_pct"] == pytest.approx(100 * m["flops"] / median / 2e9, rel=1e-3)
+    assert m["estimated_bytes_moved"] > 0
+    assert m["achieved_bandwidth_pct"] == pytest.approx(100 * m["estimated_bytes_moved"] / median / 4e9, rel=1e-3)
+    # time alone: the FLOPs come from the estimate, and the record says so
+    t = _measure(mechanism("full", patch_size=3), {"time"})
+    assert t["achieved_flops_from"] == "estimated_flops" and "achieved_flops_pct" not in t
+    # not timed: no rate at all
+    assert not {k for k in _measure(mechanism("full", patch_size=3), {"memory"}) if k.startswith("achieved")}
 
-    cls = type("CheatReturnsQ", (_Cheat,), {"kind": "returns_view", "name": "cheat"})
-    table = {**registry.plugins(), "cheat": registry.PluginInfo("cheat", "tests:Cheat", "tests", "0", cls)}
-    monkeypatch.setattr(registry, "plugins", lambda: table)
-    cell = load(suite).cells(preset, mechanisms=["cheat"])[0]
-    rec = execute(cell)
-    assert rec["status"] == "error" and "shares memory with input q" in rec["reason"], rec["reason"]
+
+def test_bytes_moved_default_is_inputs_plus_the_working_set_written_and_read() -> None:
+    from attnbench.interface import ProblemShape
+
+    module = mechanism("local", patch_size=3)
+    shape = ProblemShape.square(32, 4, 3)
+    est = module.estimate(shape)
+    assert module.estimate_bytes_moved(shape, est) == shape.input_bytes + 2 * est.memory_bytes
+    assert shape.input_bytes == 3 * 4 * 32 * 32 * 4

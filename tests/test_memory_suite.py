@@ -23,6 +23,8 @@ def test_memory_suite_measures_memory_and_flops_beside_estimates(tmp_path: Path)
         assert m["flops"] > 0 and m["estimated_flops"] > 0
         assert isinstance(m["uncounted_ops"], dict)
         assert r["channels"] == 16 and r["patch_size"] == 7 and r["batch"] == 1
+        assert m["kernels"] and m["backend"] == {"full": "torch", "flash": "sdpa-flash"}[r["mechanism"]]
+        assert r["load"]["cpus"] >= 1 and r["load"]["loadavg_1m_start"] is not None
     fwd = {r["mechanism"]: r["metrics"]["peak_memory_bytes"] for r in records if r["mode"] == "fwd"}
     bwd = {r["mechanism"]: r["metrics"]["peak_memory_bytes"] for r in records if r["mode"] == "fwd+bwd"}
     assert all(bwd[m] > fwd[m] for m in fwd)  # training keeps activations
@@ -45,6 +47,8 @@ def test_speed_suite_records_median_and_iqr(tmp_path: Path) -> None:
         assert r["status"] == "ok", r["reason"]
         assert m["time_median_s"] > 0 and m["time_iqr_s"] >= 0 and m["time_repeats"] >= 3
         assert len(m["time_samples_s"]) >= 3
+        assert r["calibration"]["bytes_per_s"] > 0 and r["calibration"]["flops_per_s"] > 0
+        assert m["achieved_flops_pct"] > 0 and m["achieved_bandwidth_pct"] > 0 and m["kernels"]
 
 
 @pytest.mark.parametrize("name", ["memory", "speed"])

@@ -247,3 +247,53 @@ def test_cost_plots_never_mix_devices() -> None:
     legend_cpu = [t.get_text() for t in figures["memory"].legends[0].get_texts()]
     legend_gpu = [t.get_text() for t in figures["memory-cuda"].legends[0].get_texts()]
     assert not any("cuda" in t for t in legend_cpu) and not any("cpu" in t for t in legend_gpu)
+
+
+def _with_load(records: list[dict], peak: dict[str, float], cpus: int = 2) -> list[dict]:
+    """Records as measured with a 1-minute load average of ``peak[mechanism]`` (others 0.5) on ``cpus``."""
+    import copy
+
+    out = copy.deepcopy(records)
+    for rec in out:
+        load = peak.get(rec["mechanism"], 0.5)
+        rec["load"] = {"loadavg_1m_start": load, "loadavg_1m_end": load / 2, "steal_pct": 0.0, "cpus": cpus}
+    return out
+
+
+def test_a_time_measured_under_load_is_marked_and_never_quoted_in_the_headline() -> None:
+    from attnbench.report.summary import sentences
+
+    quiet = speed_records()
+    # psal-3 is the fastest at 64 px; measured loaded, it must not be named fastest
+    loaded = _with_load(speed_records(slow={"psal-3": 0.01}), {"psal-3": 15.0})
+    df = suite_table(loaded, "speed")
+    assert df.loc["psal-3 fwd", "64 px"].endswith("[load 15.0/2]") and "[load" not in df.loc["full fwd", "64 px"]
+    assert any(n.startswith("[load L/N]") for n in df.attrs["notes"])
+    time_lines = [s for s in sentences(loaded) if s.startswith("Time at")]
+    assert time_lines and "psal-3" not in time_lines[0] and "load average at most 0.5 on 2 CPUs" in time_lines[0]
+    assert any("load average above the core count" in s and "not quoted" in s for s in sentences(loaded))
+    # records written before the load was recorded: quoted, and said to have no load on record
+    (old_line,) = [s for s in sentences(quiet) if s.startswith("Time at")]
+    assert "load not recorded" in old_line
+    assert any(n.startswith("load not recorded for") for n in suite_table(quiet, "speed").attrs["notes"])
+
+
+def test_the_speed_table_shows_achieved_rates_and_the_kernels_that_ran() -> None:
+    import copy
+
+    records = copy.deepcopy(speed_records())
+    for rec in records:
+        m = rec["metrics"]
+        m.update(achieved_flops_per_s=m["flops"] / m["time_median_s"], achieved_flops_pct=12.5,
+                 achieved_bytes_per_s=3e9, achieved_bandwidth_pct=30.0,
+                 backend="sdpa-flash" if rec["mechanism"] == "flash" else "torch",
+                 kernels=[{"name": "aten::bmm", "self_time_us": 90.0, "share": 0.9, "calls": 2},
+                          {"name": "aten::copy_", "self_time_us": 10.0, "share": 0.1, "calls": 4}])
+    speed, kernels = suite_tables(records, "speed")
+    assert speed.loc["flash fwd", "backend"] == "sdpa-flash" and speed.loc["full fwd", "backend"] == "torch"
+    assert "(12 %)" in speed.loc["full fwd", "64 px achieved"] and "3.00 GB/s (30 %)" in speed.loc["full fwd", "64 px achieved"]
+    assert kernels.attrs["name"] == "kernels" and kernels.loc["full fwd", "size"] == "64 px"
+    assert kernels.loc["full fwd", "top 3 ops by self time"] == "aten::bmm 90 %, aten::copy_ 10 %"
+    # published records carry none of it: the tables stay as they were
+    assert [t.attrs["name"] for t in suite_tables(speed_records(), "speed")] == ["speed"]
+    assert "backend" not in suite_table(speed_records(), "speed").columns

@@ -137,6 +137,8 @@ def test_a_timeout_record_has_env_start_duration_and_keeps_the_estimate(tmp_path
     assert rec["env"]["torch"] == torch.__version__ and rec["env"]["cpu"] and rec["started_at"]
     assert rec["duration_s"] >= 25
     assert rec["metrics"]["estimated_memory_bytes"] == 12345
+    # the executor read the load when it started the cell: steal is a figure over the 25 s, not unknown
+    assert rec["load"]["loadavg_1m_start"] is not None and rec["load"]["steal_pct"] is not None
 
 
 class _FakeExecutor:
@@ -183,3 +185,70 @@ def test_a_record_the_cluster_driver_makes_has_times_and_says_who_made_it() -> N
     assert check_record(rec) == ""
     assert rec["started_at"] == since[0] and rec["duration_s"] >= 0.01
     assert rec["env"] == {"recorded_by": "driver", "slurm_job_id": "7"}
+
+
+def test_the_triad_counts_three_arrays_of_float32_and_takes_the_best_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils import benchmark
+
+    from attnbench.measure import timing
+
+    class _Runs:
+        times = [0.5, 0.25, 0.4]
+
+    monkeypatch.setattr(benchmark.Timer, "blocked_autorange", lambda self, min_run_time: _Runs())
+    n = 1 << 16
+    assert timing.triad_bytes_per_s("cpu", n=n) == pytest.approx(3 * 4 * n / 0.25)
+    monkeypatch.undo()
+    assert 1e6 < timing.triad_bytes_per_s("cpu", n=1 << 20) < 1e13
+
+
+def test_timed_cells_get_both_yardsticks_once_per_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured: list[str] = []
+    monkeypatch.setattr(runloop, "_calibration_functions", lambda: {
+        "flops_per_s": lambda d: measured.append("flops_per_s") or 1e9,
+        "bytes_per_s": lambda d: measured.append("bytes_per_s") or 2e9})
+    timed = load("speed").cells("quick", mechanisms=["full", "flash"], sizes=[64])
+    untimed = load("memory").cells("ci", mechanisms=["full"], sizes=[32], modes=["fwd"])
+    done = runloop.calibrate(timed + untimed)
+    assert sorted(measured) == ["bytes_per_s", "flops_per_s"]
+    assert all(c.calibration == {"flops_per_s": 1e9, "bytes_per_s": 2e9} for c in done[:2])
+    assert done[2].calibration == {"flops_per_s": 1e9}  # memory cells need the time check's yardstick only
+    assert [c.key for c in done] == [c.key for c in timed + untimed]
+
+
+def _fake_proc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loadavg: float, total: int, steal: int) -> None:
+    from attnbench import load as loadmod
+
+    (tmp_path / "loadavg").write_text(f"{loadavg} 1.0 1.0 2/100 123\n")
+    idle = total - steal - 100
+    (tmp_path / "stat").write_text(f"cpu  100 0 0 {idle} 0 0 0 {steal} 0 0\ncpu0 1 2 3\n")
+    monkeypatch.setattr(loadmod, "PROC_LOADAVG", tmp_path / "loadavg")
+    monkeypatch.setattr(loadmod, "PROC_STAT", tmp_path / "stat")
+
+
+def test_load_is_read_at_start_and_end_and_steal_over_the_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench import load as loadmod
+
+    _fake_proc(tmp_path, monkeypatch, 0.5, total=10_000, steal=100)
+    start = loadmod.mark()
+    _fake_proc(tmp_path, monkeypatch, 7.5, total=12_000, steal=600)  # 500 of 2000 ticks stolen
+    rec = loadmod.load_record(start)
+    assert rec["loadavg_1m_start"] == 0.5 and rec["loadavg_1m_end"] == 7.5 and rec["steal_pct"] == 25.0
+    assert loadmod.is_loaded(dict(rec, cpus=8)) is False and loadmod.is_loaded(dict(rec, cpus=2)) is True
+    assert loadmod.is_loaded(None) is None and loadmod.is_loaded({"cpus": 2}) is None
+    monkeypatch.setattr(loadmod, "PROC_STAT", tmp_path / "missing")
+    monkeypatch.setattr(loadmod, "PROC_LOADAVG", tmp_path / "missing")
+    unknown = loadmod.load_record(loadmod.mark())
+    assert unknown["loadavg_1m_start"] is None and unknown["steal_pct"] is None  # unknown, never zero
+
+
+def test_worker_and_executor_records_carry_the_load(tmp_path: Path) -> None:
+    from attnbench.worker import execute
+
+    (cell,) = load("memory").cells("ci", mechanisms=["full"], sizes=[32], modes=["fwd"])
+    for rec in (execute(replace(cell, channels=2)), schema.outside_record(cell, "timeout", "t", started_at="x",
+                                                                           duration_s=1.0)):
+        assert set(rec["load"]) == {"loadavg_1m_start", "loadavg_1m_end", "steal_pct", "cpus"}
+        assert rec["load"]["loadavg_1m_end"] >= 0 and rec["load"]["cpus"] >= 1
+        assert schema.check_record(rec) == ""
+    assert schema.check_record(dict(rec, load=3.0)).startswith("field 'load' must be an object")

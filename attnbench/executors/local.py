@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator, Optional
 from ..cells import CellSpec
 from ..errors import UserError
 from ..proctree import Watcher
+from ..load import mark as load_mark
 from ..schema import now_iso, outside_record
 from ..worker import PARTIAL_NAME, read_partial
 from .launch import Launcher, is_timing_cell, make_launcher
@@ -94,7 +95,7 @@ class LocalProcessExecutor:
         self.launcher.close()
 
     def run(self, spec: CellSpec) -> dict[str, Any]:
-        started, t0 = now_iso(), time.perf_counter()
+        started, t0, load_start = now_iso(), time.perf_counter(), load_mark()
         with tempfile.TemporaryDirectory(prefix="attnbench-cell-") as tmp:
             spec_path, out_path, log_path = Path(tmp, "spec.json"), Path(tmp, "record.json"), Path(tmp, "log.txt")
             partial_path = Path(tmp, PARTIAL_NAME)  # the worker notes it beside its record
@@ -112,7 +113,7 @@ class LocalProcessExecutor:
             if ended.timed_out:
                 return outside_record(spec, "timeout", f"no result within {spec.timeout_s:g} s (raise --timeout to allow more)",
                                       started_at=started, duration_s=time.perf_counter() - t0,
-                                      metrics=read_partial(partial_path))
+                                      metrics=read_partial(partial_path), load_start=load_start)
             if out_path.exists():
                 try:
                     return json.loads(out_path.read_text())
@@ -120,7 +121,7 @@ class LocalProcessExecutor:
                     pass
             status, reason = classify(ended, _tail(log_path.read_text(errors="replace")))
             return outside_record(spec, status, reason, started_at=started, duration_s=time.perf_counter() - t0,
-                                  metrics=read_partial(partial_path))
+                                  metrics=read_partial(partial_path), load_start=load_start)
 
     def _threads(self) -> Optional[int]:
         """Threads per worker: the interpreter's default alone, the cores shared out with ``--jobs N``

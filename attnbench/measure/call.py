@@ -12,11 +12,16 @@ them all. The steps, in order:
 3. :func:`measure_call`: peak memory and FLOPs of one call (FLOPs by op, ops left uncounted), the
    output checked (shape, dtype, finite: else ``error`` saying what was wrong), and the wall time
    (median, IQR, samples; forward and backward timed separately for ``fwd+bwd`` calls). An
-   out-of-memory error anywhere becomes ``oom``, keeping the estimates.
+   out-of-memory error anywhere becomes ``oom``, keeping the estimates;
+4. then, apart from what was measured: the ops that ran, from one more call under the profiler
+   (:func:`kernel_metrics`, :mod:`attnbench.measure.kernels`), the mechanism's backend line
+   checked against them, and the achieved FLOP/s and bytes/s as % of the run's yardsticks
+   (:func:`achieved_metrics`).
 """
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -47,6 +52,10 @@ class CallBudget:
     time_budget_s: float = 10.0
     min_repeats: int = 3
     label: str = ""
+    #: the run's memory-bandwidth yardstick (bytes/s, the triad), when the runner asked for it
+    bytes_per_s: Optional[float] = None
+    #: time.monotonic() when the cell's budget was made: what is left of its timeout counts from here
+    started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def for_cell(cls, spec: Any, options: Any, metrics: Optional[set[str] | list[str]] = None) -> "CallBudget":
@@ -55,7 +64,8 @@ class CallBudget:
                    metrics=frozenset(metrics if metrics is not None else ("memory", "flops")),
                    memory_fraction=options.memory_fraction, time_margin=options.time_margin,
                    flops_per_s=spec.calibration.get("flops_per_s"), min_run_time=options.min_run_time,
-                   time_budget_s=options.time_budget_s, min_repeats=options.min_repeats, label=spec.label)
+                   time_budget_s=options.time_budget_s, min_repeats=options.min_repeats, label=spec.label,
+                   bytes_per_s=spec.calibration.get("bytes_per_s"))
 
 
 @dataclass
@@ -121,11 +131,7 @@ class AttentionCall:
 
 def input_bytes(shape: ProblemShape) -> int:
     """Bytes of a call's inputs (q, k, v, and the output gradient for fwd+bwd)."""
-    (hq, wq), (hk, wk) = shape.query_hw, shape.key_hw
-    elements = shape.channels * (hq * wq + hk * wk) + shape.value_channels * hk * wk
-    if shape.mode == "fwd+bwd":
-        elements += shape.value_channels * hq * wq
-    return shape.batch * elements * shape.dtype_bytes
+    return shape.input_bytes
 
 
 def estimate_metrics(module: AttentionMechanism, shape: ProblemShape, prefix: str = "") -> dict[str, Any]:
@@ -136,6 +142,7 @@ def estimate_metrics(module: AttentionMechanism, shape: ProblemShape, prefix: st
         f"{prefix}estimated_flops": int(est.flops),
         f"{prefix}complexity": est.formula or module.complexity,
         f"{prefix}resolved_params": module.params(),
+        f"{prefix}estimated_bytes_moved": int(module.estimate_bytes_moved(shape, est)),
     }
     if getattr(module, "backend", None):
         metrics[f"{prefix}backend"] = module.backend
@@ -234,8 +241,11 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
 
     with oom_as_outcome(known, metrics):
         wanted = budget.metrics
+        call_s: Optional[float] = None
         if wanted & {"memory", "flops"} or "time" not in wanted:
+            t0 = time.perf_counter()
             (out, flops), peak = measure_peak(lambda: count_flops(call), budget.device)
+            call_s = time.perf_counter() - t0  # under both instruments: more than the call alone
             check_once(out)  # after the measurement: the check's own tensors are not the layer's cost
             if "memory" in wanted:
                 metrics[f"{prefix}peak_memory_bytes"] = int(peak)
@@ -248,6 +258,7 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
                           min_repeats=budget.min_repeats)
             whole = time_call(checked_call, budget.device, warmup=warmup, label=budget.label, **timing)
             guard.check("the timed calls")
+            call_s = whole.median_s
             metrics.update(_timing_metrics(whole, prefix))
             if call.mode == "fwd":
                 metrics.update(_timing_metrics(whole, prefix, "fwd"))
@@ -266,4 +277,65 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
                         raise
                     metrics[f"{prefix}time_bwd_note"] = f"not timed separately: {str(exc).splitlines()[0][:200]}"
                 del graph
+        metrics.update(kernel_metrics(call, budget, call_s, prefix))
+    metrics.update(achieved_metrics({**(known or {}), **metrics}, budget, prefix))
     return out, metrics
+
+
+def kernel_metrics(call: AttentionCall, budget: CallBudget, call_s: Optional[float],
+                   prefix: str = "") -> dict[str, Any]:
+    """``kernels`` (top ops by self time of one more, profiled, call) and ``backend`` (the mechanism's
+    declared line, or what the profile shows ran where the two disagree, with ``backend_declared``
+    and ``backend_note`` saying so). Skipped, with ``kernels_note``, when the call might not fit in
+    what is left of the cell's timeout."""
+    from .kernels import affordable, contradicts, observed_sdpa_backend, top_kernels
+
+    found: dict[str, Any] = {}
+    remaining = budget.timeout_s - (time.monotonic() - budget.started)
+    observed = None
+    if not affordable(call_s, remaining):
+        found[f"{prefix}kernels_note"] = (f"not profiled: one call ({call_s:.3g} s) might not fit in the "
+                                          f"{max(remaining, 0):.0f} s left of the timeout" if call_s is not None
+                                          else "not profiled: the call's time is unknown")
+    else:
+        try:
+            _, prof = top_kernels(call, budget.device)
+        except Exception as exc:  # the profiler itself (Kineto) may fail where the measured calls did not
+            if is_oom(exc):
+                raise
+            found[f"{prefix}kernels_note"] = f"not profiled: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        else:
+            found[f"{prefix}kernels"] = prof.kernels
+            found[f"{prefix}kernels_device"] = prof.device
+            observed = observed_sdpa_backend(prof.names)
+    declared = call.module.declared_backend(budget.device)
+    found[f"{prefix}backend"] = declared
+    if contradicts(declared, observed):
+        found[f"{prefix}backend"] = str(observed)
+        found[f"{prefix}backend_declared"] = declared
+        found[f"{prefix}backend_note"] = f"declared {declared}, but the profiled call ran {observed}"
+    return found
+
+
+def achieved_metrics(metrics: dict[str, Any], budget: CallBudget, prefix: str = "") -> dict[str, Any]:
+    """Achieved FLOP/s and bytes/s of a timed call (work / median time) and each as % of the run's
+    yardstick (matmul FLOP/s, triad bytes/s), as flash-attention's benchmark reports MFU. FLOPs:
+    the counted figure where it was measured, else the estimate (``achieved_flops_from`` says
+    which); bytes: the estimate (``estimated_bytes_moved``)."""
+    median = metrics.get(f"{prefix}time_median_s")
+    if not isinstance(median, (int, float)) or not median > 0:
+        return {}
+    found: dict[str, Any] = {}
+    source = f"{prefix}flops" if isinstance(metrics.get(f"{prefix}flops"), int) else f"{prefix}estimated_flops"
+    flops = metrics.get(source)
+    if isinstance(flops, (int, float)) and flops > 0:
+        found[f"{prefix}achieved_flops_per_s"] = flops / median
+        found[f"{prefix}achieved_flops_from"] = source[len(prefix):]
+        if budget.flops_per_s:
+            found[f"{prefix}achieved_flops_pct"] = 100.0 * flops / median / budget.flops_per_s
+    moved = metrics.get(f"{prefix}estimated_bytes_moved")
+    if isinstance(moved, (int, float)) and moved > 0:
+        found[f"{prefix}achieved_bytes_per_s"] = moved / median
+        if budget.bytes_per_s:
+            found[f"{prefix}achieved_bandwidth_pct"] = 100.0 * moved / median / budget.bytes_per_s
+    return found

@@ -90,3 +90,29 @@ def matmul_flops_per_s(device: str | torch.device = "cpu", n: int = 1024) -> flo
     a = torch.randn(n, n, device=device)
     m = Timer(stmt="a @ a", globals={"a": a}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=0.3)
     return 2 * n**3 / m.median
+
+
+#: elements of each triad array by device: 128 MiB (CPU) and 512 MiB (GPU) of float32 each, far
+#: beyond the last-level cache (STREAM's rule: each array at least 4x the caches)
+TRIAD_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 27}
+
+
+def triad_bytes_per_s(device: str | torch.device = "cpu", n: Optional[int] = None) -> float:
+    """Sustained memory bandwidth, STREAM's triad ``a = b + s * c`` on float32 tensors (one fused
+    ``torch.add(b, c, alpha=s, out=a)``): 3 x 4 x n bytes per run (b and c read, a written; the
+    write-allocate read is not counted, as in STREAM), best of the timed runs (STREAM's rule).
+    The arrays shrink to fit a quarter of the memory available. A yardstick for the achieved
+    bandwidth of a call (``achieved_bandwidth_pct``), not a limit any kernel must reach."""
+    from .memory import available_memory_bytes
+
+    device = torch.device(device)
+    n = n or TRIAD_ELEMENTS.get(device.type, TRIAD_ELEMENTS["cpu"])
+    while n > 1 << 16 and 3 * 4 * n > available_memory_bytes(device) // 4:
+        n //= 2
+    b, c = torch.rand(n, device=device), torch.rand(n, device=device)
+    a = torch.empty_like(b)
+    timer = Timer(stmt="torch.add(b, c, alpha=3.0, out=a)", globals={"torch": torch, "a": a, "b": b, "c": c},
+                  num_threads=torch.get_num_threads())
+    timer.timeit(1)  # first touch of a's pages, outside the timed runs
+    m = timer.blocked_autorange(min_run_time=0.3)
+    return 3 * 4 * n / min(m.times)

@@ -110,7 +110,7 @@ def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                    params_str=canonical(rec.get("params") or {}), options_str=canonical(rec.get("options") or {}),
                    machine=machine_name(rec.get("env") or {}), schema=rec.get("schema"),
                    timing_env=json.dumps(timing_identity(rec.get("env") or {}), sort_keys=True),
-                   trained_with=trained_with(rec) or "", data=data_source(rec))
+                   trained_with=trained_with(rec) or "", data=data_source(rec), **load_columns(rec))
         for name, value in (rec.get("metrics") or {}).items():
             row[name if name not in row else f"metric:{name}"] = value
         rows.append(row)
@@ -121,6 +121,34 @@ def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     mode_rank = df["mode"].map({mode: rank for rank, mode in enumerate(MODES)}).fillna(len(MODES))
     df = df.assign(_mode=mode_rank).sort_values(["_order", "_mode", "size"], kind="stable")
     return df.drop(columns=["_order", "_mode"]).reset_index(drop=True)
+
+
+#: columns every row gets from its record's ``load`` (attnbench.load): loaded is True, False or None (not recorded)
+LOAD_COLUMNS: tuple[str, ...] = ("loaded", "load_peak", "load_cpus")
+
+
+def load_columns(rec: dict[str, Any]) -> dict[str, Any]:
+    """``loaded`` (more runnable threads than CPUs; None: the record has no load), the peak 1-minute
+    load average and the CPUs it is compared with."""
+    from ..load import is_loaded, peak_load
+
+    load = rec.get("load")
+    return {"loaded": is_loaded(load), "load_peak": peak_load(load),
+            "load_cpus": load.get("cpus") if isinstance(load, dict) else None}
+
+
+def loaded_rows(df: pd.DataFrame) -> pd.Series:
+    """Rows measured with more runnable threads than CPUs (False where the load is not recorded)."""
+    if "loaded" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["loaded"].map(lambda v: v is True)
+
+
+def load_unknown(df: pd.DataFrame) -> pd.Series:
+    """Rows whose record does not say how loaded the machine was (written before records carried it)."""
+    if "loaded" not in df.columns:
+        return pd.Series(True, index=df.index)
+    return df["loaded"].map(lambda v: v is None or (isinstance(v, float) and v != v))
 
 
 def machine_name(env: dict[str, Any]) -> str:
@@ -161,7 +189,7 @@ def row_label(row: pd.Series, extra_fields: Sequence[str]) -> str:
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Columns of ``df`` that came from records' metrics."""
     fixed = set(IDENTITY) | {"key", "status", "reason", "label", "params_str", "options_str", "machine",
-                             "timing_env", "schema", "trained_with", "data"}
+                             "timing_env", "schema", "trained_with", "data"} | set(LOAD_COLUMNS)
     return [c for c in df.columns if c not in fixed]
 
 

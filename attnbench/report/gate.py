@@ -13,7 +13,10 @@ What is judged, and how:
   missing from the current run is one too, unless ``allow_missing``;
 - a gated metric the baseline cell has and the current cell lacks is a regression, even when no
   current record has it at all; a baseline value that is NaN or not a number is reported as an
-  ``invalid baseline`` finding (which fails: a broken baseline guards nothing).
+  ``invalid baseline`` finding (which fails: a broken baseline guards nothing);
+- the kernel path: a cell whose ``backend`` (measure/kernels.py) differs from the baseline's is
+  ``backend changed`` (fails: its figures measure another kernel); a baseline cell that records no
+  backend (written before records carried one) is unknown, not judged, and a warning says so.
 Tolerances come from the metrics catalogue (:data:`attnbench.metrics.DEFAULT_TOLERANCES`), then the suite file's
 ``[gate.tolerances]``,
 then the command line, each overriding the one before.
@@ -38,7 +41,7 @@ DEFAULT_ALPHA = 0.05
 class Finding:
     """One line of the gate's verdict."""
 
-    kind: str  # regression | newly failing | missing | invalid baseline | improvement | new cell | not judged
+    kind: str  # regression | newly failing | missing | invalid baseline | backend changed | improvement | new cell | not judged
     cell: str
     metric: str = ""
     baseline: float | str | None = None
@@ -50,7 +53,7 @@ class Finding:
 
     @property
     def fails(self) -> bool:
-        return self.kind in ("regression", "newly failing", "missing", "invalid baseline")
+        return self.kind in ("regression", "newly failing", "missing", "invalid baseline", "backend changed")
 
 
 @dataclass
@@ -167,6 +170,7 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
 
     extra = [f for f in ("channels", "batch", "device", "dtype") if base[f].astype(str).nunique() > 1]
     time_unjudged: set[str] = set()
+    backend_unknown = 0
     for i, j in match_cells(base, cur):
         b = base.loc[i]
         cell = f"{b['suite']}: {row_label(b, extra)} {int(b['size'])}px {b['mode']}"
@@ -184,6 +188,11 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
             reason = str(c["reason"]).strip().splitlines()[0] if str(c["reason"]).strip() else ""
             result.findings.append(Finding("newly failing", cell, "status", "ok", c["status"], detail=reason))
             continue
+        changed = backend_change(b, c, cell)
+        if changed == "unknown":
+            backend_unknown += 1
+        elif changed is not None:
+            result.findings.append(changed)
         tol = tol_by_suite[b["suite"]]
         for metric in sorted(set(b.index)):  # not only the current frame's columns: absent now counts
             if metric in NOT_GATED or metric not in tol or metric == TIME_RATIO or (b["key"], metric) in invalid:
@@ -234,6 +243,10 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
         elif change < -limit:
             result.findings.append(Finding("improvement", cell, f"{TIME_RATIO} (vs {ref})", b_ratio, c_ratio,
                                            change, limit, p))
+    if backend_unknown:
+        result.warnings.append(f"{backend_unknown} baseline cell{'s' if backend_unknown > 1 else ''} record no backend "
+                               "(written before records carried one): which kernel ran there is unknown, not judged; "
+                               "refresh the baseline to gate it")
     for s in sorted(time_unjudged):
         result.warnings.append(f"{s}: some times not judged: no ok {ref_of(s)} cell measured alongside them "
                                f"in both runs (time is only gated as a ratio to the reference)")
@@ -273,6 +286,19 @@ def _other_machine(base: pd.DataFrame, cur: pd.DataFrame, result: GateResult, cr
                                    f"judged for {len(found)} cell(s) (memory, FLOPs and quality still compared); "
                                    "--cross-machine judges it as a ratio to the reference anyway")
     return found
+def backend_change(b: pd.Series, c: pd.Series, cell: str) -> Finding | str | None:
+    """A ``backend changed`` finding when both cells name their backend and the names differ;
+    ``"unknown"`` when the baseline names none (records older than the field); else None."""
+    base_backend, cur_backend = b.get("backend"), c.get("backend")
+    if not isinstance(base_backend, str):
+        return "unknown"
+    if not isinstance(cur_backend, str):
+        return Finding("backend changed", cell, "backend", base_backend, "not recorded",
+                       detail="the baseline names its backend, the current cell does not")
+    if cur_backend != base_backend:
+        return Finding("backend changed", cell, "backend", base_backend, cur_backend,
+                       detail="another kernel path ran: its figures do not measure the baseline's kernel")
+    return None
 
 
 def _invalid_baseline_values(baseline: Sequence[dict[str, Any]], result: GateResult,
@@ -337,6 +363,7 @@ def render(result: GateResult, show_all: bool = False) -> "Table":
             continue
         table.add_column(col, justify="right" if col in ("baseline", "current", "change", "tolerance", "p") else "left")
     styles = {"regression": "red", "newly failing": "bold red", "missing": "red", "invalid baseline": "red",
+              "backend changed": "bold red",
               "improvement": "green",
               "new cell": "cyan", "not judged": "yellow"}
     for _, row in df.iterrows():

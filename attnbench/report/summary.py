@@ -1,5 +1,10 @@
 """The headline of a report: the memory / time / quality trade-off at the largest size measured,
-in a few sentences built from the records and one figure (memory per mechanism at that size)."""
+in a few sentences built from the records and one figure (memory per mechanism at that size).
+
+A time measured with more runnable threads than cores (:func:`attnbench.load.is_loaded`) is never
+quoted: the time sentence is built from the other cells and says how many it left out, or says
+that the load was not recorded. Memory, FLOPs and quality do not depend on the load (the
+allocator's peak and the counts are exact), so their sentences keep every cell."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -10,7 +15,7 @@ from matplotlib.figure import Figure
 
 from .. import metrics as catalogue
 from ..metrics import HIGHER_IS_BETTER
-from .frame import caption, number, to_frame
+from .frame import caption, load_unknown, loaded_rows, number, to_frame
 from .plots import comparable_sizes, machine_memory, quality_metric
 from .style import colour, order_key
 
@@ -94,7 +99,16 @@ def _sentences(records: Sequence[dict[str, Any]], reference: str) -> list[str]:
         where = f" within the {MEMORY.format(totals[0][1])} of {totals[0][0]}" if totals else ""
         text += f" {ran} of {len(mem)} mechanisms ran at this size{where}."
         out.append(text)
-    timed = _pick(df[df["status"] == "ok"], "time_median_s", _TIME_SUITES)
+    ok = df[df["status"] == "ok"]
+    timed_all = _pick(ok, "time_median_s", _TIME_SUITES)
+    loaded = timed_all[loaded_rows(timed_all) & pd.to_numeric(timed_all.get("time_median_s"), errors="coerce").notna()] \
+        if not timed_all.empty else timed_all
+    timed = _pick(ok[~loaded_rows(ok)], "time_median_s", _TIME_SUITES)
+    if not loaded.empty:
+        out.append(f"{len(loaded)} timed cell{'s' if len(loaded) > 1 else ''} of the {loaded['suite'].iloc[0]} suite "
+                   f"{'were' if len(loaded) > 1 else 'was'} measured with a load average above the core count "
+                   f"(up to {loaded['load_peak'].max():.1f} on {int(loaded['load_cpus'].max())} CPUs): "
+                   "not quoted here; re-run them on a quiet machine.")
     if not timed.empty:
         timed = timed[pd.to_numeric(timed["time_median_s"], errors="coerce").notna()]
         counts = timed.groupby("size")["label"].nunique()
@@ -107,7 +121,10 @@ def _sentences(records: Sequence[dict[str, Any]], reference: str) -> list[str]:
         ref = at[at["label"] == reference]
         if not ref.empty and reference not in (fast["label"], slow["label"]):
             text += f"; {reference} takes {time.format(ref['time_median_s'].iloc[0])}"
-        out.append(text + " (one run on a shared machine: ratios within it, not absolute times, carry over).")
+        unknown = int(load_unknown(at).sum())
+        load = (f"load not recorded for {unknown} of {len(at)} cells" if unknown else
+                f"load average at most {at['load_peak'].max():.1f} on {int(at['load_cpus'].max())} CPUs")
+        out.append(text + f" (one run, {load}: ratios within it, not absolute times, carry over).")
     for suite in list(_QUALITY_SUITES) + sorted(set(df["suite"]) - set(_QUALITY_SUITES)):
         sub = df[(df["suite"] == suite) & (df["status"] == "ok")]
         metric = quality_metric(sub) if not sub.empty else None

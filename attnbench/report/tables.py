@@ -2,8 +2,10 @@
 
 ``memory``: rows = mechanism and mode, columns = input sizes, each cell "measured (est.)" GiB or
 the cell's status, the paper's Table 1 figure (GB, as published) beside it where the cells ran at the
-paper's settings. ``speed``: median time (IQR) and the ratio
-to a reference mechanism measured in the same run. Task suites (and any suite this module does not
+paper's settings. ``speed``: median time (IQR), the ratio
+to a reference mechanism measured in the same run, and the achieved FLOP/s and bytes/s as % of the
+run's yardsticks; a time measured with a load above the CPU count is marked ``[load L/N]``. Both
+show each row's ``backend``, and a ``kernels`` table lists the top ops of the profiled call. Task suites (and any suite this module does not
 know): one row per cell with its quality metrics, GFLOPs and memory, the paper's figures beside.
 Failed, infeasible and unavailable cells are always shown with their status, never dropped; their
 reasons go to ``df.attrs["notes"]``. Titles state the grid that was run (``df.attrs["settings"]``),
@@ -24,8 +26,8 @@ from ..metrics import NOT_QUALITY, QUALITY_METRICS
 from . import paper
 from .analysis import crossover, fit_exponent
 from .findings import BASELINE_FIELDS, findings_table
-from .frame import (ROW_FIELDS, caption, metric_columns, number, params_text, reference_values, row_label,
-                    settings, to_frame, varying)
+from .frame import (ROW_FIELDS, caption, load_unknown, loaded_rows, metric_columns, number, params_text,
+                    reference_values, row_label, settings, to_frame, varying)
 from .style import seconds, sig
 
 #: metrics that are costs or bookkeeping, not quality (declared in the catalogue)
@@ -100,6 +102,7 @@ def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_
     fits: dict[str, tuple[list[float], list[float]]] = {}
     notes: list[str] = []
     params: dict[str, list[str]] = {}
+    backends: dict[str, list[str]] = {}
     for _, row in df.iterrows():
         name = f"{row_label(row, extra)} {row['mode']}"
         col = f"{int(row['size'])} px"
@@ -107,6 +110,9 @@ def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_
         text = params_text(row)
         if text not in params.setdefault(name, []):
             params[name].append(text)
+        backend = row.get("backend")
+        if isinstance(backend, str) and backend not in backends.setdefault(name, []):
+            backends[name].append(backend)
         if paper_metric:
             fig = paper.lookup(suite, paper_metric, row["mechanism"], row["params"], int(row["size"]), cell=row)
             if fig is not None:
@@ -130,6 +136,8 @@ def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_
         out[c] = out[c].fillna("" if c.endswith(PAPER_SUFFIX) else "not run")
     if any(t for texts in params.values() for t in texts):
         out.insert(0, "params", [" | ".join(t or "-" for t in params.get(name, [""])) for name in out.index])
+    if any(backends.values()):
+        out.insert(0, "backend", [" | ".join(backends.get(name) or ["?"]) for name in out.index])
     if scaling_metric:
         exps = {name: fit_exponent(*fits.get(name, ([], []))) for name in out.index}
         out["scaling"] = [f"n^{e:.2f}" if e is not None else "—" for e in map(exps.get, out.index)]
@@ -169,34 +177,103 @@ def speed_table(df: pd.DataFrame, reference: str = "flash") -> pd.DataFrame:
     """Median time (IQR) per size, and its ratio to ``reference`` measured in the same run."""
     ref_median = reference_values(df, reference, "time_median_s")
 
+    loaded = loaded_rows(df)
+
     def cell(row: pd.Series) -> str:
         if row["status"] != "ok":
             return status_text(row)
         med, iqr = number(row.get("time_median_s")), number(row.get("time_iqr_s"))
-        return f"{seconds(med)} (IQR {seconds(iqr)})" if iqr is not None else seconds(med)
+        text = f"{seconds(med)} (IQR {seconds(iqr)})" if iqr is not None else seconds(med)
+        return text + (_load_mark(row) if loaded.loc[row.name] else "")
 
     out, notes = _grid(df, "speed", cell, None, "time_median_s")
-    ratio_col = {}
+    beside: dict[tuple[str, str], str] = {}
     extra = varying(df, ROW_FIELDS)
     for idx, row in df.iterrows():
+        name, col = f"{row_label(row, extra)} {row['mode']}", f"{int(row['size'])} px"
         med = number(row.get("time_median_s")) if row["status"] == "ok" else None
         ref = ref_median.loc[idx]
         if med is not None and not math.isnan(ref) and ref > 0:
-            ratio_col[(f"{row_label(row, extra)} {row['mode']}", f"{int(row['size'])} px / {reference}")] = \
-                f"×{sig(med / ref)}"
-    if ratio_col:
-        columns = []
-        for c in out.columns:
-            columns.append(c)
-            rc = f"{c} / {reference}"
-            if any(k[1] == rc for k in ratio_col):
-                out[rc] = [ratio_col.get((name, rc), "") for name in out.index]
-                columns.append(rc)
-        out = out[columns]
+            beside[(name, f"{col} / {reference}")] = f"×{sig(med / ref)}"
+        if med is not None and achieved_text(row):
+            beside[(name, f"{col} {ACHIEVED_SUFFIX}")] = achieved_text(row)
+    columns = []
+    for c in out.columns:
+        columns.append(c)
+        for bc in (f"{c} / {reference}", f"{c} {ACHIEVED_SUFFIX}"):
+            if any(k[1] == bc for k in beside):
+                out[bc] = [beside.get((name, bc), "") for name in out.index]
+                columns.append(bc)
+    out = out[columns]
     scaling = ["scaling: fitted exponent of median time vs n pixels (from 3 sizes or more)"] \
         if "scaling" in out.columns else []
+    if any(c.endswith(ACHIEVED_SUFFIX) for c in out.columns):
+        notes.append(f"{ACHIEVED_SUFFIX}: FLOP/s (FLOPs counted, else estimated, / median time) and bytes/s "
+                     "(estimated bytes moved / median time), each as % of this run's yardstick (matmul "
+                     "FLOP/s, triad bandwidth), as flash-attention's benchmark reports MFU")
     return _finish(out, df, "speed", f"speed: median time (IQR); ratio to {reference} measured in the same run",
-                   notes + scaling)
+                   notes + scaling + load_notes(df))
+
+
+#: the column beside each size of the speed table: achieved rates and % of the yardsticks
+ACHIEVED_SUFFIX = "achieved"
+
+
+def achieved_text(row: pd.Series) -> str:
+    """``0.59 GFLOP/s (5.9 %), 6.2 GB/s (0.1 %)``: a timed cell's rates and their share of the yardsticks."""
+    parts = []
+    for rate, pct in (("achieved_flops_per_s", "achieved_flops_pct"), ("achieved_bytes_per_s", "achieved_bandwidth_pct")):
+        value = number(row.get(rate))
+        if value is None:
+            continue
+        share = number(row.get(pct))
+        parts.append(catalogue.format_metric(rate, value) + (f" ({sig(share, 2)} %)" if share is not None else ""))
+    return ", ".join(parts)
+
+
+def _load_mark(row: pd.Series) -> str:
+    return f" [load {number(row.get('load_peak')):.1f}/{int(row['load_cpus'])}]"
+
+
+def load_notes(df: pd.DataFrame) -> list[str]:
+    """What the table's load marks mean, and how many of its cells do not say how loaded the machine was."""
+    notes = []
+    timed = df[df["status"] == "ok"]
+    if loaded_rows(timed).any():
+        notes.append("[load L/N]: measured with a 1-minute load average L above the N CPUs (more runnable threads "
+                     "than cores): the time is not the mechanism's; re-run on a quiet machine")
+    unknown = int(load_unknown(timed).sum())
+    if unknown:
+        notes.append(f"load not recorded for {unknown} of {len(timed)} timed cells (records written before "
+                     "attnbench recorded it)")
+    return notes
+
+
+def kernels_table(df: pd.DataFrame, top: int = 3) -> pd.DataFrame | None:
+    """Which kernels ran: per mechanism and mode, the backend and the top ops by self time of the
+    profiled call at the largest size profiled (None when no record lists its kernels)."""
+    if "kernels" not in df.columns:
+        return None
+    rows: dict[str, dict[str, str]] = {}
+    extra = varying(df, ROW_FIELDS)
+    have = df[df["kernels"].map(lambda k: isinstance(k, list) and bool(k))]
+    for _, row in have.sort_values("size").iterrows():
+        ops = ", ".join(f"{k.get('name')} {100 * float(k.get('share') or 0):.0f} %" for k in row["kernels"][:top])
+        note = row.get("backend_note")
+        rows[f"{row_label(row, extra)} {row['mode']}"] = {
+            "size": f"{int(row['size'])} px", "backend": str(row.get("backend") or "?"),
+            "on": str(row.get("kernels_device") or ""), f"top {top} ops by self time": ops,
+            "note": note if isinstance(note, str) else ""}
+    if not rows:
+        return None
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if (out["note"] == "").all():
+        out = out.drop(columns="note")
+    out.index.name = "mechanism"
+    suite = str(df["suite"].iloc[0])
+    return _finish(out, df, "kernels", f"{suite}: which kernels ran (one profiled call, largest size profiled)",
+                   ["share: the op's self time over all ops' self time in the profiled call (CPU ops on CPU, "
+                    "CUDA kernels on a GPU)"])
 
 
 def trained_note(row: pd.Series, metric: str) -> str:
@@ -277,6 +354,8 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
             beside(metric.paper or metric.name, text, column, paper_unit)
         if "time_median_s" in df.columns:
             cells["time"] = seconds(number(row.get("time_median_s"))) if ok else "—"
+            if ok and row.get("loaded") is True and cells["time"] != "—":
+                cells["time"] += _load_mark(row)
         if name in rows:  # same label twice: tell the runs apart by what differs, never by a prime
             name = f"{name} [{row.get('preset')}]" if f"{name} [{row.get('preset')}]" not in rows else f"{name} [{row['key']}]"
         rows[name] = cells
@@ -292,7 +371,8 @@ def cell_table(df: pd.DataFrame, suite: str) -> pd.DataFrame:
     costs = [c for c in ("GFLOP", "memory GiB") if c in out.columns]
     title = f"{suite}: " + (", ".join(quality) if quality else "cells") + (
         " with " + " and ".join(costs) if costs else "")
-    return _finish(out, df, suite, title, notes + baseline_note(df) + _paper_notes(out, suite))
+    timed = load_notes(df) if "time" in out.columns else []
+    return _finish(out, df, suite, title, notes + baseline_note(df) + _paper_notes(out, suite) + timed)
 
 
 def crossover_table(records: Sequence[dict[str, Any]], reference: str = "flash") -> pd.DataFrame:
@@ -345,13 +425,14 @@ def suite_tables(records: Sequence[dict[str, Any]], suite: str, reference: str =
     df = to_frame([r for r in records if r.get("suite") == suite])
     if df.empty:
         raise UserError(f"no records of suite {suite!r} in the results given")
+    kernels = kernels_table(df) if suite in ("memory", "speed") else None
     if suite == "memory":
         tables = [memory_table(df)]
         if {"flops", "estimated_flops"} & set(df.columns):
             tables.append(flops_table(df))
-        return tables
+        return tables + ([kernels] if kernels is not None else [])
     if suite == "speed":
-        return [speed_table(df, reference)]
+        return [speed_table(df, reference)] + ([kernels] if kernels is not None else [])
     checked = findings_table(records, suite)
     return [cell_table(df, suite)] + ([checked] if checked is not None else [])
 
