@@ -72,3 +72,12 @@ def test_time_ratios_across_machines_are_marked_and_warned(tmp_path: Path, capsy
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "warning: A and B measured on different machines (threads 2 (A) vs 16 (B))" in capsys.readouterr().out
     assert compare(a, a).attrs["warnings"] == []
+
+
+def test_cells_measured_under_another_definition_are_marked() -> None:
+    changed = [dict(r, definition={"runner": 2, "mechanism": 1}) if r["mechanism"] == "psal-3" else r
+               for r in speed_records(seed=5)]
+    df = compare(speed_records(), changed)
+    psal = [c for c in df.index if "psal-3" in c]
+    assert psal and all("[other definition]" in df.loc[c, "time B/A"] for c in psal)
+    assert any("another definition" in w and "runner 1 -> 2" in w for w in df.attrs["warnings"])

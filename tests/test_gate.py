@@ -176,3 +176,22 @@ def test_a_baseline_without_backends_is_unknown_not_a_failure_and_says_so() -> N
     # the other way round: the baseline names its backend and the current cell records none
     lost = gate(baseline(), _with_backend(baseline(), {"psal-3": "native"}))
     assert {(f.kind, f.current) for f in lost.offenders} == {("backend changed", "not recorded")}
+
+
+def _under_definition(records: list[dict], name: str, **definition: int) -> list[dict]:
+    out = copy.deepcopy(records)
+    for rec in out:
+        if rec["mechanism"] == name:
+            rec["definition"] = {**rec.get("definition", {"runner": 1, "mechanism": 1}), **definition}
+    return out
+
+
+def test_a_cell_measured_under_another_definition_is_not_called_a_regression() -> None:
+    """PSAL's search changed (algorithm_version 2): its bigger, slower figures are the new search's."""
+    worse = with_metric(memory_records() + speed_records(slow={"psal-3": 2.5}, seed=5) + colorization_records(),
+                        "psal-3", "peak_memory_bytes", 1.5)
+    assert not gate(worse, baseline()).passed  # the same change under the same definition fails
+    result = gate(_under_definition(worse, "psal-3", mechanism=2), baseline())
+    assert result.passed, [f for f in result.offenders]
+    notes = [f for f in result.findings if f.metric == "definition"]
+    assert notes and all(f.kind == "not judged" and "another definition (mechanism 1 -> 2)" in f.detail for f in notes)

@@ -62,6 +62,7 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     matched_b = {j for _, j in pairs if j is not None}
     rows = []
     machines: list[tuple[dict[str, str], dict[str, str]]] = []
+    definitions: list[str] = []
 
     def cell_name(r: pd.Series) -> str:
         return f"{r['suite']}: {row_label(r, [])} {int(r['size'])}px {r['mode']}"
@@ -76,6 +77,9 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
         apart = _machines_apart(ra, rb)
         if apart:
             machines.append(apart)
+        other_definition = _definitions_apart(ra, rb)
+        if other_definition:
+            definitions.append(f"{row['cell']} ({other_definition})")
         for m in chosen:
             metric = catalogue.get(m)
             va = ra.get(m) if ra is not None and ra["status"] == "ok" else None
@@ -91,7 +95,7 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
                 where = f"p={p:.2g}" if p is not None else "IQRs overlap"
                 text = f"within noise ({text}, {where})" if noise else (f"{text} (p={p:.2g})" if p is not None else text)
                 text = f"{text} [other machine]" if apart else text
-            row[f"{metric.label} B/A"] = text
+            row[f"{metric.label} B/A"] = f"{text} [other definition]" if other_definition else text
         rows.append(row)
     df = pd.DataFrame(rows).set_index("cell")
     names = [catalogue.get(m).label for m in chosen]
@@ -103,7 +107,22 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     df.attrs["warnings"] = [f"A and B measured on different machines ({describe_differences(machines, ('A', 'B'))}): "
                             f"time ratios marked [other machine] ({len(machines)} cells) compare the machines, not "
                             "the code; memory and FLOPs still compare"] if machines else []
+    if definitions:
+        df.attrs["warnings"].append(f"{len(definitions)} cells measured under another definition (ratios marked "
+                                    "[other definition] measure the change of definition, not a regression): "
+                                    + "; ".join(definitions[:3]) + (" ..." if len(definitions) > 3 else ""))
     return df
+
+
+def _definitions_apart(a: pd.Series | None, b: pd.Series | None) -> str:
+    """What changed between the definitions two sides of a cell were measured under ("" if none)."""
+    import json
+
+    from ..definition import difference
+
+    if a is None or b is None:
+        return ""
+    return difference(json.loads(a["definition"]), json.loads(b["definition"]))
 
 
 def _machines_apart(a: pd.Series | None, b: pd.Series | None) -> tuple[dict[str, str], dict[str, str]] | None:

@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from ..cells import MODES, identity_fields
+from ..definition import FIRST_DEFINITION
 from ..metrics import as_number
 from .machine import timing_identity
 from .style import order_key
@@ -109,6 +110,7 @@ def to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                    label=mechanism_label(rec["mechanism"], rec.get("params")),
                    params_str=canonical(rec.get("params") or {}), options_str=canonical(rec.get("options") or {}),
                    machine=machine_name(rec.get("env") or {}), schema=rec.get("schema"),
+                   definition=canonical(rec.get("definition") or FIRST_DEFINITION),
                    timing_env=json.dumps(timing_identity(rec.get("env") or {}), sort_keys=True),
                    trained_with=trained_with(rec) or "", data=data_source(rec), **load_columns(rec))
         for name, value in (rec.get("metrics") or {}).items():
@@ -189,7 +191,7 @@ def row_label(row: pd.Series, extra_fields: Sequence[str]) -> str:
 def metric_columns(df: pd.DataFrame) -> list[str]:
     """Columns of ``df`` that came from records' metrics."""
     fixed = set(IDENTITY) | {"key", "status", "reason", "label", "params_str", "options_str", "machine",
-                             "timing_env", "schema", "trained_with", "data"} | set(LOAD_COLUMNS)
+                             "timing_env", "schema", "definition", "trained_with", "data"} | set(LOAD_COLUMNS)
     return [c for c in df.columns if c not in fixed]
 
 

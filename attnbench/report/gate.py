@@ -14,6 +14,9 @@ What is judged, and how:
 - a gated metric the baseline cell has and the current cell lacks is a regression, even when no
   current record has it at all; a baseline value that is NaN or not a number is reported as an
   ``invalid baseline`` finding (which fails: a broken baseline guards nothing);
+- a cell measured under another definition (the runner's procedure or the mechanism's
+  algorithm changed: :mod:`attnbench.definition`) is ``not judged``, saying so: its change is the
+  definition's, not a regression;
 - the kernel path: a cell whose ``backend`` (measure/kernels.py) differs from the baseline's is
   ``backend changed`` (fails: its figures measure another kernel); a baseline cell that records no
   backend (written before records carried one) is unknown, not judged, and a warning says so.
@@ -23,6 +26,7 @@ then the command line, each overriding the one before.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -31,9 +35,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
+from ..definition import difference
 from ..errors import UserError
 from ..metrics import DEFAULT_TOLERANCES, HIGHER_IS_BETTER, NOT_GATED, TIME_RATIO  # noqa: F401  (the catalogue)
-from .frame import LOOSE_IDENTITY, is_reference, number, reference_values, row_label, to_frame  # noqa: F401
+from .frame import is_reference, number, reference_values, row_label, to_frame
 from .frame import match_cells
 
 DEFAULT_ALPHA = 0.05
@@ -122,14 +127,58 @@ def _scaled_samples(row: pd.Series, ref_median: float) -> np.ndarray | None:
     return np.asarray(samples, dtype=float) / ref_median
 
 
-def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], *,
-         tolerances: Mapping[str, float] | None = None, reference: str | None = None,
-         alpha: float | None = None, allow_missing: bool = False, cross_machine: bool = False) -> GateResult:
-    """Judge ``current`` against ``baseline``; ``tolerances`` (from the command line) override the suites'.
+@dataclass
+class _Judging:
+    """What judging one pair of cells needs: both frames, the tolerances and references per suite,
+    what is not judged (invalid baseline values, cells measured on other machines), the verdict so far."""
 
-    Times of cells measured on machines that time differently (:mod:`.machine`) are not judged
-    unless ``cross_machine``; their memory, FLOPs and quality are.
-    """
+    base: pd.DataFrame
+    cur: pd.DataFrame
+    result: GateResult
+    tolerances: dict[str, dict[str, float]]
+    reference: Callable[[str], str]
+    alpha: Callable[[str], float]
+    invalid: set[tuple[str, str]]
+    base_ref: pd.Series
+    cur_ref: pd.Series
+    other_machine: set[int]
+    cross_machine: bool
+    allow_missing: bool
+    extra: list[str]
+    backend_unknown: int = 0
+    time_unjudged: set[str] = field(default_factory=set)
+
+    def cell_name(self, row: pd.Series) -> str:
+        return f"{row['suite']}: {row_label(row, self.extra)} {int(row['size'])}px {row['mode']}"
+
+    def add(self, finding: Finding) -> None:
+        self.result.findings.append(finding)
+
+
+def _suite_tolerances(suites: list[str], settings: dict[str, dict[str, Any]],
+                      tolerances: Mapping[str, float] | None) -> dict[str, dict[str, float]]:
+    """The catalogue's tolerances, then each suite file's, then the command line's."""
+    out = {}
+    for s in suites:
+        tol = dict(DEFAULT_TOLERANCES)
+        tol.update({k: float(v) for k, v in (settings[s].get("tolerances") or {}).items()})
+        tol.update(tolerances or {})
+        out[s] = tol
+    return out
+
+
+def _reference_times(df: pd.DataFrame, suites: list[str], reference: Callable[[str], str]) -> pd.Series:
+    """Per row, the reference mechanism's time measured in the same run (NaN where none)."""
+    out = pd.Series(np.nan, index=df.index)
+    for s in suites:
+        mask = df["suite"] == s
+        if mask.any():
+            out[mask] = reference_values(df[mask], reference(s), "time_median_s")
+    return out
+
+
+def _judging(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], tolerances: Mapping[str, float] | None,
+             reference: str | None, alpha: float | None, allow_missing: bool, cross_machine: bool) -> _Judging:
     if not baseline:
         raise UserError("the baseline holds no records")
     if not current:
@@ -138,14 +187,8 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
     result = GateResult()
     suites = sorted(set(base["suite"]))
     settings = {s: suite_gate_settings(s) for s in suites}
-    tol_by_suite: dict[str, dict[str, float]] = {}
-    for s in suites:
-        tol = dict(DEFAULT_TOLERANCES)
-        tol.update({k: float(v) for k, v in (settings[s].get("tolerances") or {}).items()})
-        tol.update(tolerances or {})
-        tol_by_suite[s] = tol
+    tol_by_suite = _suite_tolerances(suites, settings, tolerances)
     result.tolerances = tol_by_suite[suites[0]] if len(suites) == 1 else dict(DEFAULT_TOLERANCES, **(tolerances or {}))
-
     # (key, metric) of gated baseline values present but not finite numbers: reported, then not compared
     invalid = _invalid_baseline_values(baseline, result, lambda suite, metric: metric == "time_median_s" or (
         metric in tol_by_suite.get(suite, {}) and metric not in NOT_GATED and metric != TIME_RATIO))
@@ -156,108 +199,137 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
     def alpha_of(suite: str) -> float:
         return float(alpha if alpha is not None else settings[suite].get("alpha", DEFAULT_ALPHA))
 
-    # the reference's time in the same run, per row, on each side
-    base_ref = pd.Series(np.nan, index=base.index)
-    cur_ref = pd.Series(np.nan, index=cur.index)
-    for s in suites:
-        ref = ref_of(s)
-        bmask, cmask = base["suite"] == s, cur["suite"] == s
-        base_ref[bmask] = reference_values(base[bmask], ref, "time_median_s")
-        if cmask.any():
-            cur_ref[cmask] = reference_values(cur[cmask], ref, "time_median_s")
+    return _Judging(base, cur, result, tol_by_suite, ref_of, alpha_of, invalid,
+                    _reference_times(base, suites, ref_of), _reference_times(cur, suites, ref_of),
+                    _other_machine(base, cur, result, cross_machine), cross_machine, allow_missing,
+                    [f for f in ("channels", "batch", "device", "dtype") if base[f].astype(str).nunique() > 1])
 
-    other_machine = _other_machine(base, cur, result, cross_machine)
 
-    extra = [f for f in ("channels", "batch", "device", "dtype") if base[f].astype(str).nunique() > 1]
-    time_unjudged: set[str] = set()
-    backend_unknown = 0
-    for i, j in match_cells(base, cur):
-        b = base.loc[i]
-        cell = f"{b['suite']}: {row_label(b, extra)} {int(b['size'])}px {b['mode']}"
-        if j is None:
-            result.findings.append(Finding("missing" if not allow_missing else "not judged", cell, "status",
-                                           b["status"], "absent", detail="cell of the baseline not in the current run"))
+def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], *,
+         tolerances: Mapping[str, float] | None = None, reference: str | None = None,
+         alpha: float | None = None, allow_missing: bool = False, cross_machine: bool = False) -> GateResult:
+    """Judge ``current`` against ``baseline``; ``tolerances`` (from the command line) override the suites'.
+
+    Times of cells measured on machines that time differently (:mod:`.machine`) are not judged
+    unless ``cross_machine``; their memory, FLOPs and quality are. Cells measured under another
+    definition (:mod:`attnbench.definition`) are not compared at all: their change is the definition's.
+    """
+    judging = _judging(current, baseline, tolerances, reference, alpha, allow_missing, cross_machine)
+    pairs = match_cells(judging.base, judging.cur)
+    for i, j in pairs:
+        _judge_pair(judging, i, j)
+    _closing_warnings(judging)
+    _new_cells(judging, {j for _, j in pairs if j is not None})
+    return judging.result
+
+
+def _judge_pair(judging: _Judging, i: int, j: int | None) -> None:
+    """Status, definition and backend of one baseline cell against its current cell, then its figures."""
+    b = judging.base.loc[i]
+    cell = judging.cell_name(b)
+    if j is None:
+        judging.add(Finding("missing" if not judging.allow_missing else "not judged", cell, "status",
+                            b["status"], "absent", detail="cell of the baseline not in the current run"))
+        return
+    c = judging.cur.loc[j]
+    judging.result.compared_cells += 1
+    changed_definition = difference(json.loads(b["definition"]), json.loads(c["definition"]))
+    if changed_definition:
+        judging.add(Finding("not judged", cell, "definition", detail=f"measured under another definition "
+                            f"({changed_definition}): refresh the baseline"))
+        return
+    if b["status"] != "ok":
+        if c["status"] == "ok":
+            judging.add(Finding("improvement", cell, "status", b["status"], "ok"))
+        return
+    if c["status"] != "ok":
+        reason = str(c["reason"]).strip().splitlines()[0] if str(c["reason"]).strip() else ""
+        judging.add(Finding("newly failing", cell, "status", "ok", c["status"], detail=reason))
+        return
+    changed = backend_change(b, c, cell)
+    if changed == "unknown":
+        judging.backend_unknown += 1
+    elif changed is not None:
+        judging.add(changed)
+    _judge_metrics(judging, b, c, cell)
+    _judge_time(judging, i, j, cell)
+
+
+def _judge_metrics(judging: _Judging, b: pd.Series, c: pd.Series, cell: str) -> None:
+    """Deterministic metrics: the relative change against the suite's tolerance."""
+    tol = judging.tolerances[b["suite"]]
+    for metric in sorted(set(b.index)):  # not only the current frame's columns: absent now counts
+        if metric in NOT_GATED or metric not in tol or metric == TIME_RATIO or (b["key"], metric) in judging.invalid:
             continue
-        c = cur.loc[j]
-        result.compared_cells += 1
-        if b["status"] != "ok":
-            if c["status"] == "ok":
-                result.findings.append(Finding("improvement", cell, "status", b["status"], "ok"))
+        bv, cv = number(b[metric]), number(c.get(metric))
+        if bv is None:
             continue
-        if c["status"] != "ok":
-            reason = str(c["reason"]).strip().splitlines()[0] if str(c["reason"]).strip() else ""
-            result.findings.append(Finding("newly failing", cell, "status", "ok", c["status"], detail=reason))
+        if cv is None:
+            judging.add(Finding("regression", cell, metric, bv, "not measured",
+                                detail="measured in the baseline, absent now"))
             continue
-        changed = backend_change(b, c, cell)
-        if changed == "unknown":
-            backend_unknown += 1
-        elif changed is not None:
-            result.findings.append(changed)
-        tol = tol_by_suite[b["suite"]]
-        for metric in sorted(set(b.index)):  # not only the current frame's columns: absent now counts
-            if metric in NOT_GATED or metric not in tol or metric == TIME_RATIO or (b["key"], metric) in invalid:
-                continue
-            bv, cv = number(b[metric]), number(c.get(metric))
-            if bv is None:
-                continue
-            if cv is None:
-                result.findings.append(Finding("regression", cell, metric, bv, "not measured",
-                                               detail="measured in the baseline, absent now"))
-                continue
-            change = _relative_change(bv, cv, metric in HIGHER_IS_BETTER)
-            if change > tol[metric]:
-                result.findings.append(Finding("regression", cell, metric, bv, cv, change, tol[metric]))
-            elif change < -tol[metric]:
-                result.findings.append(Finding("improvement", cell, metric, bv, cv, change, tol[metric]))
-        bt, ct = number(b.get("time_median_s")), number(c.get("time_median_s"))
-        ref = ref_of(b["suite"])
-        if bt is None or (b["key"], "time_median_s") in invalid:
-            continue
-        if ct is None:
-            result.findings.append(Finding("regression", cell, "time_median_s", bt, "not measured",
-                                           detail="measured in the baseline, absent now"))
-            continue
-        if is_reference(base.loc[[i]], ref).iloc[0]:
-            continue
-        if i in other_machine and not cross_machine:
-            result.findings.append(Finding("not judged", cell, f"{TIME_RATIO} (vs {ref})",
-                                           detail="measured on another machine (--cross-machine judges it)"))
-            continue
-        br, cr = base_ref.loc[i], cur_ref.loc[j]
-        if not (br > 0 and cr > 0):
-            time_unjudged.add(b["suite"])
-            continue
-        b_ratio, c_ratio = bt / br, ct / cr
-        change = _relative_change(b_ratio, c_ratio, False)
-        limit = tol[TIME_RATIO]
-        b_samples, c_samples = _scaled_samples(b, br), _scaled_samples(c, cr)
-        p = None
-        if b_samples is not None and c_samples is not None:
-            p = float(mannwhitneyu(c_samples, b_samples, alternative="greater").pvalue)
-        if change > limit and (p is None or p < alpha_of(b["suite"])):
-            result.findings.append(Finding("regression", cell, f"{TIME_RATIO} (vs {ref})", b_ratio, c_ratio,
-                                           change, limit, p))
-        elif change > limit:
-            result.findings.append(Finding("not judged", cell, f"{TIME_RATIO} (vs {ref})", b_ratio, c_ratio, change,
-                                           limit, p, detail=f"slower but not significant (p={p:.3g})"))
-        elif change < -limit:
-            result.findings.append(Finding("improvement", cell, f"{TIME_RATIO} (vs {ref})", b_ratio, c_ratio,
-                                           change, limit, p))
-    if backend_unknown:
-        result.warnings.append(f"{backend_unknown} baseline cell{'s' if backend_unknown > 1 else ''} record no backend "
-                               "(written before records carried one): which kernel ran there is unknown, not judged; "
-                               "refresh the baseline to gate it")
-    for s in sorted(time_unjudged):
-        result.warnings.append(f"{s}: some times not judged: no ok {ref_of(s)} cell measured alongside them "
-                               f"in both runs (time is only gated as a ratio to the reference)")
-    base_keys = set(base["key"])
-    matched = {j for _, j in match_cells(base, cur) if j is not None}
-    for j in cur.index:
-        if j not in matched and cur.at[j, "key"] not in base_keys:
-            c = cur.loc[j]
-            result.findings.append(Finding("new cell", f"{c['suite']}: {row_label(c, extra)} {int(c['size'])}px {c['mode']}",
-                                           "status", None, c["status"], detail="not in the baseline"))
-    return result
+        change = _relative_change(bv, cv, metric in HIGHER_IS_BETTER)
+        if change > tol[metric]:
+            judging.add(Finding("regression", cell, metric, bv, cv, change, tol[metric]))
+        elif change < -tol[metric]:
+            judging.add(Finding("improvement", cell, metric, bv, cv, change, tol[metric]))
+
+
+def _judge_time(judging: _Judging, i: int, j: int, cell: str) -> None:
+    """Time as the ratio to the reference of the same run; a slowdown beyond tolerance fails only
+    when the samples call it significant."""
+    b, c = judging.base.loc[i], judging.cur.loc[j]
+    bt, ct = number(b.get("time_median_s")), number(c.get("time_median_s"))
+    ref = judging.reference(b["suite"])
+    if bt is None or (b["key"], "time_median_s") in judging.invalid:
+        return
+    if ct is None:
+        judging.add(Finding("regression", cell, "time_median_s", bt, "not measured",
+                            detail="measured in the baseline, absent now"))
+        return
+    if is_reference(judging.base.loc[[i]], ref).iloc[0]:
+        return
+    metric = f"{TIME_RATIO} (vs {ref})"
+    if i in judging.other_machine and not judging.cross_machine:
+        judging.add(Finding("not judged", cell, metric, detail="measured on another machine (--cross-machine judges it)"))
+        return
+    br, cr = judging.base_ref.loc[i], judging.cur_ref.loc[j]
+    if not (br > 0 and cr > 0):
+        judging.time_unjudged.add(b["suite"])
+        return
+    b_ratio, c_ratio = bt / br, ct / cr
+    change = _relative_change(b_ratio, c_ratio, False)
+    limit = judging.tolerances[b["suite"]][TIME_RATIO]
+    b_samples, c_samples = _scaled_samples(b, br), _scaled_samples(c, cr)
+    p = None
+    if b_samples is not None and c_samples is not None:
+        p = float(mannwhitneyu(c_samples, b_samples, alternative="greater").pvalue)
+    if change > limit and (p is None or p < judging.alpha(b["suite"])):
+        judging.add(Finding("regression", cell, metric, b_ratio, c_ratio, change, limit, p))
+    elif change > limit:
+        judging.add(Finding("not judged", cell, metric, b_ratio, c_ratio, change, limit, p,
+                            detail=f"slower but not significant (p={p:.3g})"))
+    elif change < -limit:
+        judging.add(Finding("improvement", cell, metric, b_ratio, c_ratio, change, limit, p))
+
+
+def _closing_warnings(judging: _Judging) -> None:
+    unknown = judging.backend_unknown
+    if unknown:
+        judging.result.warnings.append(
+            f"{unknown} baseline cell{'s' if unknown > 1 else ''} record no backend (written before records "
+            "carried one): which kernel ran there is unknown, not judged; refresh the baseline to gate it")
+    for s in sorted(judging.time_unjudged):
+        judging.result.warnings.append(f"{s}: some times not judged: no ok {judging.reference(s)} cell measured "
+                                       "alongside them in both runs (time is only gated as a ratio to the reference)")
+
+
+def _new_cells(judging: _Judging, matched: set[int]) -> None:
+    base_keys = set(judging.base["key"])
+    for j in judging.cur.index:
+        if j not in matched and judging.cur.at[j, "key"] not in base_keys:
+            c = judging.cur.loc[j]
+            judging.add(Finding("new cell", judging.cell_name(c), "status", None, c["status"], detail="not in the baseline"))
 
 
 def _other_machine(base: pd.DataFrame, cur: pd.DataFrame, result: GateResult, cross_machine: bool) -> set[int]:
