@@ -306,7 +306,7 @@ def test_a_dropped_torn_line_and_a_moved_file_are_announced(tmp_path: Path, work
 
 
 # ----------------------------------------------------------------------------- 12: bad input, before any worker
-def _png(path: Path, size: int = 32) -> None:
+def _png(path: Path, size: int = 128) -> None:
     from skimage import io
     import numpy as np
 

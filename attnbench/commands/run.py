@@ -133,7 +133,7 @@ def check_data(folder: str, cells: list, runner: str, suite: str) -> str:
     if not data.is_dir():
         raise UserError(f"--data {data}: not a folder; give a folder of image pairs or a DAVIS-style folder")
     needed = max((cls.of(c).images_needed() for c in cells), default=1)
-    found = check_user_images(data, needed)
+    found = check_user_images(data, needed, size=max((c.size for c in cells), default=None))
     from ..console import make_console, plain
 
     make_console(stderr=True).print(plain(f"--data {data}: {found} image pairs found, the first {min(needed, found)} "
