@@ -20,6 +20,11 @@ from .interface import DTYPE_NAMES, MODES
 from .registry import resolve, split_spec
 
 GRID_KEYS = ("mechanisms", "sizes", "channels", "patch_size", "batch", "modes", "dtype", "device", "seed", "timeout")
+#: every key a suite file may hold, per level: anything else is a typo (a misspelled ``[optoins]``
+#: once ran a timing suite without its options, exit 0), refused naming the key and the valid ones
+TOP_KEYS = ("name", "description", "runner", "default_preset", "grid", "options", "per_size", "presets", "gate")
+PRESET_KEYS = GRID_KEYS + ("options",)
+GATE_KEYS = ("reference", "tolerances", "alpha")
 
 
 def _suite_files() -> dict[str, Any]:
@@ -61,8 +66,19 @@ class Suite:
                 grid[key] = value
         return name, grid, options
 
+    def check_options(self) -> None:
+        """Parse the options of the defaults and of every preset (not only the one run) against the
+        runner's ``OPTIONS``, and the mechanism names of ``[per_size]``: a typo anywhere in the file
+        is found whichever preset is asked for."""
+        for mechanism in self.per_size:
+            resolve(mechanism)  # a misspelled [per_size.NAME] lists the valid names
+        for name in self.preset_names():
+            check_options(self.runner, self.resolved(name)[2],
+                          f"suite {self.name!r}" + (f" preset {name!r}" if name != "default" else ""))
+
     def cells(self, preset: Optional[str] = None, **overrides: Any) -> list[CellSpec]:
         """Expand the grid (size-major, so cheap cells come first) into cell specs."""
+        self.check_options()
         preset_name, grid, options = self.resolved(preset)
         options.update(overrides.pop("options", None) or {})
         grid.update({k: v for k, v in overrides.items() if v is not None})
@@ -191,6 +207,7 @@ def load(name_or_path: str) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"suite file {source} is not valid TOML: {exc}") from None
+    check_keys(data, source)
     try:
         return Suite(
             name=data["name"],
@@ -206,3 +223,40 @@ def load(name_or_path: str) -> Suite:
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"suite file {source} is malformed (missing or wrong {exc}); see suites/memory.toml for the format") from None
+
+
+def _known(table: Any, valid: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``table`` as a dict whose every key is in ``valid`` (else a one-line UserError naming it)."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where} must be a table, got {table!r}"[:300])
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(valid)}")
+    return table
+
+
+def check_keys(data: dict[str, Any], source: str) -> None:
+    """Every key of a suite file, at every level, is one attnbench knows: top level, ``[grid]``,
+    ``[presets.*]``, ``[gate]`` and its tolerances (metric names of :mod:`attnbench.metrics`).
+    Option names are the runner's (checked by :meth:`Suite.check_options`)."""
+    from .metrics import CATALOGUE
+
+    where = f"suite file {source}"
+    _known(data, TOP_KEYS, where)
+    _known(data.get("grid", {}), GRID_KEYS, f"{where} [grid]")
+    _known(data.get("options", {}), tuple(data.get("options", {})), f"{where} [options]")
+    presets = data.get("presets", {})
+    _known(presets, tuple(presets) if isinstance(presets, dict) else (), f"{where} [presets]")
+    for name, preset in presets.items():
+        _known(preset, PRESET_KEYS, f"{where} [presets.{name}]")
+        _known(preset.get("options", {}), tuple(preset.get("options", {})), f"{where} [presets.{name}.options]")
+    default = data.get("default_preset", "default")
+    if default != "default" and default not in presets:
+        raise UserError(f"{where}: default_preset {default!r} is not a preset; valid: {', '.join(['default', *presets])}")
+    gate = _known(data.get("gate", {}), GATE_KEYS, f"{where} [gate]")
+    tolerances = _known(gate.get("tolerances", {}), tuple(CATALOGUE), f"{where} [gate.tolerances]")
+    for metric, value in tolerances.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise UserError(f"{where} [gate.tolerances]: {metric} must be a relative change >= 0, e.g. 0.05, got {value!r}")
+    for mechanism, by_param in _known(data.get("per_size", {}), tuple(data.get("per_size", {})), f"{where} [per_size]").items():
+        _known(by_param, tuple(by_param) if isinstance(by_param, dict) else (), f"{where} [per_size.{mechanism}]")
