@@ -55,6 +55,12 @@ class RunnerOptions:
         """How many image pairs a cell reads from ``--data`` (checked before any worker starts)."""
         return 1
 
+    def records_time(self) -> bool:
+        """Whether the cell records a time: then no other cell may run beside it (``--jobs`` > 1 is
+        refused, a cluster gives it a node), since neighbours disturb the figure. The one rule for
+        every suite, derived from the options, never from a list of suite names."""
+        return False
+
 
 @dataclass(frozen=True)
 class MeasureOptions(RunnerOptions):
@@ -74,6 +80,13 @@ class MeasureOptions(RunnerOptions):
 
     def calibrations(self) -> tuple[str, ...]:
         return ("flops_per_s",) if self.time_margin is not None else ()
+
+    def measured(self) -> frozenset[str]:
+        """What the cell measures of its attention call (:data:`MEASURABLE`; ``CallBudget.metrics``)."""
+        return frozenset({"memory", "flops"})
+
+    def records_time(self) -> bool:
+        return "time" in self.measured()
 
     @classmethod
     def subset_of(cls, spec: Any) -> "MeasureOptions":

@@ -87,3 +87,19 @@ def test_jobs_runs_every_cell_once_and_refuses_timing_suites() -> None:
     speed = load("speed").cells("ci")[:2]
     with pytest.raises(UserError, match="--jobs 2"):
         _run(LocalProcessExecutor(jobs=2), speed)
+
+
+@pytest.mark.parametrize("suite, preset, timed", [
+    ("speed", "ci", True), ("reconstruction", "quick", True), ("search", "ci", True), ("memory", "ci", False),
+    ("inpainting", "quick", False), ("colorization", "smoke", False),
+])
+def test_every_suite_that_records_a_time_is_refused_side_by_side(suite: str, preset: str, timed: bool) -> None:
+    from attnbench.executors.launch import is_timing_cell
+
+    cells = load(suite).cells(preset)[:2]
+    assert all(is_timing_cell(c) == timed for c in cells)
+    if timed:  # refused before any cell starts, whichever suite it is
+        with pytest.raises(UserError, match=rf"--jobs 2: suite {suite} measures time"):
+            _run(LocalProcessExecutor(jobs=2), cells)
+    untimed = load("reconstruction").cells("quick", options={"timing": False})[:1]
+    assert not is_timing_cell(untimed[0])
