@@ -55,6 +55,10 @@ class RunnerOptions:
         """How many image pairs a cell reads from ``--data`` (checked before any worker starts)."""
         return 1
 
+    def check_machine(self) -> None:
+        """What the runner needs of this machine besides its options (a writable cache ...): checked
+        in the parent before any cell, so that it fails once with its cause, not in every cell."""
+
     def records_time(self) -> bool:
         """Whether the cell records a time: then no other cell may run beside it (``--jobs`` > 1 is
         refused, a cluster gives it a node), since neighbours disturb the figure. The one rule for

@@ -6,7 +6,7 @@ takes an exclusive lock (``fcntl.flock`` on a hidden ``.NAME.lock`` beside the f
 owner's PID: a second run on the same file is refused, naming it), and then either
 
 * resumes: drops a torn last line (announced), refuses a corrupt complete line (with its line
-  number), and collects the cells already finished (the last record of each key; ``error``,
+  number) and a file of another suite's records, and collects the cells already finished (the last record of each key; ``error``,
   ``timeout`` and ``killed`` cells are run again unless ``keep_failed``), or
 * starts over: moves an existing results file aside to ``NAME.<time>.prev`` (announced) after
   checking it is an attnbench file (anything else is refused, never moved).
@@ -51,8 +51,9 @@ class ResultsFile:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: Path, resume: bool = False, keep_failed: bool = False,
-             note: Callable[[str], None] = lambda _msg: None) -> "ResultsFile":
-        """Check, lock and prepare ``path`` for appending (UserError when it cannot be used)."""
+             note: Callable[[str], None] = lambda _msg: None, suite: Optional[str] = None) -> "ResultsFile":
+        """Check, lock and prepare ``path`` for appending (UserError when it cannot be used; with
+        ``suite``, resuming a file that holds another suite's records is refused)."""
         path = Path(path)
         notes: list[str] = []
 
@@ -74,7 +75,7 @@ class ResultsFile:
         try:
             done: dict[str, str] = {}
             if resume and path.exists():
-                done = _resume_state(path, keep_failed, say)
+                done = _resume_state(path, keep_failed, say, suite)
             elif path.exists() and path.stat().st_size > 0:
                 _check_is_results(path)
                 backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.prev")
@@ -175,8 +176,10 @@ def _check_is_results(path: Path) -> None:
                         "choose another --out or remove it")
 
 
-def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> dict[str, str]:
-    """Drop a torn tail, refuse corrupt lines, and return key -> last status of the finished cells."""
+def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None],
+                  suite: Optional[str] = None) -> dict[str, str]:
+    """Drop a torn tail, refuse corrupt lines and (with ``suite``) another suite's records, and
+    return key -> last status of the finished cells."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -202,6 +205,9 @@ def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> 
         if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or not isinstance(rec.get("status"), str):
             raise UserError(f"{path}:{no}: not an attnbench record; the results file is corrupt (fix or remove "
                             "that line, then --resume again)")
+        if suite is not None and rec.get("suite") != suite:
+            raise UserError(f"--resume: {path} holds results of suite {rec.get('suite')!r}, not {suite!r} (line {no}); "
+                            "appending would mix two suites in one file: choose another --out")
         last[rec["key"]] = rec["status"]
     keep_statuses = set(FINAL_STATUSES) | ({"error", "timeout", "killed"} if keep_failed else set())
     return {key: status for key, status in last.items() if status in keep_statuses}

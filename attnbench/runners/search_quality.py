@@ -254,7 +254,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
             with torch.no_grad():
                 full_out = module(q, k, values)
             elapsed = time.perf_counter() - t0
-            check_output(full_out, (1, values.shape[1], q.shape[2], q.shape[3]), q.dtype)
+            check_output(full_out, (1, values.shape[1], q.shape[2], q.shape[3]), q.dtype, q.device)
         out = full_out[0]
         recon = out[:3][:, rows][:, :, cols]
         my = out[3][rows].round().long() - r
