@@ -193,8 +193,15 @@ def test_a_hangup_or_sigterm_ends_the_run_with_one_line(signame: str, code: int,
             signal.raise_signal(getattr(signal, signame))
         return 0
 
+    def unhandled(signum: int, frame: object) -> None:  # without the run's handler: fail, do not kill pytest
+        raise AssertionError(f"{signame} not handled by the run")
+
     monkeypatch.setattr(importlib.import_module("attnbench.commands.run"), "run", hung_up)
-    assert main(["run", "memory"]) == code
+    previous = signal.signal(getattr(signal, signame), unhandled)
+    try:
+        assert main(["run", "memory"]) == code
+    finally:
+        signal.signal(getattr(signal, signame), previous)
     err = capsys.readouterr().err.strip()
     assert err == f"attnbench: interrupted ({signame}); finished cells are saved (re-run with --resume)"
 
