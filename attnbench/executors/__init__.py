@@ -8,7 +8,8 @@ The contract every executor meets (local worker processes, Ray tasks, Slurm jobs
 * ``close()`` is idempotent and leaves nothing running: outstanding cells are cancelled and
   their worker processes killed. The run loop calls it on normal exit, SIGINT and SIGTERM.
 * Each executor class declares its own command-line options (``add_arguments``) and is built
-  from the parsed arguments (``from_args``), so adding an engine never edits ``attnbench run``.
+  from the parsed arguments (``from_args``), so adding an engine never edits ``attnbench run``;
+  an option of another executor than the chosen one is an error (:func:`check_executor_options`).
 
 Executors are registered by name in :data:`EXECUTORS` (``--executor NAME``); the engine's
 package is imported only when that executor is chosen.

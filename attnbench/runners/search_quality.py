@@ -92,7 +92,7 @@ OPTIONS = SearchOptions
 # ---------------------------------------------------------------------------------- frames
 def load_image(path: str, size: Optional[int] = None) -> torch.Tensor:
     """An image file as (1, 3, H, W) float32 RGB in [0, 1], optionally centre-cropped and resized."""
-    image = read_image(path)
+    image = read_image(path, size)  # decoded reduced where it can be; never upscaled
     return to_tensor([image if size is None else square_resize(image, size)])
 
 
