@@ -225,10 +225,15 @@ def load(name_or_path: str) -> Suite:
         raise UserError(f"suite file {source} is malformed (missing or wrong {exc}); see suites/memory.toml for the format") from None
 
 
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a table, got {value!r}"[:300])
+    return value
+
+
 def _known(table: Any, valid: tuple[str, ...], where: str) -> dict[str, Any]:
     """``table`` as a dict whose every key is in ``valid`` (else a one-line UserError naming it)."""
-    if not isinstance(table, dict):
-        raise UserError(f"{where} must be a table, got {table!r}"[:300])
+    _table(table, where)
     unknown = sorted(set(table) - set(valid))
     if unknown:
         raise UserError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(valid)}")
@@ -244,12 +249,11 @@ def check_keys(data: dict[str, Any], source: str) -> None:
     where = f"suite file {source}"
     _known(data, TOP_KEYS, where)
     _known(data.get("grid", {}), GRID_KEYS, f"{where} [grid]")
-    _known(data.get("options", {}), tuple(data.get("options", {})), f"{where} [options]")
-    presets = data.get("presets", {})
-    _known(presets, tuple(presets) if isinstance(presets, dict) else (), f"{where} [presets]")
+    _table(data.get("options", {}), f"{where} [options]")
+    presets = _table(data.get("presets", {}), f"{where} [presets]")
     for name, preset in presets.items():
         _known(preset, PRESET_KEYS, f"{where} [presets.{name}]")
-        _known(preset.get("options", {}), tuple(preset.get("options", {})), f"{where} [presets.{name}.options]")
+        _table(preset.get("options", {}), f"{where} [presets.{name}.options]")
     default = data.get("default_preset", "default")
     if default != "default" and default not in presets:
         raise UserError(f"{where}: default_preset {default!r} is not a preset; valid: {', '.join(['default', *presets])}")
@@ -258,5 +262,5 @@ def check_keys(data: dict[str, Any], source: str) -> None:
     for metric, value in tolerances.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise UserError(f"{where} [gate.tolerances]: {metric} must be a relative change >= 0, e.g. 0.05, got {value!r}")
-    for mechanism, by_param in _known(data.get("per_size", {}), tuple(data.get("per_size", {})), f"{where} [per_size]").items():
-        _known(by_param, tuple(by_param) if isinstance(by_param, dict) else (), f"{where} [per_size.{mechanism}]")
+    for mechanism, by_param in _table(data.get("per_size", {}), f"{where} [per_size]").items():
+        _table(by_param, f"{where} [per_size.{mechanism}]")  # its names: Suite.check_options
