@@ -29,11 +29,14 @@ _NOT_IDENTITY = {"identity": False}
 
 
 def _grid(key: str, flag: str, help: str, *, axis: bool = False, minimum: int | float | None = None,
-          maximum: int | None = None, odd: bool = False, choices: tuple[str, ...] = ()) -> dict[str, Any]:
+          maximum: int | None = None, odd: bool = False, choices: tuple[str, ...] = (),
+          tag: str | None = None) -> dict[str, Any]:
     """Metadata of a field that a suite's ``[grid]`` (and a preset, and ``attnbench run FLAG``) sets.
-    ``axis``: the grid holds a list and every value makes its own cells (``sizes``: one cell per size)."""
+    ``axis``: the grid holds a list and every value makes its own cells (``sizes``: one cell per size).
+    ``tag``: the field changes what every cell measures, so a run that sets it to other than the
+    preset's value marks the default results file name with ``-{tag}{value}`` (``memory-table1-C8``)."""
     return {"grid": key, "flag": flag, "help": help, "axis": axis, "minimum": minimum, "maximum": maximum,
-            "odd": odd, "choices": choices}
+            "odd": odd, "choices": choices, "tag": tag}
 
 
 #: seeds reach torch.manual_seed and the kernels' 64-bit counters
@@ -55,16 +58,17 @@ class CellSpec:
     params: dict[str, Any] = field(default_factory=dict)
     size: int = field(default=64, metadata=_grid("sizes", "--sizes", "comma-separated input sizes (H = W), e.g. 64,128",
                                                  axis=True, minimum=1))
-    channels: int = field(default=16, metadata=_grid("channels", "--channels", "channels of q and k", minimum=1))
+    channels: int = field(default=16, metadata=_grid("channels", "--channels", "channels of q and k", minimum=1,
+                                                       tag="C"))
     patch_size: int = field(default=7, metadata=_grid("patch_size", "--patch-size", "odd patch side p of the "
-                                                      "similarity, at most the image size", minimum=1, odd=True))
-    batch: int = field(default=1, metadata=_grid("batch", "--batch", "batch size", minimum=1))
+                                                      "similarity, at most the image size", minimum=1, odd=True, tag="p"))
+    batch: int = field(default=1, metadata=_grid("batch", "--batch", "batch size", minimum=1, tag="B"))
     mode: str = field(default=MODES[0], metadata=_grid("modes", "--mode", "fwd, fwd+bwd, or both", axis=True,
                                                        choices=MODES))
-    device: str = field(default="cpu", metadata=_grid("device", "--device", "cpu, cuda or cuda:N"))
-    dtype: str = field(default="float32", metadata=_grid("dtype", "--dtype", "float32, float64, float16, bfloat16"))
+    device: str = field(default="cpu", metadata=_grid("device", "--device", "cpu, cuda or cuda:N", tag=""))
+    dtype: str = field(default="float32", metadata=_grid("dtype", "--dtype", "float32, float64, float16, bfloat16", tag=""))
     seed: int = field(default=0, metadata=_grid("seed", "--seed", "seed of inputs and stochastic mechanisms",
-                                                minimum=0, maximum=MAX_SEED))
+                                                minimum=0, maximum=MAX_SEED, tag="seed"))
     #: suite-specific settings (metrics to take, timing budget, task preset...), checked against
     #: the runner's ``OPTIONS`` dataclass when the suite is expanded
     options: dict[str, Any] = field(default_factory=dict)
@@ -113,6 +117,7 @@ class GridKey:
     maximum: int | None = None
     odd: bool = False
     choices: tuple[str, ...] = ()
+    tag: str | None = None
 
 
 def grid_keys() -> tuple[GridKey, ...]:
@@ -129,7 +134,7 @@ def grid_keys() -> tuple[GridKey, ...]:
         if meta["axis"] and default is not MISSING:
             default = [default]
         keys.append(GridKey(meta["grid"], f.name, hints[f.name], meta["axis"], default, meta["flag"], meta["help"],
-                            meta["minimum"], meta["maximum"], meta["odd"], meta["choices"]))
+                            meta["minimum"], meta["maximum"], meta["odd"], meta["choices"], meta["tag"]))
     return tuple(keys)
 
 

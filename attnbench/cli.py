@@ -1,13 +1,15 @@
 """``attnbench`` command line (also ``python -m attnbench``): list | run | check | estimate | report | compare | gate.
 
 Bad input (unknown mechanism or suite, bad size, unreadable file...) raises UserError, printed
-here as one line on stderr with exit code 2 -- never a traceback.
+here as one line on stderr with exit code 2 -- never a traceback. Ctrl-C, SIGTERM and SIGHUP
+(runloop.Terminated) print one line saying what the command keeps; exit 130 (SIGHUP: 129).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
@@ -66,10 +68,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except BrokenPipeError:
         return closed_stdout()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         what = getattr(args, "_interrupted", "")  # each command says what an interruption leaves behind
-        print(f"attnbench: interrupted{'; ' + what if what else ''}", file=sys.stderr)
-        return 130
+        signum = getattr(exc, "signum", None)  # runloop.Terminated: SIGTERM or SIGHUP
+        how = f" ({signal.Signals(signum).name})" if signum else ""
+        try:
+            print(f"attnbench: interrupted{how}{'; ' + what if what else ''}", file=sys.stderr)
+        except OSError:  # a hung-up terminal: the exit status still says it
+            pass
+        return int(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

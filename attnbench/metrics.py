@@ -209,10 +209,18 @@ _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6,
           "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
 
 
+#: the largest size :func:`parse_bytes` takes (1 EiB): beyond it a "budget" is a typo, not memory
+MAX_BYTES = float(2**60)
+
+
 def parse_bytes(text: str) -> float:
-    """``4GiB`` -> 4·2**30, ``500MB`` -> 5e8, ``1e9`` -> 1e9 (GB is 10**9, GiB 2**30). ValueError when unreadable."""
+    """``4GiB`` -> 4·2**30, ``500MB`` -> 5e8, ``1e9`` -> 1e9 (GB is 10**9, GiB 2**30). ValueError when
+    unreadable, not finite (``1e400`` reads as infinity) or above :data:`MAX_BYTES`."""
     match = _SIZE.match(str(text))
     if not match:
         raise ValueError(f"not a memory size: {text!r} (write e.g. 4GiB, 512MiB, 8GB)")
-    value, unit = float(match.group(1)), (match.group(2) or "").lower()
-    return value * _UNITS[unit]
+    value = float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+    if not math.isfinite(value) or value > MAX_BYTES:
+        raise ValueError(f"{text!r} is {'not a finite number' if not math.isfinite(value) else 'too large'}: "
+                         "a memory size is at most 1 EiB (write e.g. 4GiB, 512MiB, 8GB)")
+    return value

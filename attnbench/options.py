@@ -55,6 +55,16 @@ class RunnerOptions:
         """How many image pairs a cell reads from ``--data`` (checked before any worker starts)."""
         return 1
 
+    def check_machine(self) -> None:
+        """What the runner needs of this machine besides its options (a writable cache ...): checked
+        in the parent before any cell, so that it fails once with its cause, not in every cell."""
+
+    def records_time(self) -> bool:
+        """Whether the cell records a time: then no other cell may run beside it (``--jobs`` > 1 is
+        refused, a cluster gives it a node), since neighbours disturb the figure. The one rule for
+        every suite, derived from the options, never from a list of suite names."""
+        return False
+
 
 @dataclass(frozen=True)
 class MeasureOptions(RunnerOptions):
@@ -75,13 +85,16 @@ class MeasureOptions(RunnerOptions):
     def calibrations(self) -> tuple[str, ...]:
         """The matmul yardstick for the time feasibility check; both yardsticks (matmul FLOP/s and
         triad bytes/s) when the runner times calls, whose achieved rates are shown as % of them."""
-        if self.times_calls():
+        if self.records_time():
             return ("flops_per_s", "bytes_per_s")
         return ("flops_per_s",) if self.time_margin is not None else ()
 
-    def times_calls(self) -> bool:
-        """Whether the runner times its attention call (``metrics`` holds "time", or ``timing`` is on)."""
-        return "time" in (getattr(self, "metrics", None) or ()) or bool(getattr(self, "timing", False))
+    def measured(self) -> frozenset[str]:
+        """What the cell measures of its attention call (:data:`MEASURABLE`; ``CallBudget.metrics``)."""
+        return frozenset({"memory", "flops"})
+
+    def records_time(self) -> bool:
+        return "time" in self.measured()
 
     @classmethod
     def subset_of(cls, spec: Any) -> "MeasureOptions":

@@ -6,7 +6,7 @@ takes an exclusive lock (``fcntl.flock`` on a hidden ``.NAME.lock`` beside the f
 owner's PID: a second run on the same file is refused, naming it), and then either
 
 * resumes: drops a torn last line (announced), refuses a corrupt complete line (with its line
-  number), and collects the cells already finished (the last record of each key; ``error``,
+  number) and a file of another suite's records, and collects the cells already finished (the last record of each key; ``error``,
   ``timeout`` and ``killed`` cells are run again unless ``keep_failed``), or
 * starts over: moves an existing results file aside to ``NAME.<time>.prev`` (announced) after
   checking it is an attnbench file (anything else is refused, never moved).
@@ -55,8 +55,9 @@ class ResultsFile:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, path: Path, resume: bool = False, keep_failed: bool = False,
-             note: Callable[[str], None] = lambda _msg: None) -> "ResultsFile":
-        """Check, lock and prepare ``path`` for appending (UserError when it cannot be used)."""
+             note: Callable[[str], None] = lambda _msg: None, suite: Optional[str] = None) -> "ResultsFile":
+        """Check, lock and prepare ``path`` for appending (UserError when it cannot be used; with
+        ``suite``, resuming a file that holds another suite's records is refused)."""
         path = Path(path)
         notes: list[str] = []
 
@@ -79,7 +80,7 @@ class ResultsFile:
             done: dict[str, str] = {}
             definitions: dict[str, Any] = {}
             if resume and path.exists():
-                done, definitions = _resume_state(path, keep_failed, say)
+                done, definitions = _resume_state(path, keep_failed, say, suite)
             elif path.exists() and path.stat().st_size > 0:
                 _check_is_results(path)
                 backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.prev")
@@ -197,9 +198,11 @@ def _check_is_results(path: Path) -> None:
                         "choose another --out or remove it")
 
 
-def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Drop a torn tail, refuse corrupt lines, and return (key -> last status of the finished cells,
-    key -> the definition that last record was measured under)."""
+def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None],
+                  suite: Optional[str] = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Drop a torn tail, refuse corrupt lines and (with ``suite``) another suite's records, and
+    return (key -> last status of the finished cells, key -> the definition that last record was
+    measured under)."""
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -226,6 +229,9 @@ def _resume_state(path: Path, keep_failed: bool, say: Callable[[str], None]) -> 
         if not isinstance(rec, dict) or not isinstance(rec.get("key"), str) or not isinstance(rec.get("status"), str):
             raise UserError(f"{path}:{no}: not an attnbench record; the results file is corrupt (fix or remove "
                             "that line, then --resume again)")
+        if suite is not None and rec.get("suite") != suite:
+            raise UserError(f"--resume: {path} holds results of suite {rec.get('suite')!r}, not {suite!r} (line {no}); "
+                            "appending would mix two suites in one file: choose another --out")
         last[rec["key"]] = rec["status"]
         definitions[rec["key"]] = migrate(rec).get("definition")
     keep_statuses = set(FINAL_STATUSES) | (set(FAILED_STATUSES) if keep_failed else set())

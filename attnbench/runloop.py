@@ -10,11 +10,11 @@ order of things that make a run trustworthy:
    timeout (:mod:`attnbench.prepare`);
 3. :func:`run_cells`: dispatch to an injected executor, append each record as it arrives, stop
    cleanly on a write error (every complete record kept) and, on any exit (normal, Ctrl-C,
-   SIGTERM), close the executor so that no worker outlives the run.
+   SIGTERM, SIGHUP), close the executor so that no worker outlives the run.
 
 Exit statuses (:class:`RunSummary.exit_code`): 0 every cell ok, infeasible, unavailable or unsupported;
-3 a cell ended error, timeout, killed or oom; 4 results could not be written; 2 (bad input) and
-130 (interrupted) come from the CLI.
+3 a cell ended error, timeout, killed or oom; 4 results could not be written; 2 (bad input),
+130 (interrupted: Ctrl-C, SIGTERM) and 129 (SIGHUP: the terminal closed) come from the CLI.
 """
 from __future__ import annotations
 
@@ -123,24 +123,42 @@ def prepare(cells: Sequence[CellSpec], timeout_s: float, note: Note = _quiet) ->
 
 # ----------------------------------------------------------------------------- the loop
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C: workers killed, finished records kept."""
+    """SIGTERM or SIGHUP, handled like Ctrl-C: workers killed, finished records kept, one line."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """130 as Ctrl-C for SIGTERM (documented so), 129 (128 + 1, what a shell expects) for SIGHUP."""
+        return 129 if self.signum == signal.SIGHUP else 130
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated()
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+#: signals that end a run as Ctrl-C does; SIGHUP: the terminal closed (an ssh session dropped)
+INTERRUPTING = (signal.SIGTERM, signal.SIGHUP)
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM raises KeyboardInterrupt (so every ``finally`` runs and kills workers)."""
+    """While inside, SIGTERM and SIGHUP raise KeyboardInterrupt (so every ``finally`` runs and kills
+    workers). A SIGHUP ignored by the caller (``nohup``) stays ignored: the run goes on."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = {}
+    for signum in INTERRUPTING:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _on_signal)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _failed_preparation(cells: Sequence[CellSpec], failures: dict[str, str]) -> Iterator[dict[str, Any]]:

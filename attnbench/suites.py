@@ -8,6 +8,7 @@ command-line overrides into independent ``CellSpec`` s.
 from __future__ import annotations
 
 import functools
+import math
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, make_dataclass
 from importlib import resources
@@ -36,6 +37,11 @@ def grid_class() -> type:
 
     return make_dataclass("Grid", [(g.name, list[g.type] if g.axis else g.type, default(g)) for g in GRID.values()],
                           frozen=True)
+#: every key a suite file may hold, per level: anything else is a typo (a misspelled ``[optoins]``
+#: once ran a timing suite without its options, exit 0), refused naming the key and the valid ones
+TOP_KEYS = ("name", "description", "runner", "default_preset", "grid", "options", "per_size", "presets", "gate")
+PRESET_KEYS = (*GRID, "options")
+GATE_KEYS = ("reference", "tolerances", "alpha")
 
 
 def _suite_files() -> dict[str, Any]:
@@ -77,8 +83,19 @@ class Suite:
                 grid[key] = value
         return name, grid, options
 
+    def check_options(self) -> None:
+        """Parse the options of the defaults and of every preset (not only the one run) against the
+        runner's ``OPTIONS``, and the mechanism names of ``[per_size]``: a typo anywhere in the file
+        is found whichever preset is asked for."""
+        for mechanism in self.per_size:
+            resolve(mechanism)  # a misspelled [per_size.NAME] lists the valid names
+        for name in self.preset_names():
+            check_options(self.runner, self.resolved(name)[2],
+                          f"suite {self.name!r}" + (f" preset {name!r}" if name != "default" else ""))
+
     def cells(self, preset: Optional[str] = None, **overrides: Any) -> list[CellSpec]:
         """Expand the grid (size-major, so cheap cells come first) into cell specs."""
+        self.check_options()
         preset_name, grid, options = self.resolved(preset)
         options.update(overrides.pop("options", None) or {})
         grid.update({k: v for k, v in overrides.items() if v is not None})
@@ -178,6 +195,7 @@ def load(name_or_path: str) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"suite file {source} is not valid TOML: {exc}") from None
+    check_keys(data, source)
     try:
         return Suite(
             name=data["name"],
@@ -193,3 +211,44 @@ def load(name_or_path: str) -> Suite:
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"suite file {source} is malformed (missing or wrong {exc}); see suites/memory.toml for the format") from None
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a table, got {value!r}"[:300])
+    return value
+
+
+def _known(table: Any, valid: tuple[str, ...], where: str) -> dict[str, Any]:
+    """``table`` as a dict whose every key is in ``valid`` (else a one-line UserError naming it)."""
+    _table(table, where)
+    unknown = sorted(set(table) - set(valid))
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r}; valid: {', '.join(valid)}")
+    return table
+
+
+def check_keys(data: dict[str, Any], source: str) -> None:
+    """Every key of a suite file, at every level, is one attnbench knows: top level, ``[grid]``,
+    ``[presets.*]``, ``[gate]`` and its tolerances (metric names of :mod:`attnbench.metrics`).
+    Option names are the runner's (checked by :meth:`Suite.check_options`)."""
+    from .metrics import CATALOGUE
+
+    where = f"suite file {source}"
+    _known(data, TOP_KEYS, where)
+    _known(data.get("grid", {}), tuple(GRID), f"{where} [grid]")
+    _table(data.get("options", {}), f"{where} [options]")
+    presets = _table(data.get("presets", {}), f"{where} [presets]")
+    for name, preset in presets.items():
+        _known(preset, PRESET_KEYS, f"{where} [presets.{name}]")
+        _table(preset.get("options", {}), f"{where} [presets.{name}.options]")
+    default = data.get("default_preset", "default")
+    if default != "default" and default not in presets:
+        raise UserError(f"{where}: default_preset {default!r} is not a preset; valid: {', '.join(['default', *presets])}")
+    gate = _known(data.get("gate", {}), GATE_KEYS, f"{where} [gate]")
+    tolerances = _known(gate.get("tolerances", {}), tuple(CATALOGUE), f"{where} [gate.tolerances]")
+    for metric, value in tolerances.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise UserError(f"{where} [gate.tolerances]: {metric} must be a relative change >= 0, e.g. 0.05, got {value!r}")
+    for mechanism, by_param in _table(data.get("per_size", {}), f"{where} [per_size]").items():
+        _table(by_param, f"{where} [per_size.{mechanism}]")  # its names: Suite.check_options

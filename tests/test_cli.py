@@ -102,6 +102,8 @@ def test_budget_units(text: str, expected: int) -> None:
 @pytest.mark.parametrize("argv, expected", [
     (["--size", "384", "--budget", "4 parsecs"], "--budget"),
     (["--size", "384", "--budget", "-1GiB"], "--budget"),
+    (["--size", "384", "--budget", "1e400"], "--budget: '1e400' is not a finite number"),
+    (["--size", "384", "--budget", "1e30GiB"], "--budget: '1e30GiB' is too large"),
     (["--size", "0"], "--size"),
     (["--size", "64", "--patch-size", "4"], "odd"),
     (["--size", "4", "--patch-size", "7"], "larger than --size"),
@@ -176,3 +178,94 @@ def test_ctrl_c_says_what_this_command_leaves_behind(verb: str, says: str, never
     err = capsys.readouterr().err.strip()
     assert err.startswith("attnbench: interrupted") and len(err.splitlines()) == 1
     assert says in err and never not in err
+
+
+@pytest.mark.parametrize("signame, code", [("SIGHUP", 129), ("SIGTERM", 130)])
+def test_a_hangup_or_sigterm_ends_the_run_with_one_line(signame: str, code: int, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+    import signal
+
+    from attnbench import runloop
+
+    def hung_up(args: object) -> int:
+        with runloop.sigterm_as_interrupt():
+            signal.raise_signal(getattr(signal, signame))
+        return 0
+
+    def unhandled(signum: int, frame: object) -> None:  # without the run's handler: fail, do not kill pytest
+        raise AssertionError(f"{signame} not handled by the run")
+
+    monkeypatch.setattr(importlib.import_module("attnbench.commands.run"), "run", hung_up)
+    previous = signal.signal(getattr(signal, signame), unhandled)
+    try:
+        assert main(["run", "memory"]) == code
+    finally:
+        signal.signal(getattr(signal, signame), previous)
+    err = capsys.readouterr().err.strip()
+    assert err == f"attnbench: interrupted ({signame}); finished cells are saved (re-run with --resume)"
+
+
+def test_a_hangup_ignored_by_nohup_stays_ignored() -> None:
+    import signal
+
+    from attnbench import runloop
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with runloop.sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            signal.raise_signal(signal.SIGHUP)  # ignored: the run goes on
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+# ----------------------------------------------------------------------------- run: what is refused up front
+@pytest.mark.parametrize("argv, needle", [
+    (["--partition", "gpu"], "--partition is an option of --executor slurm, not of --executor local"),
+    (["--executor", "slurm", "--jobs", "2"], "--jobs is an option of --executor local, not of --executor slurm"),
+    (["--cpus-per-cell", "4"], "--cpus-per-cell is an option of --executor ray or slurm"),
+])
+def test_an_option_of_another_executor_is_an_error(argv: list[str], needle: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o.jsonl"
+    code = main(["run", "memory", "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip()
+    if "option of --executor" not in err and "unrecognized" in err:
+        pytest.skip("that executor's package is not installed")
+    assert code == 2 and needle in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, name", [
+    ([], "memory-table1.jsonl"),
+    (["--channels", "8", "--patch-size", "3"], "memory-table1-C8-p3.jsonl"),
+    (["--channels", "16", "--patch-size", "7"], "memory-table1.jsonl"),  # the preset's own values
+    (["--sizes", "64", "--mechanisms", "full", "--mode", "both"], "memory-table1.jsonl"),  # a choice of its cells
+    (["--batch", "2", "--dtype", "float64", "--seed", "1"], "memory-table1-B2-float64-seed1.jsonl"),
+])
+def test_the_default_file_is_named_from_the_grid_that_ran(argv: list[str], name: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench.errors import UserError
+    from attnbench.resultsfile import ResultsFile
+
+    opened: list[Path] = []
+
+    def stop(path: Path, **kwargs: object) -> None:
+        opened.append(Path(path))
+        raise UserError("stopped before any cell")
+
+    monkeypatch.setattr(ResultsFile, "open", staticmethod(stop))
+    assert main(["run", "memory", "--out", str(tmp_path), *argv]) == 2
+    assert opened == [tmp_path / name]
+
+
+def test_an_unwritable_cache_is_refused_before_any_cell(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ATTNBENCH_CACHE", str(tmp_path / "file" / "cache"))
+    out = tmp_path / "o.jsonl"
+    assert main(["run", "colorization", "--preset", "smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("attnbench: error: ATTNBENCH_CACHE=") and "cannot be written" in err and "\n" not in err
+    assert not out.exists()

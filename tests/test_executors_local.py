@@ -113,3 +113,17 @@ def test_what_a_cell_starts_in_a_session_of_its_own_ends_with_the_cell(
     while time.monotonic() < deadline and any(_running(p) for p in pids.values()):
         time.sleep(0.05)
     assert {size: _running(pid) for size, pid in pids.items()} == dict.fromkeys(sizes, False)
+@pytest.mark.parametrize("suite, preset, timed", [
+    ("speed", "ci", True), ("reconstruction", "quick", True), ("search", "ci", True), ("memory", "ci", False),
+    ("inpainting", "quick", False), ("colorization", "smoke", False),
+])
+def test_every_suite_that_records_a_time_is_refused_side_by_side(suite: str, preset: str, timed: bool) -> None:
+    from attnbench.executors.launch import is_timing_cell
+
+    cells = load(suite).cells(preset)[:2]
+    assert all(is_timing_cell(c) == timed for c in cells)
+    if timed:  # refused before any cell starts, whichever suite it is
+        with pytest.raises(UserError, match=rf"--jobs 2: suite {suite} measures time"):
+            _run(LocalProcessExecutor(jobs=2), cells)
+    untimed = load("reconstruction").cells("quick", options={"timing": False})[:1]
+    assert not is_timing_cell(untimed[0])

@@ -52,6 +52,8 @@ class _Bad(AttentionMechanism):
             return torch.zeros(3)
         if self.kind == "dtype":
             return v.double()
+        if self.kind == "meta":
+            return torch.empty(v.shape[:2] + q.shape[2:], dtype=v.dtype, device="meta")
         out = v.clone()
         out[0, 0, 0, 0] = float("nan") if self.kind == "nan" else float("inf")
         return out
@@ -62,7 +64,8 @@ class _Bad(AttentionMechanism):
 
 @pytest.mark.parametrize("kind, needle", [("shape", "output shape (3,), expected (1, 4, 16, 16)"),
                                           ("dtype", "output dtype float64, expected float32"),
-                                          ("nan", "non-finite values (NaN)"), ("inf", "non-finite values (Inf)")])
+                                          ("nan", "non-finite values (NaN)"), ("inf", "non-finite values (Inf)"),
+                                          ("meta", "output is on device meta, expected cpu")])
 def test_a_wrong_output_is_an_error_saying_what_was_wrong(monkeypatch: pytest.MonkeyPatch, kind: str, needle: str) -> None:
     from attnbench.worker import execute
 
@@ -202,8 +205,8 @@ def _workers_of(pid: int) -> list[int]:
     return [c for c in found if b"attnbench.worker" in Path(f"/proc/{c}/cmdline").read_bytes()] if found else []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupting_the_run_kills_the_running_worker(tmp_path: Path, worker_path: Path, sig: int) -> None:
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130), (signal.SIGHUP, 129)])
+def test_interrupting_the_run_kills_the_running_worker(tmp_path: Path, worker_path: Path, sig: int, code: int) -> None:
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([sys.executable, "-m", "attnbench.cli", "run", str(write_suite(tmp_path, [OK, HANG], timeout=120)),
                              "--out", str(out), "--no-table"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -217,7 +220,8 @@ def test_interrupting_the_run_kills_the_running_worker(tmp_path: Path, worker_pa
     assert workers, "the hanging cell's worker never started"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130 and b"resume" in err
+    assert proc.returncode == code and b"resume" in err and len(err.strip().splitlines()[-1:]) == 1, err
+    assert err.strip().splitlines()[-1].startswith(b"attnbench: interrupted"), err
     time.sleep(0.3)
     assert not any(_alive(w) for w in workers)
     assert [r["size"] for r in schema.read(out)] == [OK]  # the finished cell is kept
@@ -289,6 +293,20 @@ def test_resume_stops_at_a_corrupt_complete_line_with_its_number(tmp_path: Path,
     assert out.read_bytes() == before  # nothing appended after the corrupt line
 
 
+def test_resume_into_another_suites_results_file_is_refused(tmp_path: Path, worker_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    suite = write_suite(tmp_path, [OK])
+    other = schema.make_record(load("memory").cells("ci")[0], "ok", metrics={"flops": 1})
+    out = tmp_path / "memory-ci.jsonl"
+    out.write_text(json.dumps(other) + "\n")
+    before = out.read_bytes()
+    _one_line_exit_2(run_cli("run", str(suite), "--out", str(out), "--resume"), capsys,
+                     f"--resume: {out} holds results of suite 'memory', not 'fixture'")
+    assert out.read_bytes() == before  # nothing appended
+    with ResultsFile.open(out, resume=True, suite="memory") as results:  # its own suite resumes
+        assert other["key"] in results.done
+
+
 def test_a_dropped_torn_line_and_a_moved_file_are_announced(tmp_path: Path, worker_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:
     suite = write_suite(tmp_path, [OK])
@@ -306,7 +324,7 @@ def test_a_dropped_torn_line_and_a_moved_file_are_announced(tmp_path: Path, work
 
 
 # ----------------------------------------------------------------------------- 12: bad input, before any worker
-def _png(path: Path, size: int = 32) -> None:
+def _png(path: Path, size: int = 128) -> None:
     from skimage import io
     import numpy as np
 

@@ -27,7 +27,7 @@ def test_cached_square_equals_the_direct_resize_and_is_read_once(tmp_path: Path,
     assert np.array_equal(first, direct)
     assert len(list(cache.glob("*.npy"))) == 1
 
-    def no_decode(path: Path) -> np.ndarray:
+    def no_decode(path: Path, size: object = None) -> np.ndarray:
         raise AssertionError(f"{path} decoded again")
 
     monkeypatch.setattr(data, "read_image", no_decode)

@@ -173,3 +173,142 @@ def test_folder_of_pairs_is_split_for_training(tmp_path: Path) -> None:
     test = [n for n, *_ in data.user_pair_paths(tmp_path, "test")]
     assert train == ["p0", "p1", "p2", "p3"] and test == ["p4"]
     assert len(data.user_pair_paths(tmp_path)) == 5
+
+
+# ----------------------------------------------------------------------------- one decoding path, by mode
+RED = (1.0, 0.0, 0.0)
+
+
+def _pil_image(mode: str):
+    """A small image of ``mode`` whose pixels all mean pure red (or mid grey for grey-only modes)."""
+    from PIL import Image
+
+    if mode == "CMYK":
+        return Image.new("CMYK", (16, 12), (0, 255, 255, 0))
+    if mode == "P":
+        image = Image.new("P", (16, 12), 0)
+        image.putpalette([255, 0, 0] + [0, 0, 255] * 255)
+        return image
+    if mode == "YCbCr":
+        return Image.new("RGB", (16, 12), (255, 0, 0)).convert("YCbCr")
+    if mode == "RGBA":
+        return Image.new("RGBA", (16, 12), (255, 0, 0, 255))
+    if mode == "LA":
+        return Image.new("LA", (16, 12), (128, 255))
+    if mode == "I;16":
+        return Image.fromarray(np.full((12, 16), 32768, np.uint16))
+    if mode == "I":
+        return Image.new("I", (16, 12), 32768)
+    if mode == "F":
+        return Image.new("F", (16, 12), 0.5)
+    if mode == "L":
+        return Image.new("L", (16, 12), 128)
+    return Image.new(mode, (16, 12), (255, 0, 0))
+
+
+@pytest.mark.parametrize("mode, suffix", [
+    ("CMYK", ".jpg"), ("CMYK", ".tif"), ("P", ".png"), ("P", ".bmp"), ("YCbCr", ".jpg"), ("RGBA", ".png"),
+    ("RGBA", ".tif"), ("LA", ".png"), ("I;16", ".png"), ("I;16", ".tif"), ("I", ".tif"), ("F", ".tif"), ("L", ".bmp"),
+    ("RGB", ".bmp"),
+])
+def test_every_container_and_mode_decodes_to_its_colours(tmp_path: Path, mode: str, suffix: str) -> None:
+    path = tmp_path / f"x{suffix}"
+    image = _pil_image(mode)
+    image.save(path, **({"quality": 100} if suffix == ".jpg" else {}))
+    rgb = data.read_image(path)
+    assert rgb.shape == (12, 16, 3) and rgb.dtype == np.float32
+    expected = (0.5, 0.5, 0.5) if mode in ("LA", "I;16", "I", "F", "L") else RED
+    assert np.allclose(rgb.reshape(-1, 3).mean(0), expected, atol=0.03), (mode, suffix, rgb[0, 0])
+
+
+def test_a_cmyk_jpeg_of_pure_red_is_red_not_white(tmp_path: Path) -> None:
+    _pil_image("CMYK").save(tmp_path / "r_a.jpg", quality=100)
+    _pil_image("CMYK").save(tmp_path / "r_b.jpg", quality=100)
+    (pair,) = data.user_pairs(tmp_path, 1)
+    assert np.allclose(pair.a[..., 0], 1.0, atol=0.02) and pair.a[..., 1:].max() < 0.02
+
+
+def test_palette_transparency_is_composited_over_white(tmp_path: Path) -> None:
+    image = _pil_image("P")
+    image.info["transparency"] = 0  # the red entry is transparent
+    image.save(tmp_path / "t.png")
+    assert np.allclose(data.read_image(tmp_path / "t.png"), 1.0)
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (16, 8), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 8, 8))  # left half blue
+    exif = image.getexif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    image.save(tmp_path / "o.jpg", exif=exif, quality=100)
+    rgb = data.read_image(tmp_path / "o.jpg")
+    assert rgb.shape == (16, 8, 3)
+    assert rgb[2, 4, 2] > 0.9 and rgb[13, 4, 0] > 0.9  # blue on top after the rotation
+    assert data.read_image_shape(tmp_path / "o.jpg") == (8, 16)
+
+
+@pytest.mark.parametrize("mode", ["LAB", "I-wide", "F-wide"])
+def test_a_mode_without_an_rgb_mapping_is_one_line_naming_file_and_mode(tmp_path: Path, mode: str) -> None:
+    from PIL import Image
+
+    path = tmp_path / "odd.tif"
+    {"LAB": lambda: Image.new("LAB", (8, 8), (50, 0, 0)), "I-wide": lambda: Image.new("I", (8, 8), 1 << 20),
+     "F-wide": lambda: Image.new("F", (8, 8), 3.0)}[mode]().save(path)
+    with pytest.raises(UserError, match=rf"odd\.tif.*mode {mode.split('-')[0]}") as info:
+        data.read_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_an_empty_file_says_it_is_empty(tmp_path: Path) -> None:
+    (tmp_path / "e_a.png").write_bytes(b"")
+    _save(tmp_path / "e_b.png", _image(8, 8))
+    with pytest.raises(UserError, match=r"e_a\.png.*empty") as info:
+        data.check_user_images(tmp_path, 1)
+    assert "backend" not in str(info.value)
+
+
+def test_a_symlink_loop_is_an_error_naming_it_not_dropped(tmp_path: Path) -> None:
+    _save(tmp_path / "good_a.png", _image(8, 8))
+    _save(tmp_path / "good_b.png", _image(8, 8))
+    (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_a.png")
+    with pytest.raises(UserError, match="loop_a.png"):
+        data.user_pair_paths(tmp_path)
+    (tmp_path / "loop_a.png").unlink()
+    (tmp_path / "gone_a.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(UserError, match="gone_a.png"):
+        data.user_pair_paths(tmp_path)
+
+
+def test_an_image_smaller_than_the_cell_is_refused_not_upscaled(tmp_path: Path) -> None:
+    _save(tmp_path / "tiny_a.png", _image(1, 1))
+    _save(tmp_path / "tiny_b.png", _image(1, 1, 1))
+    with pytest.raises(UserError, match=r"tiny_a\.png is 1x1.*64 px.*--sizes 1"):
+        data.check_user_images(tmp_path, 1, size=64)
+    with pytest.raises(UserError, match="does not upscale"):
+        data.user_pairs(tmp_path, 1, size=64)
+    assert data.user_pairs(tmp_path, 1, size=1)[0].a.shape == (1, 1, 3)
+
+
+def test_a_huge_image_is_refused_from_its_header_with_the_limit_and_how_to_resize(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("L", (12000, 12000), 7).save(tmp_path / "huge_a.png")  # 144 megapixels, a few KB on disk
+    Image.new("L", (12000, 12000), 7).save(tmp_path / "huge_b.png")
+    assert (tmp_path / "huge_a.png").stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=r"huge_a\.png is 12000x12000 \(144 megapixels\).*50 megapixels.*thumbnail"):
+        data.check_user_images(tmp_path, 1, size=64)
+    with pytest.raises(UserError, match="144 megapixels"):
+        data.read_image_shape(tmp_path / "huge_a.png")
+
+
+def test_a_large_jpeg_is_decoded_reduced_for_a_small_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (800, 600), (255, 0, 0)).save(tmp_path / "big.jpg")
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100_000)  # the full 480,000 pixels are over the limit
+    with pytest.raises(UserError, match="megapixels"):
+        data.read_image(tmp_path / "big.jpg")
+    reduced = data.read_image(tmp_path / "big.jpg", size=64)  # decoded at 1/8 scale: 100 x 75
+    assert reduced.shape == (75, 100, 3) and np.allclose(reduced[..., 0], 1.0, atol=0.02)

@@ -211,3 +211,16 @@ def test_training_flushes_subnormals_and_restores_the_default_after() -> None:
             pytest.skip("this CPU cannot flush subnormals")
         assert float(tiny * 1.0) == 0.0
     assert float(tiny * 1.0) != 0.0  # timing suites after a training cell see the default again
+
+
+def test_an_unwritable_cache_is_named_by_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench.tasks.training import check_cache_writable
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("ATTNBENCH_CACHE", str(not_a_folder / "cache"))
+    with pytest.raises(UserError, match=rf"ATTNBENCH_CACHE={not_a_folder / 'cache'} cannot be written: Not a directory"):
+        check_cache_writable()
+    monkeypatch.setenv("ATTNBENCH_CACHE", str(tmp_path / "ok"))
+    check_cache_writable()
+    assert (tmp_path / "ok").is_dir() and not list((tmp_path / "ok").iterdir())  # the probe leaves nothing

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 from typing import Any, Optional
 
 from ..cells import MODES
@@ -27,20 +26,19 @@ from . import int_option
 NAME = "estimate"
 HELP = "which mechanisms fit a memory budget at a size, and how fast: estimates in seconds (--measure confirms)"
 GiB = 2**30
-_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-          "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 
 
 def parse_bytes(text: str) -> int:
-    """``"4GiB"`` -> 4294967296; binary (KiB..TiB) or decimal (kB..TB) units, or plain bytes."""
+    """``"4GiB"`` -> 4294967296 (:func:`attnbench.metrics.parse_bytes`, the one reader of sizes), as
+    a UserError naming ``--budget`` when unreadable, not finite, too large or not positive."""
     from ..errors import UserError
+    from ..metrics import parse_bytes as read_size
 
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if not match or unit not in _UNITS:
-        raise UserError(f"--budget {text!r}: write a size such as 4GiB, 512MiB or 8GB")
-    value = float(match.group(1)) * _UNITS[unit]
-    if not math.isfinite(value) or value <= 0:
+    try:
+        value = read_size(text)
+    except ValueError as exc:
+        raise UserError(f"--budget: {exc}") from None
+    if value <= 0:
         raise UserError(f"--budget {text!r} must be a positive size")
     return int(value)
 

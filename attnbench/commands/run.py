@@ -27,7 +27,9 @@ INTERRUPTED = "finished cells are saved (re-run with --resume)"
 DEFAULT_OUT = Path("results/runs")
 EPILOG = """exit status: 0 every cell ok, infeasible, unavailable or unsupported; 2 bad input (nothing ran);
 3 some cell ended error, timeout, killed or oom (a summary names them); 4 the results file could
-not be written (every complete record is kept: rerun with --resume); 130 interrupted."""
+not be written (every complete record is kept: rerun with --resume); 130 interrupted (Ctrl-C, SIGTERM);
+129 hung up (SIGHUP: the terminal closed; `nohup` keeps it running). Interrupted or hung up, the
+workers are killed and every finished cell is kept: rerun with --resume."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "pairs, sub-folders of two images, or a DAVIS JPEGImages/<res>/<sequence>/ tree "
                         "(default: the embedded pairs)")
     parser.add_argument("--out", default=f"{DEFAULT_OUT}/",
-                        help=f"results folder (file SUITE-PRESET.jsonl in it) or .jsonl file (default: {DEFAULT_OUT}/); "
+                        help=f"results folder (file SUITE-PRESET.jsonl in it; with --channels, --patch-size, --batch, "
+                        "--dtype, --device or --seed other than the preset's, SUITE-PRESET-C8-p3-B2-float64-cuda-seed1.jsonl "
+                        f"for the ones set) or .jsonl file (default: {DEFAULT_OUT}/); "
                         "an existing file is moved to NAME.<time>.prev unless --resume")
     parser.add_argument("--resume", action="store_true", help="keep the results file and skip cells already in it "
                         "(cells that ended error, timeout or killed run again)")
@@ -116,13 +120,24 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
-def results_path(out: Optional[str], suite: str, preset: str) -> Path:
+def grid_tag(preset_grid: dict[str, Any], overrides: dict[str, Any]) -> str:
+    """``-C8-p3``: the grid settings with a tag (CellSpec declares which) that the command line
+    changed from the preset's, so that a run of another setting never takes (and moves aside) the
+    preset's file. Mechanisms, sizes, modes and the timeout only choose which cells of the preset's
+    setting run: no tag."""
+    tags = [f"{key.tag}{overrides[key.name]}".replace(":", "") for key in grid_keys() if key.tag is not None
+            and overrides.get(key.name) is not None and overrides[key.name] != preset_grid.get(key.name, key.default)]
+    return "".join(f"-{t}" for t in tags)
+
+
+def results_path(out: Optional[str], suite: str, preset: str, tag: str = "") -> Path:
+    """``--out FILE.jsonl`` as given, else ``FOLDER/SUITE-PRESET[TAG].jsonl`` (see :func:`grid_tag`)."""
     if out and out.endswith(".jsonl"):
         return Path(out)
     folder = Path(out or DEFAULT_OUT)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"--out {out}: not a folder; give a folder or a .jsonl file")
-    return folder / f"{suite}-{preset}.jsonl"
+    return folder / f"{suite}-{preset}{tag}.jsonl"
 
 
 def _summary(record: dict[str, Any]) -> str:
@@ -146,7 +161,7 @@ def check_data(folder: str, cells: list, runner: str, suite: str) -> str:
     if not data.is_dir():
         raise UserError(f"--data {data}: not a folder; give a folder of image pairs or a DAVIS-style folder")
     needed = max((cls.of(c).images_needed() for c in cells), default=1)
-    found = check_user_images(data, needed)
+    found = check_user_images(data, needed, size=max((c.size for c in cells), default=None))
     from ..console import make_console, plain
 
     make_console(stderr=True).print(plain(f"--data {data}: {found} image pairs found, the first {min(needed, found)} "
@@ -161,12 +176,19 @@ def run(args: argparse.Namespace) -> int:
     from ..prepare import PREPARED_ENV
     from ..registry import validate_specs
     from ..resultsfile import ResultsFile
+    from ..executors import check_executor_options
     from ..suites import load
 
+    check_executor_options(args)
     suite = load(args.suite)
     overrides: dict[str, Any] = {key.name: getattr(args, key.name) for key in grid_keys()}
     cells = suite.cells(args.preset, **overrides)
     validate_specs(cells)  # bad mechanism parameters or seed: one line, exit 2, before any worker
+    from ..options import runner_options
+
+    options_cls = runner_options(suite.runner)
+    if options_cls is not None and cells:
+        options_cls.of(cells[0]).check_machine()  # e.g. an unwritable ATTNBENCH_CACHE, named once
     if not args.data and any(c.options.get("require_data") for c in cells):
         raise UserError(f"suite {suite.name!r} preset {cells[0].preset!r} measures your own image pair: pass --data DIR "
                         "(a folder of NAME_a/NAME_b images, or of sub-folders of two frames; see README)")
@@ -174,14 +196,15 @@ def run(args: argparse.Namespace) -> int:
         data = check_data(args.data, cells, suite.runner, suite.name)
         cells = suite.cells(args.preset, **overrides, options={"data": data})
     preset = cells[0].preset if cells else (args.preset or suite.default_preset)
-    out = results_path(args.out, suite.name, preset)
+    out = results_path(args.out, suite.name, preset, grid_tag(suite.resolved(preset)[1], overrides))
     console = make_console(stderr=True)
 
     def note(msg: str) -> None:
         console.print(plain(msg))
 
     with runloop.sigterm_as_interrupt(), \
-            ResultsFile.open(out, resume=args.resume, keep_failed=args.keep_failed, note=note) as results:
+            ResultsFile.open(out, resume=args.resume, keep_failed=args.keep_failed, note=note,
+                             suite=suite.name) as results:
         todo = results.todo(cells, note)
         console.print(f"[bold]{plain(suite.name)}[/] ({plain(preset)}): {len(cells)} cells, "
                       f"{len(cells) - len(todo)} already done -> {plain(out)}")

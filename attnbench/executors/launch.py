@@ -105,12 +105,17 @@ def make_launcher(method: str, python: str = sys.executable, env: Optional[dict[
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:  # noqa: SLF001 -- argparse's own type
     group.add_argument("--jobs", type=int_option("--jobs"), default=1,
-                       help="cells run at once on this machine (default 1; timing suites need 1)")
+                       help="cells run at once on this machine (default 1; a suite that records times, e.g. speed, "
+                            "reconstruction or search, needs 1)")
     group.add_argument("--start-method", choices=START_METHODS, default="auto",
                        help="how each cell's fresh worker process starts: forked from a warm fork server "
                             "(fast; auto = where the platform can fork) or a new interpreter")
 
 
 def is_timing_cell(spec: CellSpec) -> bool:
-    """Whether the cell measures time (then cells running beside it would disturb the figure)."""
-    return "time" in (spec.options.get("metrics") or ())
+    """Whether the cell records a time (then cells running beside it would disturb the figure): its
+    runner's options say so (``RunnerOptions.records_time``), for every suite alike."""
+    from ..options import runner_options
+
+    cls = runner_options(spec.runner)
+    return cls is not None and cls.of(spec).records_time()

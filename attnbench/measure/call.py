@@ -173,14 +173,17 @@ def check_feasible(module: AttentionMechanism, shape: ProblemShape, budget: Call
                          f"{margin:g} x timeout {budget.timeout_s:g} s (too slow)", metrics)
 
 
-def check_output(out: Any, expected_shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    """A mechanism's output must be a tensor of the contract's shape and dtype, with no NaN or Inf."""
+def check_output(out: Any, expected_shape: tuple[int, ...], dtype: torch.dtype,
+                 device: Optional[torch.device] = None) -> None:
+    """A mechanism's output must be a tensor of the contract's shape, dtype (and device), with no NaN or Inf."""
     if not isinstance(out, torch.Tensor):
         raise InvalidOutput(f"output is a {type(out).__name__}, expected a tensor of shape {tuple(expected_shape)}")
     if tuple(out.shape) != tuple(expected_shape):
         raise InvalidOutput(f"output shape {tuple(out.shape)}, expected {tuple(expected_shape)} (B, Cv, Hq, Wq)")
     if out.dtype != dtype:
         raise InvalidOutput(f"output dtype {str(out.dtype).replace('torch.', '')}, expected {str(dtype).replace('torch.', '')}")
+    if out.device != (device or out.device) or out.device.type == "meta":  # meta: no values to check
+        raise InvalidOutput(f"output is on device {out.device}, expected {device or 'a device with values'}")
     finite = torch.isfinite(out.detach())
     if not bool(finite.all()):
         bad = int((~finite).sum())
@@ -227,7 +230,7 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
 
     def check_once(result: Any, when: str = "the measured call") -> None:
         if "output" not in checked:
-            check_output(result, expected, dtype)
+            check_output(result, expected, dtype, call.v.device)
             guard.check_output(result)
             checked.append("output")
         if when not in checked:  # once per stage: later calls are caught by the guard's counters

@@ -62,6 +62,9 @@ class InpaintingOptions(MeasureOptions, ImageOptions):
     def images_needed(self) -> int:
         return self.images
 
+    def measured(self) -> frozenset[str]:
+        return frozenset({"memory", "flops", *(["time"] if self.timing else [])})
+
 
 OPTIONS = InpaintingOptions
 
@@ -93,7 +96,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
     query_region, iterations = opts.query_region, opts.iterations
 
     metrics: dict[str, Any] = {"resolved_params": module.params()}
-    budget = CallBudget.for_cell(spec, opts, {"memory", "flops", *(["time"] if opts.timing else [])})
+    budget = CallBudget.for_cell(spec, opts, opts.measured())
 
     def run_call(index: int, box: tuple[int, int, int, int], call: AttentionCall) -> torch.Tensor:
         if index or "flops" in metrics:

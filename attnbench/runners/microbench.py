@@ -34,6 +34,9 @@ class MicrobenchOptions(MeasureOptions):
             if name not in MEASURABLE:
                 raise UserError(f"option metrics: unknown metric {name!r}; valid: {', '.join(MEASURABLE)}")
 
+    def measured(self) -> frozenset[str]:
+        return frozenset(self.metrics)
+
 
 OPTIONS = MicrobenchOptions
 
@@ -50,7 +53,7 @@ def make_call(module: AttentionMechanism, spec: CellSpec, size: int) -> Attentio
 
 def run(spec: CellSpec) -> dict[str, Any]:
     opts = MicrobenchOptions.of(spec)
-    budget = CallBudget.for_cell(spec, opts, opts.metrics)
+    budget = CallBudget.for_cell(spec, opts, opts.measured())
     module = mechanism(spec.mechanism, patch_size=spec.patch_size, default_seed=spec.seed, **spec.params).to(spec.device)
     shape = ProblemShape.square(spec.size, spec.channels, spec.patch_size, spec.batch,
                                 dtype_bytes=torch.empty((), dtype=dtype_from_name(spec.dtype)).element_size(),

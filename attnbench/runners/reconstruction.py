@@ -42,6 +42,9 @@ class ReconstructionOptions(MeasureOptions, ImageOptions):
     def images_needed(self) -> int:
         return self.pairs
 
+    def measured(self) -> frozenset[str]:
+        return frozenset({"memory", "flops", *(["time"] if self.timing else [])})
+
 
 OPTIONS = ReconstructionOptions
 
@@ -76,7 +79,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
         return a, b
 
     a0, b0 = tensors(batches[0])
-    budget = CallBudget.for_cell(spec, opts, {"memory", "flops", *(["time"] if opts.timing else [])})
+    budget = CallBudget.for_cell(spec, opts, opts.measured())
     _, metrics = measure_attention(AttentionCall(module, a0, b0, b0), budget)
     errors: list[float] = []
     for batch in batches:

@@ -60,6 +60,31 @@ class SearchOptions(ImageOptions):
     #: mechanism name -> {parameter: [values]}: the points of its time-to-quality curve
     sweep: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.query_frame not in ("a", "b"):
+            raise UserError(f"option query_frame must be \"a\" or \"b\", got {self.query_frame!r}")
+        self.check_sweep()
+
+    def check_sweep(self) -> None:
+        """Each ``sweep.NAME`` names a known mechanism and exactly one of its parameters with a list
+        of values it accepts (a misspelled name or parameter would silently drop the curve)."""
+        from ..registry import check_spec, resolve
+
+        for name, table in self.sweep.items():
+            resolve(name)  # an unknown name lists the valid ones
+            if not isinstance(table, dict) or len(table) != 1:
+                raise UserError(f"option sweep.{name} must be a table of one parameter = [values], e.g. "
+                                f"{{ nprobe = [1, 4] }}, got {table!r}"[:300])
+            (param, values), = table.items()
+            if not isinstance(values, list) or not values:
+                raise UserError(f"option sweep.{name}.{param} must be a non-empty list of values, got {values!r}")
+            for value in values:
+                check_spec(name, {param: value})
+
+    def records_time(self) -> bool:
+        return True  # every point of the curve is one timed call (time-to-quality)
+
 
 OPTIONS = SearchOptions
 
@@ -67,7 +92,7 @@ OPTIONS = SearchOptions
 # ---------------------------------------------------------------------------------- frames
 def load_image(path: str, size: Optional[int] = None) -> torch.Tensor:
     """An image file as (1, 3, H, W) float32 RGB in [0, 1], optionally centre-cropped and resized."""
-    image = read_image(path)
+    image = read_image(path, size)  # decoded reduced where it can be; never upscaled
     return to_tensor([image if size is None else square_resize(image, size)])
 
 
@@ -229,7 +254,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
             with torch.no_grad():
                 full_out = module(q, k, values)
             elapsed = time.perf_counter() - t0
-            check_output(full_out, (1, values.shape[1], q.shape[2], q.shape[3]), q.dtype)
+            check_output(full_out, (1, values.shape[1], q.shape[2], q.shape[3]), q.dtype, q.device)
         out = full_out[0]
         recon = out[:3][:, rows][:, :, cols]
         my = out[3][rows].round().long() - r

@@ -77,6 +77,11 @@ class ColorizationOptions(MeasureOptions, ImageOptions):
     def images_needed(self) -> int:
         return self.train_pairs + self.test_pairs
 
+    def check_machine(self) -> None:
+        from .training import check_cache_writable
+
+        check_cache_writable()  # trained weights are kept there
+
 
 @dataclass(frozen=True)
 class ColorizationSetup:

@@ -35,9 +35,12 @@ Training tasks (colorization) split user data: the last fifth of the sequences (
 pairs (folder of pairs), sorted by name and at least one, is the test split, the rest is trained
 on; a folder with a single pair uses it for both. Reconstruction and inpainting use every pair.
 
-Images are float32 RGB in [0, 1], H x W x 3. Grey images are replicated to RGB and alpha is
-dropped. An unreadable image or a pair whose frames differ in size is a :class:`UserError` that
-names the file.
+Images are float32 RGB in [0, 1], H x W x 3, decoded by one path (:func:`read_image`: PIL, EXIF
+orientation, then a conversion by the file's mode: CMYK, palette, 16-bit grey, YCbCr ...; grey
+replicated to RGB, alpha composited over white). An unreadable, empty or unlisted entry, an
+image with no RGB mapping (LAB), one above :data:`MAX_IMAGE_PIXELS`, one smaller than the cell's
+size (never upscaled, see :func:`check_side`) or a pair whose frames differ in size is a
+:class:`UserError` that names the file.
 """
 from __future__ import annotations
 
@@ -104,14 +107,115 @@ def as_rgb_float(image: np.ndarray) -> np.ndarray:
     return np.clip(util.img_as_float32(img), 0.0, 1.0).astype(np.float32)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read one image file as float32 RGB; a file that cannot be read is a UserError naming it."""
-    from skimage import io
+#: the most pixels a --data image may hold once decoded (after a JPEG's reduced decode): a
+#: 144-megapixel PNG took 6 GB and minutes per cell to decode and resize; 50 megapixels covers the
+#: largest camera sensors (8688 x 5792) and costs about 0.6 GB as float32 RGB
+MAX_IMAGE_PIXELS = 50_000_000
+#: modes PIL converts to RGB exactly (palette without transparency, grey, CMYK, YCbCr, HSV ...)
+_DIRECT_MODES = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "HSV")
+#: modes with an alpha channel: composited over white, as an image viewer shows them
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+#: 16-bit grey (PNG, TIFF): full scale is 65535
+_GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _open(path: Path) -> "Image.Image":
+    """``PIL.Image.open`` with attnbench's own pixel limit (checked by the caller, with a hint) in
+    place of PIL's decompression-bomb warning/error; an empty or unreadable file is a UserError."""
+    import warnings
+
+    from PIL import Image
 
     try:
-        return as_rgb_float(io.imread(str(path)))
-    except Exception as exc:  # imageio raises many types; the user only needs the file and why
+        empty = Path(path).stat().st_size == 0
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    if empty:
+        raise UserError(f"cannot read image {path}: the file is empty (0 bytes)")
+    saved = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # our limit is checked on the size, before decoding
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Image.open(path)
+    except Exception as exc:  # PIL raises many types; the user only needs the file and why
         raise UserError(f"cannot read image {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UserError(f"image {path} is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the "
+                        f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels attnbench decodes; resize it first, e.g. "
+                        f"`python -c \"from PIL import Image; im = Image.open('IN'); im.thumbnail((4096, 4096)); "
+                        f"im.save('OUT')\"`")
+
+
+def pil_to_rgb(image: "Image.Image", path: Path) -> np.ndarray:
+    """A PIL image of any mode -> float32 H x W x 3 in [0, 1]; a mode without a known mapping to RGB
+    (LAB, 32-bit integers beyond 16 bits, floats outside [0, 1]) is a UserError naming file and mode.
+
+    Why by mode: reading the array and guessing from its channel count (what skimage does) takes a
+    CMYK JPEG for RGBA and turns a pure red picture white, and clips 16-bit grey to 8 bits."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _DIRECT_MODES:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.float32) / 255.0
+    if mode in _GREY16_MODES or mode in ("I", "F"):
+        grey = np.asarray(image, dtype=np.float64)
+        if mode in _GREY16_MODES:
+            grey = grey / 65535.0
+        elif mode == "I":
+            if grey.size and (grey.min() < 0 or grey.max() > 65535):
+                raise UserError(f"image {path}: mode I (32-bit integers) with values in [{grey.min():g}, {grey.max():g}] "
+                                "cannot be mapped to RGB (expected 16-bit values, 0-65535)")
+            grey = grey / 65535.0
+        elif grey.size and (not np.isfinite(grey).all() or grey.min() < 0 or grey.max() > 1):
+            raise UserError(f"image {path}: mode F (floats) with values outside [0, 1] cannot be mapped to RGB")
+        return np.repeat(grey.astype(np.float32)[..., None], 3, axis=2)
+    raise UserError(f"image {path}: mode {mode} cannot be mapped to RGB; save it as RGB, grey or CMYK")
+
+
+def read_image(path: Path, size: Optional[int] = None) -> np.ndarray:
+    """Read one image file as float32 RGB in [0, 1], through PIL whatever its container: EXIF
+    orientation applied, then :func:`pil_to_rgb`. With ``size`` (the square side the cell needs), a
+    JPEG is decoded reduced (``draft``: 1/2, 1/4, 1/8 scale, never below ``size``), and an image whose
+    short side is below ``size`` is refused (:func:`check_side`). Any failure is a UserError naming the file."""
+    from PIL import ImageOps
+
+    image = _open(path)
+    try:
+        with image:
+            if size is not None and image.format == "JPEG":
+                image.draft(None, (size, size))
+            _check_pixels(path, *image.size)
+            if size is not None:
+                check_side(path, *image.size, size)
+            return pil_to_rgb(ImageOps.exif_transpose(image), path)
+    except UserError:
+        raise
+    except Exception as exc:  # truncated data, a codec error: the user only needs the file and why
+        raise UserError(f"cannot read image {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def check_side(path: Path, width: int, height: int, size: int) -> None:
+    """Refuse to upscale: an image whose short side is below the cell's size is a UserError.
+
+    Why not upscale with a note: interpolated pixels are smooth, so patch matching on them is easier
+    and the quality figure then describes the interpolation, not the user's data (a 1x1 pair
+    becomes a flat image every mechanism reconstructs perfectly)."""
+    if min(width, height) < size:
+        raise UserError(f"image {path} is {width}x{height}, smaller than the {size} px square the cell needs "
+                        f"(attnbench does not upscale: it would invent the pixels the attention matches); "
+                        f"use --sizes {min(width, height)} or smaller, or larger images")
 
 
 def square_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -129,15 +233,17 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def read_image_shape(path: Path) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding the pixels."""
-    try:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # not a format PIL reads: decode (read_image says why it fails, if it does)
-        h, w = read_image(path).shape[:2]
-        return w, h
+    """(width, height) from the file's header, without decoding the pixels, as displayed (EXIF
+    orientation applied); an empty, unreadable or too large file is a UserError naming it."""
+    image = _open(path)
+    with image:
+        width, height = image.size
+        _check_pixels(path, width, height)
+        try:
+            rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientation: 90 degrees
+        except Exception as exc:  # a PNG's EXIF chunk may follow truncated pixel data
+            raise UserError(f"cannot read image {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    return (height, width) if rotated else (width, height)
 
 
 #: a folder (set by ``attnbench run`` for the run's duration) where user images are kept already
@@ -150,7 +256,7 @@ def read_square(path: Path, size: int) -> np.ndarray:
     """``square_resize(read_image(path), size)``, through the run's resized-image cache when set."""
     folder = os.environ.get(RESIZED_CACHE_ENV)
     if not folder:
-        return square_resize(read_image(path), size)
+        return square_resize(read_image(path, size), size)
     stat = Path(path).stat()
     key = hashlib.sha1(f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{size}".encode()).hexdigest()
     cached = Path(folder) / f"{key}.npy"
@@ -158,7 +264,7 @@ def read_square(path: Path, size: int) -> np.ndarray:
         return np.load(cached)
     except (OSError, ValueError):
         pass
-    image = square_resize(read_image(path), size)
+    image = square_resize(read_image(path, size), size)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")
     try:
         np.save(tmp, image)
@@ -315,7 +421,21 @@ def embedded_motion(options: dict) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- user data
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files of a folder, by suffix; one that cannot be read as a file (a symlink loop, a
+    dangling link, a folder named like an image) is a UserError naming it, never silently skipped."""
+    found = []
+    for path in folder.iterdir():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            path.resolve(strict=True)
+            regular = path.is_file()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on older Pythons
+            raise UserError(f"--data: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not regular:
+            raise UserError(f"--data: {path} is not a regular file")
+        found.append(path)
+    return sorted(found)
 
 
 def load_pair(name: str, path_a: Path, path_b: Path, size: Optional[int] = None) -> FramePair:
@@ -407,13 +527,14 @@ def user_pairs(folder: str | Path, count: int, split: str = "all", size: Optiona
     return [load_pair(*entry, size=size) for entry in user_pair_paths(folder, split)[:count]]
 
 
-def check_user_images(folder: str | Path, count: int) -> int:
-    """Read (fully decode) the first ``count`` pairs of a user folder before any cell runs; return
-    how many pairs it holds. An empty folder, one without pairs, or an unreadable or truncated
-    image is a UserError naming the file."""
+def check_user_images(folder: str | Path, count: int, size: Optional[int] = None) -> int:
+    """Read (fully decode) the first ``count`` pairs of a user folder before any cell runs, as the
+    cells will (``size``: the largest square side they need); return how many pairs it holds. An
+    empty folder, one without pairs, an unreadable, empty, truncated, too large or too small
+    image, or one whose mode has no RGB mapping is a UserError naming the file."""
     entries = user_pair_paths(folder, "all")
     for entry in entries[:max(count, 1)]:
-        load_pair(*entry)
+        load_pair(*entry, size=size)
     return len(entries)
 
 

@@ -56,6 +56,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path("results") / "cache")
 
 
+def check_cache_writable() -> None:
+    """The weight cache can be created and written, else a UserError naming ``ATTNBENCH_CACHE``:
+    checked once before any cell, instead of every training cell failing with a bare errno."""
+    import tempfile
+
+    from ..errors import UserError
+
+    folder = cache_dir()
+    what = f"{CACHE_ENV}={folder}" if os.environ.get(CACHE_ENV) else f"the weight cache {folder} (set {CACHE_ENV} to move it)"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"{what} cannot be written: {exc.strerror or exc}; set {CACHE_ENV} to a writable folder") from None
+
+
 def config_key(config: dict[str, Any]) -> str:
     """Stable hash of a JSON-able configuration (key order does not matter)."""
     blob = json.dumps({**config, "training_version": TRAINING_VERSION}, sort_keys=True, default=str)

@@ -1,0 +1,142 @@
+"""Suite files are strict: every key at every level is one attnbench knows, else one line naming it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attnbench import suites
+from attnbench.errors import UserError
+
+BASE = '''
+name = "strict"
+description = "a suite file with one mistake"
+runner = "attnbench.runners.microbench:run"
+default_preset = "default"
+
+[grid]
+mechanisms = ["full"]
+sizes = [8]
+channels = 2
+patch_size = 3
+batch = 1
+modes = ["fwd"]
+dtype = "float32"
+device = "cpu"
+seed = 0
+timeout = 60
+
+[options]
+metrics = ["time"]
+
+[presets.quick]
+sizes = [8]
+[presets.quick.options]
+min_repeats = 2
+
+[gate]
+reference = "full"
+[gate.tolerances]
+peak_memory_bytes = 0.05
+'''
+
+
+def _suite(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "strict.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text
+    return text
+
+
+def test_the_base_file_and_every_shipped_suite_are_accepted(tmp_path: Path) -> None:
+    assert len(suites.load(_suite(tmp_path, BASE)).cells()) == 1
+    for name in suites.suite_names():
+        suite = suites.load(name)
+        suite.check_options()  # every preset's options, the sweep tables of search included
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda t: "iterations = 3\n" + t, "unknown key 'iterations'; valid: name, description, runner"),
+    (lambda t: t.replace("[options]", "[optoins]"), "unknown key 'optoins'; valid: name"),
+    (lambda t: t.replace("[grid]\n", "[grid]\nsize = [8]\n"), "[grid]: unknown key 'size'; valid: mechanisms, sizes"),
+    (lambda t: t.replace("[presets.quick]\n", "[presets.quick]\nsizez = [8]\n"),
+     "[presets.quick]: unknown key 'sizez'; valid: mechanisms, sizes"),
+    (lambda t: t.replace("[presets.quick.options]", "[presets.quick.optoins]"), "[presets.quick]: unknown key 'optoins'"),
+    (lambda t: t.replace("reference = ", "refrence = "), "[gate]: unknown key 'refrence'; valid: reference, tolerances, alpha"),
+    (lambda t: t.replace("[gate.tolerances]\n", "[gate.tolerances]\npeak_memroy_bytes = 0.1\n"),
+     "[gate.tolerances]: unknown key 'peak_memroy_bytes'; valid: peak_memory_bytes"),
+    (lambda t: t.replace("peak_memory_bytes = 0.05", "peak_memory_bytes = -1"), "must be a relative change >= 0"),
+    (lambda t: t.replace('default_preset = "default"', 'default_preset = "quik"'), "default_preset 'quik' is not a preset"),
+    (lambda t: t + "[presets.slow]\ntimeout = 5\n", None),  # a valid addition: accepted
+])
+def test_a_typo_at_any_level_is_one_line_naming_the_key(tmp_path: Path, edit, needle: str | None) -> None:
+    path = _suite(tmp_path, edit(BASE))
+    if needle is None:
+        assert suites.load(path).cells("slow")
+        return
+    with pytest.raises(UserError) as exc:
+        suites.load(path).cells()
+    assert needle in _one_line(exc)
+
+
+def test_a_typo_in_a_preset_not_run_is_found_too(tmp_path: Path) -> None:
+    path = _suite(tmp_path, BASE.replace("min_repeats = 2", "min_repeat = 2"))
+    with pytest.raises(UserError) as exc:
+        suites.load(path).cells()  # the default preset: quick's options are checked all the same
+    assert "preset 'quick': unknown option 'min_repeat'; valid:" in _one_line(exc)
+
+
+def test_a_misspelled_per_size_mechanism_is_refused(tmp_path: Path) -> None:
+    path = _suite(tmp_path, BASE + "[per_size.ful]\nstride = { 8 = 2 }\n")
+    with pytest.raises(UserError) as exc:
+        suites.load(path).cells()
+    assert "ful" in _one_line(exc)
+
+
+SEARCH = '''
+name = "strict-search"
+runner = "attnbench.runners.search_quality:run"
+[grid]
+mechanisms = ["psal-1"]
+sizes = [16]
+channels = 3
+patch_size = 3
+batch = 1
+modes = ["fwd"]
+dtype = "float32"
+device = "cpu"
+seed = 0
+timeout = 60
+[options]
+iterations = [1]
+[options.sweep.psal-1]
+'''
+
+
+@pytest.mark.parametrize("table, needle", [
+    ("iterations = [1, 2]\n", None),
+    ("iteratoins = [1, 2]\n", "unknown parameter 'iteratoins'"),
+    ("iterations = [1, 2]\nsearch_k = [2]\n", "must be a table of one parameter"),
+    ("iterations = []\n", "non-empty list"),
+    ("iterations = [-1]\n", "iterations"),
+])
+def test_search_sweep_tables_are_checked(tmp_path: Path, table: str, needle: str | None) -> None:
+    path = _suite(tmp_path, SEARCH + table)
+    if needle is None:
+        assert suites.load(path).cells()
+        return
+    with pytest.raises(UserError) as exc:
+        suites.load(path).cells()
+    assert needle in _one_line(exc)
+
+
+def test_a_sweep_of_an_unknown_mechanism_is_refused(tmp_path: Path) -> None:
+    path = _suite(tmp_path, SEARCH.replace("[options.sweep.psal-1]", "[options.sweep.faiss-knnn]") + "nprobe = [1]\n")
+    with pytest.raises(UserError) as exc:
+        suites.load(path).cells()
+    assert "faiss-knnn" in _one_line(exc)
