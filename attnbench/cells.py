@@ -78,6 +78,9 @@ class CellSpec:
     #: values the run measures once before dispatch because the runner declares it needs them
     #: (``flops_per_s``: the matmul yardstick); they differ run to run, so they are not identity
     calibration: dict[str, Any] = field(default_factory=dict, metadata=_NOT_IDENTITY)
+    #: the run this cell belongs to (attnbench.context.RunContext as a dict): where to save example
+    #: images, the run's image cache, whether set-up was tried; neither identity nor recorded
+    context: dict[str, Any] = field(default_factory=dict, metadata=_NOT_IDENTITY)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -139,7 +142,7 @@ def grid_keys() -> tuple[GridKey, ...]:
 
 
 #: fields of CellSpec that a record does not keep (how the cell was run, not what it measured)
-NOT_RECORDED = ("runner", "timeout_s")
+NOT_RECORDED = ("runner", "timeout_s", "context")
 
 
 def record_fields() -> dict[str, type]:

@@ -5,7 +5,7 @@ worker killed mid-build used to leave a lock that hung every later cell. A mecha
 define a classmethod ``prepare() -> str`` (a one-line message); ``attnbench run`` calls it once
 per plugin, in a child process of its own session with a timeout (``python -m attnbench.prepare
 NAME``), so that a hang is killed with everything it started (compilers included) and reported
-in one line. Workers then run with ``ATTNBENCH_PREPARED=1`` and never retry what failed.
+in one line. Workers then run with ``RunContext.prepared`` set (attnbench.context) and never retry what failed.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from typing import Callable, Iterable
 
 from .cells import CellSpec
 
-PREPARED_ENV = "ATTNBENCH_PREPARED"
 DEFAULT_TIMEOUT_S = 900.0
 
 

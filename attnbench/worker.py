@@ -19,36 +19,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cells import CellSpec
+from .context import RunContext, activate
 from .errors import Infeasible, InvalidOutput, OutOfMemory, Unavailable, Unsupported, UserError
+from .partial import PARTIAL_ENV, PARTIAL_NAME
 from .proctree import CELL_ENV, become_subreaper, kill_descendants
-
-#: environment variable naming the file where a worker notes what it knows before the risky part
-#: of a cell (the estimates), so that a timeout or a kill still records them
-PARTIAL_ENV = "ATTNBENCH_PARTIAL_RECORD"
-
-
-def report_partial(metrics: dict[str, Any]) -> None:
-    """Note metrics known so far (atomically); the executor puts them in a timeout or kill record."""
-    path = os.environ.get(PARTIAL_ENV)
-    if not path:
-        return
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(metrics, fh, default=str)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # best effort: the cell's own record carries everything anyway
-
-
-def read_partial(path: str | Path) -> dict[str, Any]:
-    """What a worker noted with :func:`report_partial` (empty when nothing or unreadable)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
 
 def load_runner(path: str) -> Callable[[CellSpec], dict[str, Any]]:
     module, _, func = path.partition(":")
@@ -79,6 +53,7 @@ def execute(spec: CellSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     status, reason, metrics, extra = "ok", "", {}, {}
     try:
+        activate(RunContext.from_dict(spec.context))
         runner = load_runner(spec.runner)
         seed_everything(spec.seed)
         metrics = runner(spec)
@@ -106,8 +81,6 @@ def execute(spec: CellSpec) -> dict[str, Any]:
                        duration_s=round(time.perf_counter() - t0, 3), load=load_record(load_start), **extra)
 
 
-#: where a worker notes its partial record when the executor names no other file: beside the record
-PARTIAL_NAME = "partial.json"
 
 
 def main(argv: list[str] | None = None) -> int:

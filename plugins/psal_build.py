@@ -30,9 +30,9 @@ from typing import Optional
 
 import torch
 
+from attnbench.context import current as current_run
+
 BACKEND_ENV = "ATTNBENCH_PSAL_BACKEND"
-#: set by ``attnbench run`` in its workers once the parent tried every one-time preparation
-PREPARED_ENV = "ATTNBENCH_PREPARED"
 FAILED_MARKER = "attnbench-build-failed.txt"
 BACKENDS = ("native", "reference")
 
@@ -140,7 +140,7 @@ def load_extension(verbose: bool = False) -> ModuleType:
         sources, with_cuda, name, directory = _build_target()
         src = source_dir()
         marker = directory / FAILED_MARKER
-        if os.environ.get(PREPARED_ENV) and marker.exists():  # the run's parent tried already
+        if current_run().prepared and marker.exists():  # the run's parent tried already
             raise RuntimeError(marker.read_text(errors="replace").strip() or "PSAL native build failed")
         problem = cache_problem(directory)
         if problem:

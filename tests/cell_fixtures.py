@@ -52,7 +52,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
     if spec.size == HANG:
         time.sleep(3600)
     if spec.size == HANG_AFTER_ESTIMATE:
-        from attnbench.worker import report_partial
+        from attnbench.partial import report_partial
 
         report_partial({"estimated_memory_bytes": 12345, "estimated_flops": 678})
         time.sleep(3600)

@@ -369,7 +369,7 @@ def test_bad_data_folders_are_refused_before_any_worker(tmp_path: Path, capsys: 
 
 
 @pytest.mark.parametrize("line, needle", [
-    ('timeout = "abc"', "timeout must be a positive, finite number of seconds, got 'abc'"),
+    ('timeout = "abc"', "grid key timeout must be a finite number, got 'abc'"),
     ('mechanisms = "full"', "mechanisms must be a list of strings"),
     ('sizes = 64', "sizes must be a list of positive integers"),
 ])

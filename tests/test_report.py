@@ -215,14 +215,15 @@ def test_plots_give_a_mechanism_one_look_and_legends_no_presets() -> None:
 def test_examples_are_saved_only_when_a_run_asks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import numpy as np
 
+    from attnbench import context
     from attnbench.cells import CellSpec
-    from attnbench.tasks.examples import ENV_VAR, save_examples
+    from attnbench.tasks.examples import save_examples
 
     spec = CellSpec(suite="reconstruction", runner="x:y", mechanism="full", params={"stride": 2}, size=32)
     image = np.zeros((32, 32, 3), np.float32)
-    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(context, "_current", context.RunContext())
     assert save_examples(spec, image, {"target": image}) == []
-    monkeypatch.setenv(ENV_VAR, str(tmp_path / "ex"))
+    monkeypatch.setattr(context, "_current", context.RunContext(examples_dir=str(tmp_path / "ex")))
     written = save_examples(spec, image, {"target": image})
     assert sorted(p.name for p in written) == ["full[stride=2]-32.png", "target-32.png"]
 

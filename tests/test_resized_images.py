@@ -1,4 +1,5 @@
-"""A big --data image is decoded and resized once per run, not once per cell (issue 11, item 15)."""
+"""A big --data image is decoded and resized once per run, not once per cell: the run's cache
+(RunContext.resized_images) holds it resized per cell size."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from skimage import io
 
+from attnbench import context
 from attnbench.errors import UserError
 from attnbench.tasks import data
 
@@ -22,7 +24,7 @@ def test_cached_square_equals_the_direct_resize_and_is_read_once(tmp_path: Path,
     direct = data.square_resize(data.read_image(image), 64)
     cache = tmp_path / "cache"
     cache.mkdir()
-    monkeypatch.setenv(data.RESIZED_CACHE_ENV, str(cache))
+    monkeypatch.setattr(context, "_current", context.RunContext(resized_images=str(cache)))
     first = data.read_square(image, 64)
     assert np.array_equal(first, direct)
     assert len(list(cache.glob("*.npy"))) == 1
@@ -37,7 +39,7 @@ def test_cached_square_equals_the_direct_resize_and_is_read_once(tmp_path: Path,
 
 
 def test_without_a_run_cache_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(data.RESIZED_CACHE_ENV, raising=False)
+    monkeypatch.setattr(context, "_current", context.RunContext())
     image = _write(tmp_path / "x_a.png", 40, 50, 1)
     assert data.read_square(image, 16).shape == (16, 16, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_a.png"]

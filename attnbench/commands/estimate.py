@@ -21,7 +21,7 @@ import math
 from typing import Any, Optional
 
 from ..cells import MODES
-from . import int_option
+from ..argtypes import int_option
 
 NAME = "estimate"
 HELP = "which mechanisms fit a memory budget at a size, and how fast: estimates in seconds (--measure confirms)"

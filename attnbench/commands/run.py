@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +17,7 @@ from ..cells import GridKey, grid_keys
 from ..console import STATUS_STYLE
 from ..errors import UserError
 from ..prepare import DEFAULT_TIMEOUT_S as PREPARE_TIMEOUT_S
-from . import int_option
+from ..argtypes import int_option
 
 NAME = "run"
 HELP = "run a suite (memory, speed, reconstruction, ...) and append one record per cell"
@@ -172,8 +171,6 @@ def check_data(folder: str, cells: list, runner: str, suite: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from .. import runloop
     from ..console import make_console, plain
-    from ..executors import make_executor
-    from ..prepare import PREPARED_ENV
     from ..registry import validate_specs
     from ..resultsfile import ResultsFile
     from ..executors import check_executor_options
@@ -214,8 +211,7 @@ def run(args: argparse.Namespace) -> int:
             cells = [calibrated.get(c.key, c) for c in cells]
             todo = [calibrated[c.key] for c in todo]
             failures = runloop.prepare(todo, args.prepare_timeout, note)
-        summary = _run_with_progress(runloop, todo, cells, results, make_executor, args, console, failures,
-                                     prepared_env=PREPARED_ENV)
+        summary = _run_with_progress(todo, cells, results, args, console, failures)
     if summary.total and summary.skipped == summary.total:
         console.print(plain(summary.line()))
     else:
@@ -233,23 +229,26 @@ def run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make_executor: Any,
-                       args: argparse.Namespace, console: Any, failures: dict[str, str], prepared_env: str) -> Any:
+def _run_with_progress(todo: list, cells: list, results: Any, args: argparse.Namespace, console: Any,
+                       failures: dict[str, str]) -> Any:
+    from dataclasses import replace
+
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
     from rich.text import Text
 
+    from .. import runloop
+    from ..context import RunContext
+    from ..executors import make_executor
+
     by_key = {c.key: c for c in cells}
     if not todo:  # everything is in the file already: no bar, no executor
         return runloop.run_cells(cells, results, _NoExecutor())
-    os.environ[prepared_env] = "1"  # workers inherit it: one-time set-up was tried by this run
-    from ..tasks.examples import ENV_VAR as EXAMPLES_ENV
-
-    os.environ[EXAMPLES_ENV] = str(results.path.with_suffix(".examples"))  # task runners save output images there
-    from ..tasks.data import RESIZED_CACHE_ENV
-
     resized = tempfile.TemporaryDirectory(prefix="attnbench-resized-")  # --data images, resized once per run
-    os.environ[RESIZED_CACHE_ENV] = resized.name
+    context = RunContext(examples_dir=str(results.path.with_suffix(".examples")), resized_images=resized.name,
+                         prepared=True).to_dict()  # one-time set-up was tried by this run (runloop.prepare)
+    cells = [replace(c, context=context) for c in cells]
+    todo = [replace(c, context=context) for c in todo]
     try:
         executor = make_executor(args)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -271,9 +270,6 @@ def _run_with_progress(runloop: Any, todo: list, cells: list, results: Any, make
             summary = runloop.run_cells(cells, results, executor, on_record=on_record, failed_preparation=failures)
             progress.update(task, description="done" if not summary.write_error else "stopped")
     finally:
-        os.environ.pop(prepared_env, None)
-        os.environ.pop(EXAMPLES_ENV, None)
-        os.environ.pop(RESIZED_CACHE_ENV, None)
         resized.cleanup()
     return summary
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional, Protocol
 
 from ..cells import CellSpec
-from ..commands import int_option
+from ..argtypes import int_option
 from ..errors import UserError
 from . import forkserver
 

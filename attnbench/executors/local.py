@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..proctree import Watcher
 from ..load import mark as load_mark
 from ..schema import now_iso, outside_record
-from ..worker import PARTIAL_NAME, read_partial
+from ..partial import PARTIAL_NAME, read_partial
 from .launch import Launcher, is_timing_cell, make_launcher
 from .outcome import classify, wait_watching
 

@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..cells import CellSpec
 from ..errors import UserError
-from ..commands import int_option
+from ..argtypes import int_option
 from .launch import is_timing_cell
 
 #: resident memory of a worker process with torch and the plugins imported, before the cell allocates

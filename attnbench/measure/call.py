@@ -153,7 +153,7 @@ def estimate_metrics(module: AttentionMechanism, shape: ProblemShape, prefix: st
 
 
 def _note_partial(metrics: dict[str, Any]) -> None:
-    from ..worker import report_partial
+    from ..partial import report_partial
 
     report_partial(metrics)
 

@@ -246,15 +246,12 @@ def read_image_shape(path: Path) -> tuple[int, int]:
     return (height, width) if rotated else (width, height)
 
 
-#: a folder (set by ``attnbench run`` for the run's duration) where user images are kept already
-#: decoded, centre-cropped and resized per cell size: a huge --data image is resized once per run,
-#: not once per cell (each cell is its own process)
-RESIZED_CACHE_ENV = "ATTNBENCH_RESIZED_IMAGES"
-
-
 def read_square(path: Path, size: int) -> np.ndarray:
-    """``square_resize(read_image(path), size)``, through the run's resized-image cache when set."""
-    folder = os.environ.get(RESIZED_CACHE_ENV)
+    """``square_resize(read_image(path), size)``, through the run's resized-image cache when it has
+    one (``RunContext.resized_images``: a huge --data image is resized once per run, not per cell)."""
+    from ..context import current
+
+    folder = current().resized_images
     if not folder:
         return square_resize(read_image(path, size), size)
     stat = Path(path).stat()

@@ -9,7 +9,6 @@ side by side. Without the variable (tests, a runner called directly) nothing is 
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Mapping
@@ -18,14 +17,15 @@ import numpy as np
 
 from ..cells import CellSpec
 
-ENV_VAR = "ATTNBENCH_EXAMPLES_DIR"
 #: the context images a report puts first, in this order
 CONTEXT = ("input", "reference", "target")
 
 
 def examples_dir() -> Path | None:
     """Where this run keeps its example images, or None when the run asked for none."""
-    value = os.environ.get(ENV_VAR)
+    from ..context import current
+
+    value = current().examples_dir
     return Path(value) if value else None
 
 
