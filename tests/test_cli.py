@@ -269,3 +269,14 @@ def test_an_unwritable_cache_is_refused_before_any_cell(tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip()
     assert err.startswith("attnbench: error: ATTNBENCH_CACHE=") and "cannot be written" in err and "\n" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("suite", ["reconstruction", "speed"])
+def test_jobs_with_a_suite_that_records_time_is_refused_before_any_work(suite: str, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "o.jsonl"
+    assert main(["run", suite, "--jobs", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"attnbench: error: --jobs 2: suite {suite} measures time, and cells running side by side "
+                   "disturb each other's timings; use --jobs 1")
+    assert not out.exists()  # refused before the results file, the calibration or the kernel build

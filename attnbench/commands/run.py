@@ -181,6 +181,10 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {key.name: getattr(args, key.name) for key in grid_keys()}
     cells = suite.cells(args.preset, **overrides)
     validate_specs(cells)  # bad mechanism parameters or seed: one line, exit 2, before any worker
+    if (getattr(args, "executor", None) or "local") == "local":
+        from ..executors.launch import check_jobs
+
+        check_jobs(getattr(args, "jobs", None) or 1, cells)
     from ..options import runner_options
 
     options_cls = runner_options(suite.runner)

@@ -119,3 +119,12 @@ def is_timing_cell(spec: CellSpec) -> bool:
 
     cls = runner_options(spec.runner)
     return cls is not None and cls.of(spec).records_time()
+
+
+def check_jobs(jobs: int, specs: list[CellSpec]) -> None:
+    """``--jobs N > 1`` with cells that record a time is a UserError (``attnbench run`` asks before
+    any work; the local executor refuses again when handed such cells)."""
+    timing = sorted({s.suite for s in specs if is_timing_cell(s)})
+    if jobs > 1 and timing:
+        raise UserError(f"--jobs {jobs}: suite {', '.join(timing)} measures time, and cells running side by "
+                        "side disturb each other's timings; use --jobs 1")

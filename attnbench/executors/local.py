@@ -34,7 +34,8 @@ class LocalProcessExecutor:
     The process is forked from a warm fork server or is a new interpreter (``launch.py``); either
     way it runs in its own process group (session); its stdout/stderr go to a log file. A crash
     records its last lines and the signal's name, a timeout or any exit kills the whole group and
-    every descendant, also those that left it (nothing the worker started survives it), and how a worker ended without a record is read by
+    every descendant, also those that left it (:mod:`attnbench.proctree`: nothing the worker
+    started survives it), and how a worker ended without a record is read by
     :mod:`attnbench.executors.outcome` (a SIGKILL is ``oom`` only with evidence). Records made
     here carry env, started_at and duration_s like the worker's, and the estimates the worker
     noted (beside its record, ``partial.json``) before it was stopped.

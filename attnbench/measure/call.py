@@ -10,7 +10,8 @@ them all. The steps, in order:
    yardstick) its FLOPs at that rate must finish within ``time_margin`` x the cell's timeout;
    otherwise the cell is ``infeasible`` with its estimates;
 3. :func:`measure_call`: peak memory and FLOPs of one call (FLOPs by op, ops left uncounted), the
-   output checked (shape, dtype, finite: else ``error`` saying what was wrong), and the wall time
+   output checked (shape, dtype, finite, not sharing an input's memory, the inputs left unchanged:
+   :mod:`.guard`; else ``error`` saying what was wrong), and the wall time
    (median, IQR, samples; forward and backward timed separately for ``fwd+bwd`` calls). An
    out-of-memory error anywhere becomes ``oom``, keeping the estimates;
 4. then, apart from what was measured: the ops that ran, from one more call under the profiler
