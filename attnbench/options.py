@@ -156,7 +156,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
         if not isinstance(value, list):
-            raise UserError(f"{where} must be a list of {_type_name(item)}, got {value!r}")
+            plural = {str: "strings", int: "integers", float: "numbers", bool: "true/false values"}.get(item)
+            raise UserError(f"{where} must be a list of {plural or _type_name(item)}, got {value!r}")
         return [coerce(v, item, where) for v in value]
     if tp is Any:
         return value

@@ -371,7 +371,7 @@ def test_bad_data_folders_are_refused_before_any_worker(tmp_path: Path, capsys: 
 @pytest.mark.parametrize("line, needle", [
     ('timeout = "abc"', "grid key timeout must be a finite number, got 'abc'"),
     ('mechanisms = "full"', "mechanisms must be a list of strings"),
-    ('sizes = 64', "sizes must be a list of positive integers"),
+    ('sizes = 64', "sizes must be a list of integers, got 64"),
 ])
 def test_bad_suite_file_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, line: str, needle: str) -> None:
     text = write_suite(tmp_path, [OK]).read_text()
