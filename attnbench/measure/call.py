@@ -196,6 +196,21 @@ def oom_as_outcome(*parts: Optional[dict[str, Any]]) -> Iterator[None]:
         raise
 
 
+def warm_up_memory(call: AttentionCall) -> None:
+    """One smaller call of the same mechanism and mode before the measured one: a first call imports
+    modules, starts thread pools and loads libraries, resident memory that is no part of the
+    layer's cost but that the resident high-water mark would see. Its errors are the measured
+    call's to raise."""
+    side = max(3 * call.module.patch_size, call.q.shape[-1] // 2)  # half the side: a quarter of the pixels
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    q, k, v = (torch.randn(1, t.shape[1], side, side, generator=gen, dtype=t.dtype).to(t.device)
+               for t in (call.q, call.k, call.v))
+    try:
+        AttentionCall(call.module, q, k, v, mode=call.mode)()
+    except Exception:  # noqa: BLE001 -- the measured call raises it, with the cell's own shape
+        pass
+
+
 def flops_outside_torch(flops: FlopCount, call: AttentionCall, prefix: str = "") -> dict[str, Any]:
     """What the FLOP figure holds beside what the instrument counted: the FLOPs the plugin declared
     (``flops_counted`` + ``flops_declared`` = ``flops``), and, when counted + declared fall short of
@@ -245,6 +260,8 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
     with oom_as_outcome(known, metrics):
         wanted = budget.metrics
         if wanted & {"memory", "flops"} or "time" not in wanted:
+            if "memory" in wanted:
+                warm_up_memory(call)
             (out, flops), peak = measure_memory(lambda: count_flops(call), budget.device)
             check_once(out)  # after the measurement: the check's own tensors are not the layer's cost
             if "memory" in wanted:

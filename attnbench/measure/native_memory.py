@@ -10,6 +10,10 @@ restart, and still miss ``mmap``). Its limits, and what we do about them:
   the excess is memory outside torch;
 * pages freed before the call and still held by malloc are reused without raising RSS:
   ``malloc_trim(0)`` first gives them back to the kernel (glibc), so the call's pages are fresh;
+* malloc keeps freed blocks resident and fragments its heap (glibc's mmap threshold grows to
+  32 MiB), so RSS would exceed the live bytes: during the call the thresholds are pinned at
+  ``MMAP_THRESHOLD`` (every block that large is its own mapping, unmapped on free), then set to
+  glibc's ceiling, which its dynamic rule reaches after the first large free anyway;
 * pages allocated but never written are not resident (a ``torch.empty`` reads 0): which is why
   the allocator's figure stays the headline unless the resident one is larger;
 * file-backed pages (a shared library loaded by the call) are resident too: the growth of
@@ -35,6 +39,11 @@ import torch
 
 T = TypeVar("T")
 
+#: blocks this large get their own mapping during a measured call (glibc's initial threshold)
+MMAP_THRESHOLD = 128 * 1024
+#: glibc's dynamic mmap threshold ceiling on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX), set after the call
+MMAP_THRESHOLD_MAX = 32 * 2**20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 #: sampling period of the device-memory thread (CUDA)
 SAMPLE_S = 0.001
 CPU_INSTRUMENT = "VmHWM after clear_refs minus VmRSS before, RssFile growth subtracted (/proc/self)"
@@ -62,12 +71,21 @@ def _status_kib(*fields: str) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Optional[Callable[[int], int]]:
+def _libc() -> Optional[ctypes.CDLL]:
+    """glibc, where malloc_trim and mallopt exist (None elsewhere: musl, macOS)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        libc.malloc_trim, libc.mallopt  # noqa: B018 -- both or neither
+        return libc
     except (OSError, AttributeError):
         return None
+
+
+def _pin_thresholds(threshold: int) -> None:
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        libc.mallopt(_M_TRIM_THRESHOLD, threshold)
 
 
 @functools.lru_cache(maxsize=1)
@@ -85,14 +103,18 @@ def resident_peak(fn: Callable[[], T]) -> tuple[T, Optional[NativePeak]]:
     """Run ``fn()``; its result and the resident high-water growth (None where /proc cannot say)."""
     if not resident_available():
         return fn(), None
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+    libc = _libc()
+    _pin_thresholds(MMAP_THRESHOLD)
+    if libc is not None:
+        libc.malloc_trim(0)
     before = _status_kib("VmRSS", "RssFile")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
-    result = fn()
-    after = _status_kib("VmHWM", "RssFile")
+    try:
+        result = fn()
+        after = _status_kib("VmHWM", "RssFile")
+    finally:
+        _pin_thresholds(MMAP_THRESHOLD_MAX)
     file_growth = max(0, after.get("RssFile", 0) - before.get("RssFile", 0))
     peak = max(0, after["VmHWM"] - before["VmRSS"] - file_growth) * 1024
     return result, NativePeak(peak, CPU_INSTRUMENT)
