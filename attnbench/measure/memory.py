@@ -29,7 +29,7 @@ GIB = 1024**3
 #: the outside figure must exceed the allocator's by this share of it, and by OUTSIDE_MIN_BYTES,
 #: to count: below that, RSS noise (the profiler's own buffers, Python objects, thread stacks)
 OUTSIDE_TOLERANCE = 0.10
-OUTSIDE_MIN_BYTES = 16 * 2**20
+OUTSIDE_MIN_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
