@@ -117,3 +117,28 @@ def test_faiss_knn_peak_matches_an_independent_measure():
         independent = _sampled_rss_peak(lambda: module(q, k, v))
     assert metrics["peak_memory_source"] == "rss" and metrics["memory_outside_torch_bytes"] > OUTSIDE_MIN_BYTES
     assert abs(metrics["peak_memory_bytes"] - independent) <= 0.10 * independent, (metrics, independent)
+
+
+def test_tables_plots_and_gate_show_the_native_figure_marked():
+    from attnbench.report import gate, plots, tables
+    from attnbench.report.frame import to_frame
+    from attnbench.schema import make_record
+    from tests._report_records import ENV, spec
+
+    def record(source: str, peak: int, declared: int = 0):
+        metrics = {"peak_memory_bytes": peak, "peak_memory_source": source, "peak_memory_allocator_bytes": 10 * MIB,
+                   "estimated_memory_bytes": 12 * MIB, "flops": 10**9, "estimated_flops": 10**9}
+        if declared:
+            metrics["flops_declared"] = declared
+        return make_record(spec("memory", "faiss-knn", 64), "ok", "", metrics, ENV)
+
+    df = to_frame([record("rss", 300 * MIB, declared=10**9)])
+    memory = tables.memory_table(df)
+    assert tables.OUTSIDE_MARK in memory.iloc[0]["64 px"] and any("outside torch" in n for n in memory.attrs["notes"])
+    assert tables.DECLARED_MARK in tables.flops_table(df).iloc[0]["64 px"]
+    assert plots._outside_torch(df, plots.MEMORY).all() and plots._outside_torch(df, plots.FLOPS).all()
+    plain = to_frame([record("allocator", 10 * MIB)])
+    assert tables.OUTSIDE_MARK not in tables.memory_table(plain).iloc[0]["64 px"]
+    result = gate.gate([record("rss", 300 * MIB)], [record("allocator", 10 * MIB)])
+    (finding,) = [f for f in result.findings if f.metric == "peak_memory_bytes"]
+    assert finding.kind == "regression" and "rss figure" in finding.detail

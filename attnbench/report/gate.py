@@ -195,9 +195,11 @@ def gate(current: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]], 
                 continue
             change = _relative_change(bv, cv, metric in HIGHER_IS_BETTER)
             if change > tol[metric]:
-                result.findings.append(Finding("regression", cell, metric, bv, cv, change, tol[metric]))
+                result.findings.append(Finding("regression", cell, metric, bv, cv, change, tol[metric],
+                                               detail=_figure_source(metric, b, c)))
             elif change < -tol[metric]:
-                result.findings.append(Finding("improvement", cell, metric, bv, cv, change, tol[metric]))
+                result.findings.append(Finding("improvement", cell, metric, bv, cv, change, tol[metric],
+                                               detail=_figure_source(metric, b, c)))
         bt, ct = number(b.get("time_median_s")), number(c.get("time_median_s"))
         ref = ref_of(b["suite"])
         if bt is None or (b["key"], "time_median_s") in invalid:
@@ -260,6 +262,22 @@ def _invalid_baseline_values(baseline: Sequence[dict[str, Any]], result: GateRes
                 result.findings.append(Finding("invalid baseline", cell, metric, repr(value), None,
                                                detail="baseline value is not a finite number; refresh the baseline"))
     return bad
+
+
+def _figure_source(metric: str, baseline: pd.Series, current: pd.Series) -> str:
+    """Which figure a memory or FLOP value is when it holds what torch did not see (resident or
+    device memory outside torch, FLOPs a plugin declared): the gate judges that larger figure."""
+    notes = []
+    if metric == "peak_memory_bytes":
+        for when, row in (("baseline", baseline), ("current", current)):
+            source = str(row.get("peak_memory_source") or "allocator")
+            if source not in ("allocator", "nan", "None"):
+                notes.append(f"{when}: {source} figure (memory outside torch)")
+    if metric == "flops":
+        for when, row in (("baseline", baseline), ("current", current)):
+            if number(row.get("flops_declared")):
+                notes.append(f"{when}: includes declared FLOPs")
+    return "; ".join(notes)
 
 
 def _show(value: float | str | None) -> str:
