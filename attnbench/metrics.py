@@ -76,6 +76,7 @@ _CATALOGUE: tuple[Metric, ...] = (
     Metric("uncounted_ops", "uncounted ops", "bookkeeping"),
     # what the headline memory and FLOP figures are made of (noisier parts: shown, never gated alone)
     Metric("peak_memory_source", "memory figure", "bookkeeping"),
+    Metric("peak_memory_note", "memory note", "bookkeeping"),
     Metric("peak_memory_allocator_bytes", "allocator peak", "bookkeeping", "GiB", GIB),
     Metric("peak_memory_rss_bytes", "resident peak", "bookkeeping", "GiB", GIB),
     Metric("peak_memory_device_bytes", "device peak", "bookkeeping", "GiB", GIB),

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from attnbench.errors import UnsupportedRequest
+from attnbench.errors import Unsupported, UnsupportedRequest
 from attnbench.interface import AttentionMechanism, Availability, CostEstimate, ProblemShape
 from attnbench.measure.flops import declare_flops
 from attnbench.patches import usable_keys
@@ -194,8 +194,8 @@ class FaissKnn(AttentionMechanism):
                 ids = None if usable is None else usable[b].cpu().nonzero()[:, 0]
                 n_ids = (hk - 2 * r) * gw if ids is None else ids.numel()
                 if n_ids < self.k_nn:
-                    raise UnsupportedRequest(f"faiss-knn: only {n_ids} key patches avoid the border and the "
-                                             f"mask; k = {self.k_nn} needs more")
+                    raise Unsupported(f"faiss-knn: only {n_ids} key patches avoid the border and the "
+                                      f"mask; k = {self.k_nn} needs more")
                 kept = patch_rows(k[b].detach().cpu(), p, ids).numpy()
                 queries = patch_rows(F.pad(q[b : b + 1].detach(), (r, r, r, r), mode="replicate")[0].cpu()
                                      if r else q[b].detach().cpu(), p).numpy()
@@ -222,7 +222,7 @@ class FaissKnn(AttentionMechanism):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         if q.device.type != "cpu":
-            raise UnsupportedRequest("faiss-knn: faiss-cpu searches on the CPU only")
+            raise Unsupported("faiss-knn: faiss-cpu searches on the CPU only")
         idx = self.search(q, k, key_mask)
         return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", False,
                                           self.temperature, with_similarity=self.k_nn > 1, backend=self.backend)

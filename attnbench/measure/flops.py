@@ -150,6 +150,10 @@ class FlopCount:
     #: what -> FLOPs the plugin declared for work outside torch (:func:`declare_flops`)
     declared: dict[str, int] = field(default_factory=dict)
 
+    #: higher-order operators (FlexAttention) the instrument ran on their eager path, whatever path
+    #: the call would take without it (a compiled kernel): its memory must be measured apart
+    eager_operators: tuple[str, ...] = ()
+
     @property
     def counted(self) -> int:
         """FLOPs the instrument saw (the total less what was declared)."""
@@ -209,7 +213,12 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, FlopCount]:
     recorder = _UncountedRecorder()
     with _declaring() as declared, _flex_eager_under_modes(), counter, recorder:
         result = fn()
+    if recorder.hop_flops:
+        # dynamo cached the frames it skipped under the modes: clear them, so that the call's own
+        # (compiled) path is traced afresh next time, not refused
+        torch._dynamo.reset()
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
     by_op.update({f"higher_order.{name}": n for name, n in recorder.hop_flops.items()})
     total = int(counter.get_total_flops()) + sum(recorder.hop_flops.values()) + sum(declared.values())
-    return result, FlopCount(total=total, by_op=by_op, uncounted=dict(recorder.seen), declared=dict(declared))
+    return result, FlopCount(total=total, by_op=by_op, uncounted=dict(recorder.seen), declared=dict(declared),
+                             eager_operators=tuple(recorder.hop_flops))
