@@ -15,7 +15,11 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     reason        str       why, when status is not ok
     metrics       dict      peak_memory_bytes, estimated_memory_bytes, flops, estimated_flops,
                             uncounted_ops, time_median_s, time_iqr_s, time_repeats, and quality
-                            metrics of task suites (l2, psnr, ssim, ...); absent = not measured
+                            metrics of task suites (l2, psnr, ssim, ...); absent = not measured;
+                            beside the memory: peak_memory_source (allocator | rss | device),
+                            peak_memory_allocator_bytes, peak_memory_rss_bytes / _device_bytes (+
+                            _instrument), memory_outside_torch_bytes; beside the FLOPs:
+                            flops_counted, flops_declared, flops_declared_by (see attnbench.metrics)
     env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
     calibration   dict      values the run measured once for every cell (flops_per_s: the matmul
