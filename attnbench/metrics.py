@@ -74,6 +74,18 @@ _CATALOGUE: tuple[Metric, ...] = (
     Metric("time_samples_s", "time samples", "bookkeeping", "s"),
     Metric("time_warmup_s", "warm-up time", "bookkeeping", "s"),
     Metric("uncounted_ops", "uncounted ops", "bookkeeping"),
+    # what the headline memory and FLOP figures are made of (noisier parts: shown, never gated alone)
+    Metric("peak_memory_source", "memory figure", "bookkeeping"),
+    Metric("peak_memory_note", "memory note", "bookkeeping"),
+    Metric("peak_memory_allocator_bytes", "allocator peak", "bookkeeping", "GiB", GIB),
+    Metric("peak_memory_rss_bytes", "resident peak", "bookkeeping", "GiB", GIB),
+    Metric("peak_memory_device_bytes", "device peak", "bookkeeping", "GiB", GIB),
+    Metric("memory_outside_torch_bytes", "memory outside torch", "bookkeeping", "GiB", GIB),
+    Metric("peak_memory_rss_instrument", "resident instrument", "bookkeeping"),
+    Metric("peak_memory_device_instrument", "device instrument", "bookkeeping"),
+    Metric("flops_counted", "FLOP counted", "bookkeeping", "GFLOP", GFLOP),
+    Metric("flops_declared", "FLOP declared", "bookkeeping", "GFLOP", GFLOP),
+    Metric("flops_declared_by", "FLOP declared by", "bookkeeping"),
     Metric("flops_by_op", "FLOP by op", "bookkeeping"),
     # what ran (measure/kernels.py): the backend is judged by the gate as a string of its own, not here
     Metric("backend", "backend", "bookkeeping"),

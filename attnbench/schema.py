@@ -21,6 +21,10 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
                             and backend_note (when the profile contradicts the declared backend);
                             estimated_bytes_moved, achieved_flops_per_s, achieved_flops_pct,
                             achieved_flops_from, achieved_bytes_per_s, achieved_bandwidth_pct
+                            beside the memory: peak_memory_source (allocator | rss | device),
+                            peak_memory_allocator_bytes, peak_memory_rss_bytes / _device_bytes (+
+                            _instrument), memory_outside_torch_bytes; beside the FLOPs:
+                            flops_counted, flops_declared, flops_declared_by (see attnbench.metrics)
     env           dict      attnbench/plugin/torch/python versions, device, CPU, threads, commit
     started_at    str       ISO 8601 UTC; duration_s: float, wall time of the worker
     calibration   dict      values the run measured once for every cell (flops_per_s: the matmul

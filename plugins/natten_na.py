@@ -26,12 +26,14 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from attnbench.errors import UnsupportedRequest
+from attnbench.errors import Unsupported, UnsupportedRequest
 from attnbench.interface import AttentionMechanism, Availability, CostEstimate, ProblemShape
 from attnbench.patches import key_patches, query_patches, usable_keys
 
 #: the score of an invalid token (before the temperature): its softmax weight is exactly 0
 INVALID_SCORE = 1e20
+#: the widest head NATTEN's Flex backend takes
+MAX_HEAD_DIM = 512
 
 
 @functools.lru_cache(maxsize=1)
@@ -108,9 +110,9 @@ class NattenAttention(AttentionMechanism):
             scale = 1.0 / self.temperature
             invalid_last = -INVALID_SCORE
         D = self.head_dim(q.shape[1])
-        if D > 512:
-            raise UnsupportedRequest(f"natten: NATTEN's Flex backend takes head dims <= 512; patch vectors of "
-                                     f"p^2 C + 1 = {kp.shape[-1] + 1} need {D}")
+        if D > MAX_HEAD_DIM:  # the cell's shape, not the user's request: a final `unsupported`
+            raise Unsupported(f"natten: NATTEN's Flex backend takes head dims <= {MAX_HEAD_DIM}; patch vectors of "
+                              f"p^2 C + 1 = {kp.shape[-1] + 1} need {D}")
         k_aug = F.pad(torch.cat([kp, k_last], -1), (0, D - kp.shape[-1] - 1))
         q_aug = F.pad(q_aug, (0, D - q_aug.shape[-1]))
         gh, gw = hk - 2 * r, wk - 2 * r

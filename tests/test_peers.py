@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from attnbench.errors import UnsupportedRequest
+from attnbench.errors import Unsupported, UnsupportedRequest
 from attnbench.interface import ProblemShape
 from attnbench.registry import mechanism, plugins
 
@@ -156,9 +156,10 @@ def test_natten_matches_local_away_from_the_border():
 
 
 def test_natten_refuses_patch_vectors_its_cpu_backend_cannot_take():
+    # the cell's shape, not the user's request: a final `unsupported`, never an `error`
     _available("natten")
     q, k, v = _qkv(size=12, c=16)
-    with pytest.raises(UnsupportedRequest, match="512"):
+    with pytest.raises(Unsupported, match="512"):
         mechanism("natten", patch_size=7)(q, k, v)
     with pytest.raises(UnsupportedRequest, match="odd"):
         mechanism("natten", window=8)
@@ -175,7 +176,9 @@ def test_search_suite_sweeps_each_peer_parameter(tmp_path):
     assert code in (0, None)
     records = {r["mechanism"]: r for r in map(json.loads, out.read_text().splitlines())}
     faiss = records["faiss-knn"]["metrics"]
-    assert faiss["swept"] == "nprobe" and [p["nprobe"] for p in faiss["convergence"]] == [1, 4]
+    # every combination of the index's main knobs, as a user tuning faiss by hand would try
+    assert faiss["swept"] == "nlist,nprobe"
+    assert [(p["nlist"], p["nprobe"]) for p in faiss["convergence"]] == [(16, 1), (16, 4), (64, 1), (64, 4)]
     assert all(p["mse_ratio"] > 0 and p["time_s"] > 0 and 0 <= p["recall"] <= 1 for p in faiss["convergence"])
     assert records["psal-1"]["metrics"]["swept"] == "iterations"
 
@@ -192,3 +195,57 @@ def test_exact_search_is_cached_per_input(tmp_path, monkeypatch):
     assert torch.equal(first, again) and seconds == seconds_again
     with pytest.raises(pytest.fail.Exception):
         sq.cached_exact_matches(q + 1, k, [3, 5], 3)  # other inputs: a new search
+
+
+def test_a_multi_knob_curve_is_drawn_along_its_pareto_front():
+    from attnbench.report.time_to_quality import curve_points, fastest_within, pareto_front
+
+    points = [{"nlist": nl, "nprobe": npb, "time_s": t, "mse_ratio": m}
+              for nl, npb, t, m in [(16, 1, 1.0, 1.20), (16, 4, 2.0, 1.04), (64, 1, 1.5, 1.30), (64, 4, 3.0, 1.02)]]
+    record = {"status": "ok", "mechanism": "faiss-knn", "size": 64, "metrics": {"swept": "nlist,nprobe", "convergence": points}}
+    df = curve_points([record])
+    assert list(df["value"]) == ["nlist=16,nprobe=1", "nlist=16,nprobe=4", "nlist=64,nprobe=1", "nlist=64,nprobe=4"]
+    front = pareto_front(df)
+    assert list(front["value"]) == ["nlist=16,nprobe=1", "nlist=16,nprobe=4", "nlist=64,nprobe=4"]  # (64, 1) is beaten
+    assert fastest_within(df, 1.05)["value"].tolist() == ["nlist=16,nprobe=4"]
+
+
+def test_faiss_knn_builds_its_index_from_one_copy_of_the_patches():
+    # the keys and queries faiss reads are made once each, straight into float32 rows: the search's
+    # peak is those two arrays (plus small change), not the unfolded copies and their gathers
+    _available("faiss-knn")
+    from attnbench.measure.memory import measure_memory
+
+    size, p, c = 64, 5, 16
+    q, k, _ = _qkv(size=size, c=c)
+    module = mechanism("faiss-knn", patch_size=p)
+    module.search(q, k)  # warm: faiss' thread pools
+    _, peak = measure_memory(lambda: module.search(q, k))
+    d, n, nq = c * p * p, (size - p + 1) ** 2, size * size
+    patches = (n + nq) * d * 4
+    assert patches <= peak.allocator_bytes <= 1.15 * patches, (peak.allocator_bytes, patches)
+
+
+def test_forward_only_mechanisms_record_fwd_bwd_as_unsupported(tmp_path):
+    _available("flex-local")
+    from attnbench.cli import main
+
+    out = tmp_path / "memory.jsonl"
+    code = main(["run", "memory", "--mechanisms", "flex-local", "--sizes", "16", "--patch-size", "3",
+                 "--channels", "3", "--mode", "fwd+bwd", "--out", str(out), "--no-table"])
+    assert code in (0, None)
+    (record,) = map(json.loads, out.read_text().splitlines())
+    assert record["status"] == "unsupported" and "forward only" in record["reason"]
+    assert record["metrics"]["estimated_flops"] > 0  # the estimate is kept
+
+
+@pytest.mark.parametrize("suite", ["memory", "speed"])
+def test_peers_presets_use_a_setting_every_peer_takes(suite):
+    # NATTEN's CPU backend stops at head dim 512; the peers presets must stay under it (p = 5, C = 16)
+    _available("natten")
+    from attnbench.suites import load
+
+    _, grid, _ = load(suite).resolved("peers")
+    assert set(grid["modes"]) == {"fwd", "fwd+bwd"} and min(grid["sizes"]) <= 64 and max(grid["sizes"]) >= 512
+    natten = mechanism("natten", patch_size=grid["patch_size"])
+    assert natten.head_dim(grid["channels"]) <= 512

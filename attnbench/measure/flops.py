@@ -5,16 +5,26 @@ ops it misses on CPU (the CPU flash SDPA kernel and its backward, ``cdist``) and
 pretending the rest is free, record every other op that produced a large output without being
 counted (``uncounted``), so a reader sees what the total leaves out. Pure data movement (views,
 copies, unfold, gather...) costs no FLOPs and is not listed.
+
+FlexAttention (a higher-order operator) is counted by :func:`flex_attention_flops`: the dense
+SDPA count times the density of the block mask (the blocks it keeps), as attention-gym's
+benchmark counts it; the operator runs below the instrument's modes (its eager path, which no
+dispatch mode can trace through torch.compile).
+
+Work done outside torch (faiss, numpy, a plugin's C++) is invisible to any dispatch mode: a
+plugin states it with :func:`declare_flops`, recorded as *declared*, never as counted.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import torch
 from torch.utils import flop_counter as fc
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 T = TypeVar("T")
 aten = torch.ops.aten
@@ -70,22 +80,105 @@ def register_missing_formulas() -> None:
             fc.register_flop_formula(op)(formula)
 
 
+def _block_mask_density(block_mask: tuple) -> float:
+    """Share of the (query, key) pairs inside the blocks a FlexAttention block mask computes (its
+    ``as_tuple()`` form: seq lengths, kv_num_blocks, kv_indices, full_kv_num_blocks, ...,
+    block sizes, mask_mod), as ``BlockMask.sparsity`` computes it; at most 1 (edge blocks)."""
+    q_len, kv_len, kv_num_blocks, _kv_indices, full_kv_num_blocks = block_mask[:5]
+    block_q, block_kv = block_mask[-3], block_mask[-2]
+    computed = int(kv_num_blocks.sum()) + (int(full_kv_num_blocks.sum()) if full_kv_num_blocks is not None else 0)
+    *batch_heads, _ = kv_num_blocks.shape
+    pairs = int(q_len) * int(kv_len)
+    for s in batch_heads:
+        pairs *= int(s)
+    return min(1.0, computed * int(block_q) * int(block_kv) / max(pairs, 1))
+
+
+def flex_attention_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, block_mask: tuple,
+                         backward: bool = False) -> int:
+    """FLOPs of FlexAttention's kernel: dense SDPA FLOPs (forward, or backward) x block-mask density."""
+    q, k, v = query.shape, key.shape, value.shape
+    dense = fc.sdpa_backward_flop_count(q, q, k, v) if backward else fc.sdpa_flop_count(q, k, v)
+    return int(round(dense * _block_mask_density(block_mask)))
+
+
+def _hop_flops(func: Any, args: tuple) -> Optional[tuple[str, int]]:
+    """(name, FLOPs) of a higher-order operator we have a formula for, else None."""
+    name = getattr(func, "_name", str(func))
+    if name == "flex_attention":
+        query, key, value, _score_mod, block_mask = args[:5]
+        return name, flex_attention_flops(query, key, value, block_mask)
+    if name == "flex_attention_backward":
+        query, key, value = args[:3]
+        block_mask = next(a for a in args[6:] if isinstance(a, tuple) and len(a) > 10)
+        return name, flex_attention_flops(query, key, value, block_mask, backward=True)
+    return None
+
+
+# ------------------------------------------------------------------------- declared, outside torch
+#: the accumulator of the innermost count_flops (None outside any): what ``declare_flops`` adds to
+_DECLARED: contextvars.ContextVar[Optional[dict[str, int]]] = contextvars.ContextVar("attnbench_declared_flops",
+                                                                                      default=None)
+
+
+def declare_flops(n: float, what: str) -> None:
+    """State ``n`` FLOPs of work done outside torch (a faiss search, a numpy or C++ kernel) under
+    the label ``what``, so the record carries it as *declared* (``flops_declared_by``), beside
+    what the instrument counted. A no-op outside :func:`count_flops` (timed calls pay nothing)."""
+    acc = _DECLARED.get()
+    if acc is not None and n > 0:
+        acc[what] = acc.get(what, 0) + int(round(n))
+
+
+@contextlib.contextmanager
+def _declaring() -> Iterator[dict[str, int]]:
+    acc: dict[str, int] = {}
+    token = _DECLARED.set(acc)
+    try:
+        yield acc
+    finally:
+        _DECLARED.reset(token)
+
+
 @dataclass
 class FlopCount:
+    #: counted by the instrument + declared by the plugin
     total: int
     by_op: dict[str, int] = field(default_factory=dict)
     #: op name -> output elements produced by ops with no formula (not free, not counted)
     uncounted: dict[str, int] = field(default_factory=dict)
+    #: what -> FLOPs the plugin declared for work outside torch (:func:`declare_flops`)
+    declared: dict[str, int] = field(default_factory=dict)
+
+    #: higher-order operators (FlexAttention) the instrument ran on their eager path, whatever path
+    #: the call would take without it (a compiled kernel): its memory must be measured apart
+    eager_operators: tuple[str, ...] = ()
+
+    @property
+    def counted(self) -> int:
+        """FLOPs the instrument saw (the total less what was declared)."""
+        return self.total - sum(self.declared.values())
 
 
 class _UncountedRecorder(TorchDispatchMode):
-    """Notes ops that FlopCounterMode cannot count and that are not pure data movement."""
+    """Notes ops that FlopCounterMode cannot count and that are not pure data movement; counts the
+    higher-order operators it has a formula for (``hop_flops``) and runs them below the modes."""
+
+    supports_higher_order_operators = True
 
     def __init__(self) -> None:
         super().__init__()
         self.seen: dict[str, int] = defaultdict(int)
+        self.hop_flops: dict[str, int] = defaultdict(int)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if isinstance(func, torch._ops.HigherOrderOperator):
+            counted = _hop_flops(func, args)
+            if counted is None:
+                return NotImplemented
+            self.hop_flops[counted[0]] += counted[1]
+            with _disable_current_modes():
+                return func(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         packet = func.overloadpacket
         if packet not in fc.flop_registry and packet.__name__.rstrip("_") not in _MOVEMENT and packet.__name__ not in _MOVEMENT:
@@ -95,12 +188,37 @@ class _UncountedRecorder(TorchDispatchMode):
         return out
 
 
+@contextlib.contextmanager
+def _flex_eager_under_modes() -> Iterator[None]:
+    """FlexAttention's eager path wraps its operator in ``torch.compile(fullgraph=True)``, which
+    refuses to run under a dispatch mode; its debug switch calls the operator directly instead."""
+    try:
+        from torch.nn.attention import flex_attention as flex
+    except ImportError:
+        yield
+        return
+    before = flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG
+    flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+    try:
+        yield
+    finally:
+        flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = before
+
+
 def count_flops(fn: Callable[[], T]) -> tuple[T, FlopCount]:
-    """Run ``fn()`` once under FlopCounterMode; return its result and the count."""
+    """Run ``fn()`` once under FlopCounterMode; return its result and the count (counted by the
+    instrument plus what ``fn`` declared with :func:`declare_flops`)."""
     register_missing_formulas()
     counter = fc.FlopCounterMode(display=False)
     recorder = _UncountedRecorder()
-    with counter, recorder:
+    with _declaring() as declared, _flex_eager_under_modes(), counter, recorder:
         result = fn()
+    if recorder.hop_flops:
+        # dynamo cached the frames it skipped under the modes: clear them, so that the call's own
+        # (compiled) path is traced afresh next time, not refused
+        torch._dynamo.reset()
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
-    return result, FlopCount(total=int(counter.get_total_flops()), by_op=by_op, uncounted=dict(recorder.seen))
+    by_op.update({f"higher_order.{name}": n for name, n in recorder.hop_flops.items()})
+    total = int(counter.get_total_flops()) + sum(recorder.hop_flops.values()) + sum(declared.values())
+    return result, FlopCount(total=total, by_op=by_op, uncounted=dict(recorder.seen), declared=dict(declared),
+                             eager_operators=tuple(recorder.hop_flops))

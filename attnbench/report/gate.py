@@ -270,9 +270,9 @@ def _judge_metrics(judging: _Judging, b: pd.Series, c: pd.Series, cell: str) -> 
             continue
         change = _relative_change(bv, cv, metric in HIGHER_IS_BETTER)
         if change > tol[metric]:
-            judging.add(Finding("regression", cell, metric, bv, cv, change, tol[metric]))
+            judging.add(Finding("regression", cell, metric, bv, cv, change, tol[metric], detail=_figure_source(metric, b, c)))
         elif change < -tol[metric]:
-            judging.add(Finding("improvement", cell, metric, bv, cv, change, tol[metric]))
+            judging.add(Finding("improvement", cell, metric, bv, cv, change, tol[metric], detail=_figure_source(metric, b, c)))
 
 
 def _judge_time(judging: _Judging, i: int, j: int, cell: str) -> None:
@@ -358,6 +358,8 @@ def _other_machine(base: pd.DataFrame, cur: pd.DataFrame, result: GateResult, cr
                                    f"judged for {len(found)} cell(s) (memory, FLOPs and quality still compared); "
                                    "--cross-machine judges it as a ratio to the reference anyway")
     return found
+
+
 def backend_change(b: pd.Series, c: pd.Series, cell: str) -> Finding | str | None:
     """A ``backend changed`` finding when both cells name their backend and the names differ;
     ``"unknown"`` when the baseline names none (records older than the field); else None."""
@@ -392,6 +394,22 @@ def _invalid_baseline_values(baseline: Sequence[dict[str, Any]], result: GateRes
                 result.findings.append(Finding("invalid baseline", cell, metric, repr(value), None,
                                                detail="baseline value is not a finite number; refresh the baseline"))
     return bad
+
+
+def _figure_source(metric: str, baseline: pd.Series, current: pd.Series) -> str:
+    """Which figure a memory or FLOP value is when it holds what torch did not see (resident or
+    device memory outside torch, FLOPs a plugin declared): the gate judges that larger figure."""
+    notes = []
+    if metric == "peak_memory_bytes":
+        for when, row in (("baseline", baseline), ("current", current)):
+            source = str(row.get("peak_memory_source") or "allocator")
+            if source not in ("allocator", "nan", "None"):
+                notes.append(f"{when}: {source} figure (memory outside torch)")
+    if metric == "flops":
+        for when, row in (("baseline", baseline), ("current", current)):
+            if number(row.get("flops_declared")):
+                notes.append(f"{when}: includes declared FLOPs")
+    return "; ".join(notes)
 
 
 def _show(value: float | str | None) -> str:

@@ -125,6 +125,16 @@ def _time_spread(rows: pd.DataFrame, scale: float) -> np.ndarray:
     return np.array([lo, hi])
 
 
+def _outside_torch(rows: pd.DataFrame, axis: Axis) -> np.ndarray:
+    """Rows whose figure holds what torch's instruments did not see: memory from the resident /
+    device figure (``peak_memory_source``), FLOPs declared by the plugin (``flops_declared``)."""
+    if axis is MEMORY and "peak_memory_source" in rows:
+        return (rows["peak_memory_source"].fillna("allocator").astype(str) != "allocator").to_numpy()
+    if axis is FLOPS and "flops_declared" in rows:
+        return (_num(rows["flops_declared"]) > 0)
+    return np.zeros(len(rows), dtype=bool)
+
+
 def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Sequence[tuple[str, float]] = (),
                  budget: float | None = None) -> Figure | None:
     """``axis.metric`` vs input size on log-log axes, one panel per mode; None when nothing to show."""
@@ -166,6 +176,10 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
                 handles.setdefault(tag, h)
                 shown.update(rows["key"][keep])
                 drew = True
+                outside = keep & _outside_torch(rows, axis)
+                if outside.any():  # the figure holds memory or FLOPs outside torch: ringed
+                    ax.scatter(n[outside], measured[outside], marker="o", s=140, facecolors="none",
+                               edgecolors=c, linewidths=1.2, zorder=4)
             if axis.estimate and axis.estimate in rows:
                 est = _num(rows[axis.estimate]) / axis.scale
                 ekeep = np.isfinite(est) & (est > 0)
@@ -202,6 +216,10 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
         if axis.estimate else []
     if axis.estimate:
         key.append(Line2D([], [], color="grey", ls="", marker="x", label="did not run (estimate)"))
+    if any(_outside_torch(rows, axis).any() for _, rows in _series(df[df["status"] == "ok"])):
+        key.append(Line2D([], [], color="grey", ls="", marker="o", ms=11, mfc="none",
+                          label="ringed: " + ("resident / device figure (memory outside torch)" if axis is MEMORY
+                                              else "includes FLOPs declared outside torch")))
     fig.suptitle(f"{suite}: {axis.title.lower()} vs input size (log-log) — {caption(df)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.0, 1, 0.97))
     fig.legend(list(handles.values()) + key, list(handles) + [h.get_label() for h in key], fontsize=8,

@@ -85,12 +85,28 @@ def _cost_cell(row: pd.Series, metric: catalogue.Metric, mark_uncounted: bool = 
     return f"{measured} (est. {sig(est)})" if est is not None else measured
 
 
+#: a memory figure that is the OS's / device's (memory outside torch made it larger than the allocator's)
+OUTSIDE_MARK = "†"
+#: a FLOP figure that holds FLOPs the plugin declared (work outside torch), not only counted ones
+DECLARED_MARK = "‡"
+
+
+def _marked(text: str, mark: str, marked: bool) -> str:
+    """``text`` with ``mark`` after its measured figure (before `` (est. ...)``)."""
+    if not marked or text.startswith(("—", "not run")):
+        return text
+    figure, sep, rest = text.partition(" (est.")
+    return f"{figure}{mark}{sep}{rest}"
+
+
 def _memory_cell(row: pd.Series) -> str:
-    return _cost_cell(row, MEMORY)
+    outside = row["status"] == "ok" and str(row.get("peak_memory_source") or "allocator") != "allocator"
+    return _marked(_cost_cell(row, MEMORY), OUTSIDE_MARK, outside)
 
 
 def _flops_cell(row: pd.Series) -> str:
-    return _cost_cell(row, FLOPS, mark_uncounted=True)
+    declared = row["status"] == "ok" and bool(number(row.get("flops_declared")))
+    return _marked(_cost_cell(row, FLOPS, mark_uncounted=True), DECLARED_MARK, declared)
 
 
 def _grid(df: pd.DataFrame, suite: str, cell: Callable[[pd.Series], str], paper_metric: str | None,
@@ -162,6 +178,9 @@ def memory_table(df: pd.DataFrame, suite: str = "memory") -> pd.DataFrame:
     out = out.rename(columns={c: c + " (GB)" for c in out.columns if c.endswith(PAPER_SUFFIX)})
     scaling = ["scaling: fitted exponent of measured memory vs n pixels (from 3 sizes or more)"] \
         if "scaling" in out.columns else []
+    if "peak_memory_source" in df.columns and (df["peak_memory_source"].fillna("allocator") != "allocator").any():
+        notes.append(f"{OUTSIDE_MARK}: memory outside torch's allocator (numpy, faiss, C++) made the resident or "
+                     "device figure larger: it is the one shown (peak_memory_source in the records)")
     title = "peak memory (GiB), measured (estimate)" + ("; the paper's Table 1 in GB beside" if paper_cols else "")
     return _finish(out, df, "memory", f"{suite}: {title}", notes + _paper_notes(out, suite) + scaling)
 
@@ -170,6 +189,9 @@ def flops_table(df: pd.DataFrame, suite: str = "memory") -> pd.DataFrame:
     out, notes = _grid(df, suite, _flops_cell, "gflops", "flops")
     if (df.get("uncounted_ops") is not None) and df["uncounted_ops"].map(bool).any():
         notes.append("*: some ops were not counted (see uncounted_ops in the records)")
+    if "flops_declared" in df.columns and df["flops_declared"].map(lambda v: bool(number(v))).any():
+        notes.append(f"{DECLARED_MARK}: includes FLOPs the plugin declared for work outside torch, not counted "
+                     "(flops_declared_by in the records)")
     return _finish(out, df, "flops", f"{suite}: GFLOP, counted (estimate)", notes + _paper_notes(out, suite))
 
 

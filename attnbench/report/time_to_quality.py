@@ -26,6 +26,20 @@ from .style import colour  # noqa: E402
 QUALITY_BAR = 1.05
 
 
+def point_value(point: dict[str, Any], swept: str) -> Any:
+    """The swept value of a point: the number for one parameter, ``nlist=64,nprobe=4`` for several."""
+    names = swept.split(",") if swept else []
+    if len(names) == 1:
+        return point.get(names[0])
+    return ",".join(f"{name}={point.get(name)}" for name in names) if names else None
+
+
+def pareto_front(curve: pd.DataFrame) -> pd.DataFrame:
+    """The points no faster point beats on quality, by time: a method tuned on several knobs at its best."""
+    curve = curve.sort_values("time_s")
+    return curve[curve["mse_ratio"] < curve["mse_ratio"].cummin().shift(fill_value=float("inf"))]
+
+
 def curve_points(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per convergence point of the ok records: mechanism (with its spec parameters),
     size, swept parameter and value, seconds per call, MSE ratio. Empty when none has curves."""
@@ -41,7 +55,7 @@ def curve_points(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             if "time_s" not in point or "mse_ratio" not in point:
                 continue
             rows.append({"mechanism": name, "size": record["size"], "seed": record.get("seed", 0), "swept": swept,
-                         "value": point.get(swept), "time_s": point["time_s"], "mse_ratio": point["mse_ratio"]})
+                         "value": point_value(point, swept), "time_s": point["time_s"], "mse_ratio": point["mse_ratio"]})
     return pd.DataFrame(rows, columns=["mechanism", "size", "seed", "swept", "value", "time_s", "mse_ratio"])
 
 
@@ -55,7 +69,7 @@ def fastest_within(points: pd.DataFrame, quality: float = QUALITY_BAR) -> pd.Dat
 
 def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "search") -> Figure | None:
     """MSE ratio vs seconds, one panel per size, one curve per mechanism along its swept
-    parameter (log time axis; PSAL solid, the others dashed); the bar as a dotted line. Give it
+    parameter (several parameters: the Pareto front of all their combinations; log time axis; PSAL solid, the others dashed); the bar as a dotted line. Give it
     one run's points (one preset): curves from different runs are not comparable."""
     if points.empty:
         return None
@@ -69,7 +83,8 @@ def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "sea
     for ax, size in zip(axes[0], sizes):
         here = points[points["size"] == size]
         for name, curve in here.groupby("mechanism", sort=False):
-            curve = curve.sort_values("value")
+            several = "," in str(curve["swept"].iloc[0])
+            curve = pareto_front(curve) if several else curve.sort_values("value")
             style = "-" if name.startswith("psal") else "--"
             ax.plot(curve["time_s"], curve["mse_ratio"], style, marker="o", ms=4, label=name, color=colours[name])
         ax.axhline(quality, color="0.5", lw=0.8, ls=":")

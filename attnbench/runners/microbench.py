@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..cells import CellSpec
-from ..errors import UserError
+from ..errors import Unsupported, UserError
 from ..interface import AttentionMechanism, ProblemShape, dtype_from_name
 from ..measure.call import AttentionCall, CallBudget, check_feasible, estimate_metrics, measure_call, oom_as_outcome
 from ..options import MEASURABLE, MeasureOptions
@@ -59,6 +59,8 @@ def run(spec: CellSpec) -> dict[str, Any]:
                                 dtype_bytes=torch.empty((), dtype=dtype_from_name(spec.dtype)).element_size(),
                                 mode=spec.mode)
     metrics = estimate_metrics(module, shape)
+    if spec.mode == "fwd+bwd" and not module.differentiable_wrt:
+        raise Unsupported(f"{spec.mechanism}: forward only here (no backward on {spec.device}): no fwd+bwd cell", metrics)
     check_feasible(module, shape, budget, metrics)
     with oom_as_outcome(metrics):
         call = make_call(module, spec, spec.size)

@@ -7,7 +7,8 @@ below) and by ``attnbench_plugins.psal_quality`` (PSAL's convergence report).
 The runner reconstructs frame A (queries) from frame B's patches (keys; values = B's pixels), as
 the PSAL paper's reconstruction test does, and compares with the exact nearest neighbour found
 by brute force on the same input, for several iteration counts (the convergence curve users need
-to pick ``iterations``), or for the mechanism's own parameter ``sweep`` (e.g. faiss' nprobe):
+to pick ``iterations``), or for the mechanism's own parameters ``sweep`` (e.g. faiss' nlist x
+nprobe, every combination):
 
 * ``mse``: mean squared error of the reconstruction to A over valid query centres (rows sampled
   every ``row_step`` rows at large sizes, the same rows for both methods);
@@ -23,6 +24,7 @@ exactly the value at its match).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -197,18 +199,21 @@ def reconstruction_mse(out: torch.Tensor, target: torch.Tensor, patch_size: int)
 
 
 # ------------------------------------------------------------------------------ cell runner
-def _sweep(spec: CellSpec, base_params: dict[str, Any]) -> tuple[str, list[Any]]:
-    """The parameter varied along the curve and its values: the suite's ``sweep.<name> = {param =
-    [...]}`` for this mechanism name (without its [params]), else ``iterations`` when it has one."""
+def _sweep(spec: CellSpec, base_params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """The parameters varied along the curve (``"nprobe"``, or ``"nlist,nprobe"`` for several) and
+    the points, each a {parameter: value} dict: the suite's ``sweep.<name> = {param = [...], ...}``
+    for this mechanism name (without its [params]; several parameters: every combination, so an
+    index is tuned on all its main knobs), else ``iterations`` when it has one."""
     name_only = spec.mechanism.split("[")[0]
     sweeps = spec.options.get("sweep", {}) or {}
     if name_only in sweeps:
-        (name, values), = sweeps[name_only].items()
-        return name, list(values)
+        knobs = {name: list(values) for name, values in sweeps[name_only].items()}
+        points = [dict(zip(knobs, combo)) for combo in itertools.product(*knobs.values())]
+        return ",".join(knobs), points
     target = base_params.get("iterations")
     if target is None:
-        return "", [None]
-    return "iterations", sorted(set(spec.options.get("iterations", [])) | {target})
+        return "", [{}]
+    return "iterations", [{"iterations": n} for n in sorted(set(spec.options.get("iterations", [])) | {target})]
 
 
 def run(spec: CellSpec) -> dict[str, Any]:
@@ -244,11 +249,10 @@ def run(spec: CellSpec) -> dict[str, Any]:
     swept, points = _sweep(spec, metrics["resolved_params"])
     if swept:
         metrics["swept"] = swept
-    target_value = metrics["resolved_params"].get(swept) if swept else None
-    for value in points:
-        extra = {} if value is None else {swept: value}
-        module = base if value is None else mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed,
-                                                      **{**spec.params, **extra})
+    own = {name: metrics["resolved_params"].get(name) for name in swept.split(",")} if swept else {}
+    for extra in points:
+        module = base if not extra else mechanism(spec.mechanism, patch_size=p, default_seed=spec.seed,
+                                                  **{**spec.params, **extra})
         with oom_as_outcome(metrics):
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -269,10 +273,9 @@ def run(spec: CellSpec) -> dict[str, Any]:
             "distance_ratio": distance_ratio(cost, exact_cost),
             "time_s": elapsed,
         }
-        if swept:
-            point = {swept: value, **point}
+        point = {**extra, **point}
         metrics["convergence"].append(point)
-        if value == target_value or value is None:
+        if extra == own:
             metrics.update({key: point[key] for key in ("mse", "mse_ratio", "recall", "distance_ratio")})
             metrics["time_s"] = elapsed
     if "mse" not in metrics and metrics["convergence"]:  # the spec's own value is not on the sweep
