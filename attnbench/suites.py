@@ -74,7 +74,8 @@ class Suite:
         name = preset or self.default_preset
         if name != "default" and name not in self.presets:
             raise UserError(f"suite {self.name!r} has no preset {name!r}; valid: {', '.join(self.preset_names())}")
-        grid = dict(self.grid)
+        grid = {g.name: list(g.default) if g.axis else g.default for g in GRID.values() if g.default is not MISSING}
+        grid.update(self.grid)  # CellSpec's defaults, then the suite's grid, then the preset
         options = dict(self.options)
         for key, value in self.presets.get(name, {}).items():
             if key == "options":

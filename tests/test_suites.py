@@ -121,7 +121,8 @@ iterations = [1]
 @pytest.mark.parametrize("table, needle", [
     ("iterations = [1, 2]\n", None),
     ("iteratoins = [1, 2]\n", "unknown parameter 'iteratoins'"),
-    ("iterations = [1, 2]\nsearch_k = [2]\n", "must be a table of one parameter"),
+    ("iterations = [1, 2]\nsearch_k = [2, 3]\n", None),  # every combination of several knobs
+    ("iterations = [1, 2]\nsearch_k = 2\n", "non-empty list"),
     ("iterations = []\n", "non-empty list"),
     ("iterations = [-1]\n", "iterations"),
 ])

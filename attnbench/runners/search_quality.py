@@ -69,20 +69,21 @@ class SearchOptions(ImageOptions):
         self.check_sweep()
 
     def check_sweep(self) -> None:
-        """Each ``sweep.NAME`` names a known mechanism and exactly one of its parameters with a list
-        of values it accepts (a misspelled name or parameter would silently drop the curve)."""
+        """Each ``sweep.NAME`` names a known mechanism and one or more of its parameters, each with a
+        list of values it accepts (every combination is a point; a misspelled name or parameter would
+        silently drop the curve)."""
         from ..registry import check_spec, resolve
 
         for name, table in self.sweep.items():
             resolve(name)  # an unknown name lists the valid ones
-            if not isinstance(table, dict) or len(table) != 1:
-                raise UserError(f"option sweep.{name} must be a table of one parameter = [values], e.g. "
-                                f"{{ nprobe = [1, 4] }}, got {table!r}"[:300])
-            (param, values), = table.items()
-            if not isinstance(values, list) or not values:
-                raise UserError(f"option sweep.{name}.{param} must be a non-empty list of values, got {values!r}")
-            for value in values:
-                check_spec(name, {param: value})
+            if not isinstance(table, dict) or not table:
+                raise UserError(f"option sweep.{name} must be a table of parameter = [values], e.g. "
+                                f"{{ nlist = [64, 256], nprobe = [1, 4] }}, got {table!r}"[:300])
+            for param, values in table.items():
+                if not isinstance(values, list) or not values:
+                    raise UserError(f"option sweep.{name}.{param} must be a non-empty list of values, got {values!r}")
+                for value in values:
+                    check_spec(name, {param: value})
 
     def records_time(self) -> bool:
         return True  # every point of the curve is one timed call (time-to-quality)
