@@ -69,11 +69,12 @@ PYRAMID_CASES = (
 
 def _same_pyramids(first: SearchFn, second: SearchFn) -> str:
     """init=pyramid (psal_pyramid.coarse_to_fine, shared Python) over two search kernels: identical
-    fields and counts. Integer images pooled by 2 or 3 keep every cost exact in float64."""
+    fields and counts. Integer images in multiples of the largest pooling area stay integers when
+    pooled, so every cost is exact (float64)."""
     from attnbench_plugins import psal_contract, psal_pyramid
 
     for B, C, hq, wq, hk, wk, p, K, iters, hole, levels, scale in PYRAMID_CASES:
-        q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq + wk, dtype=torch.float64)
+        q, k = (t * scale ** (2 * levels) for t in _int_images(B, C, hq, wq, hk, wk, seed=hq + wk, dtype=torch.float64))
         mask = _hole(B, hk, wk) if hole else None
         valid = psal_contract.matchable_map((hk, wk), p, mask, B, q.device)
         results = []

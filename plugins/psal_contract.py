@@ -191,13 +191,14 @@ def native_pyramid_memory(shape: ProblemShape, k_nn: int, width: int, iterations
                           with_similarity: bool, scale: int) -> int:
     """Peak bytes of an init=pyramid call on the native kernels (psal_pyramid.coarse_to_fine).
 
-    The full-size search holds the int32 initial field besides its own memory; building that
+    The full-size search holds the int32 initial field (and the coarse levels' evaluation
+    counts) besides its own memory; building that
     field from the first coarse level holds about four field-sized int32 temporaries (gathered
     offsets, centres, the index copy of the matchable test); the first coarse level's search
     holds its pooled inputs. Coarser levels are smaller still."""
     field = shape.batch * shape.n_queries * width * FIELD_BYTES
     full = native_memory(shape, k_nn, width, iterations, schedule, with_similarity)
-    search = native_search_memory(shape, width, iterations, schedule) + field
+    search = native_search_memory(shape, width, iterations, schedule) + field + 2 * shape.batch * 8
     upsample = 4 * field + shape.batch * shape.n_keys
     coarse_shape = ProblemShape(shape.batch, shape.channels, shape.value_channels,
                                 (shape.query_hw[0] // scale, shape.query_hw[1] // scale),

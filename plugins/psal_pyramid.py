@@ -120,6 +120,6 @@ def coarse_to_fine(search: SearchAt, q: torch.Tensor, k: torch.Tensor, key_mask:
         finer_valid = valid if depth == 0 else matchable_map(finer.key_hw, patch_size,
                                                              pool_mask(key_mask, finer.factor), B, q.device)
         init = upsample_field(idx, level.key_hw[1], finer.query_hw, finer.key_hw, scale, patch_size, finer_valid)
-        del idx
+        del idx, valid_l, finer_valid  # only the field stays alive during the finer search
     idx, evals = search(q, k, valid, width, init)
     return idx, total + evals

@@ -363,15 +363,13 @@ def test_init_settings_are_validated():
 
 def test_default_init_is_the_plain_random_search():
     # init=random calls the search op exactly as before the option existed (no field)
-    import torch.nn.functional as F
-
     q, k = _rand(1, 3, 20, 21, dtype=torch.float32), _rand(1, 3, 19, 22, seed=1, dtype=torch.float32)
     layer = mechanism("psal-3", patch_size=3, iterations=2)
     valid = torch.zeros(1, 19, 22, dtype=torch.bool)
     valid[:, 1:-1, 1:-1] = True
     idx, ev = torch.ops.attnbench.psal_search(q, k, valid, 3, 3, 2, False, 0, 0, layer.backend == "reference")
+    assert layer.params()["init"] == "random"
     assert torch.equal(layer.search(q, k), idx) and torch.equal(layer.last_evaluations, ev)
-    del F
 
 
 def test_init_nnf_continues_a_previous_search():
