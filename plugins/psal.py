@@ -249,7 +249,8 @@ class PSAL(AttentionMechanism):
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
         init_nnf: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        idx = self.search(q, k, key_mask, init_nnf)
+        # without a field, search() is called as before the option existed (wrappers may replace it)
+        idx = self.search(q, k, key_mask) if init_nnf is None else self.search(q, k, key_mask, init_nnf=init_nnf)
         return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", self.aggregation,
                                           self.temperature, with_similarity=self.with_similarity, backend=self.backend)
 
