@@ -249,24 +249,16 @@ def test_fake_flop_formula_uses_the_model():
 
 
 # ------------------------------------------------------------------- a caller's initial field
-def _field(idx: torch.Tensor, wk: int, seed: int, dtype=torch.long) -> torch.Tensor:
-    """A messy initial field from a search's result: shifted by one column, with -1 entries,
-    repeats, entries off the key border and in the hole (psal.h: skipped), one more column."""
-    g = torch.Generator().manual_seed(seed)
-    f = torch.cat([idx + 1, idx[..., :1]], -1)  # a repeat of entry 0 in the last column
-    f[torch.rand(f.shape, generator=g) < 0.2] = -1
-    f[..., 0][torch.rand(f.shape[:-1], generator=g) < 0.1] = 0  # (0, 0): off the border
-    return f.to(dtype)
-
-
 @pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
 @pytest.mark.parametrize("k_nn", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 def test_search_from_a_given_field_matches_reference_exactly(ext, schedule, k_nn, dtype):
+    from attnbench_plugins.psal_checks import _given_field
+
     q, k, _ = _inputs()
     valid = reference.matchable_map(tuple(k.shape[2:]), 3, _hole(k.shape[2:]), 2, q.device)
     start, _ = ext.psal_search_cpu(q, k, valid, 3, k_nn, 1, False, 5)
-    init = _field(start, k.shape[3], seed=k_nn, dtype=dtype)
+    init = _given_field(start, k_nn + 1, seed=k_nn).to(dtype)  # -1, off-border, repeated entries
     idx_n, ev_n = ext.psal_search_cpu(q, k, valid, 3, k_nn, 2, False, 11, schedule, init)
     idx_r, ev_r = reference.search(q, k, valid, 3, k_nn, 2, False, 11, schedule, init)
     assert torch.equal(idx_n, idx_r) and torch.equal(ev_n, ev_r)
