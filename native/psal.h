@@ -40,7 +40,19 @@
 //     Early exit: an l2 evaluation may stop once its partial sum is >= the current worst of a
 //     full heap (the candidate would be rejected anyway); dot products are never cut short. (The
 //     CUDA kernels do; the CPU kernel costs a query's listed candidates together, without one.)
-//   it = 0 (initialisation): for trial = 0, 1, 2, ...: let h = psal_hash(seed, b, i, 0, trial),
+//   it = 0 (initialisation), optionally from a caller's initial field `init` (undefined / None:
+//     none, which is exactly the search without this argument):
+//     init: (B, Hq, Wq, K0) int32 or int64, any K0 >= 1 (e.g. the matches of a coarser scale,
+//       or of the previous video frame). First, for m = 0 .. K0 - 1 in order:
+//       c = init[b, y, x, m]; insert(c) if 0 <= c < Hk * Wk (a negative entry means "no entry").
+//       So a given entry is evaluated and counted once when matchable; an unmatchable one, a
+//       repeat of an earlier entry and a negative one are skipped, uncounted (insert's rules);
+//       the heap keeps the best K of them in insert's order (ascending cost, ties: the earlier
+//       entry first); every entry kept is born at iteration 0, like a random one. The kernels
+//       skip unmatchable entries silently; the Python layer refuses them first (one line).
+//     Then, while the heap holds < K entries, the random initialisation below fills it (its
+//     trial loop starting at trial 0, duplicates of given entries drawing again):
+//     for trial = 0, 1, 2, ...: let h = psal_hash(seed, b, i, 0, trial),
 //     c = usable[psal_uniform_hi(h, n_usable)] where usable lists the matchable centres of
 //     batch b in row-major order; insert(c) until the heap holds K entries (duplicates draw
 //     again). After 64 * K trials without filling the heap, the remaining entries are taken
@@ -112,6 +124,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 #include <string>
 #include <type_traits>
@@ -196,11 +209,31 @@ PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {
   return levels;  // floor(log2(max)) + 1
 }
 
+// The caller's initial field (psal.h "Search", it = 0) as a contiguous (B, Hq, Wq, K0) int32
+// tensor on q's device, or an undefined tensor when there is none. An int32 field is used as it is
+// (no copy: the kernels skip entries outside [0, nk) themselves); an int64 one is narrowed after
+// its entries outside [0, nk) become -1, so that no value can wrap into a key index.
+inline at::Tensor psal_init_field(const std::optional<at::Tensor>& init, const at::Tensor& q, int64_t nk) {
+  if (!init.has_value() || !init->defined()) return at::Tensor();
+  const at::Tensor& t = *init;
+  PSAL_CHECK(t.dim() == 4 && t.size(0) == q.size(0) && t.size(1) == q.size(2) && t.size(2) == q.size(3) &&
+                 t.size(3) >= 1,
+             "psal_search: init must be (B, Hq, Wq, K0) = (", q.size(0), ", ", q.size(2), ", ", q.size(3),
+             ", K0 >= 1), got ", t.sizes());
+  PSAL_CHECK(t.scalar_type() == at::kInt || t.scalar_type() == at::kLong, "psal_search: init must be int32 or int64, got ",
+             t.scalar_type());
+  PSAL_CHECK(t.device() == q.device(), "psal_search: init must be on ", q.device(), ", got ", t.device());
+  if (t.scalar_type() == at::kInt) return t.contiguous();
+  return at::where((t >= 0) & (t < nk), t, at::full({}, -1, t.options())).to(at::kInt).contiguous();
+}
+
 // ---- CPU (psal_cpu.cpp) -----------------------------------------------------------------
 // returns (idx (B, Hq, Wq, K) int64, n_evals (B,) int64)
+// init: the optional initial field of "Search", it = 0 (std::nullopt: random initialisation only)
 std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                   int64_t seed, int64_t schedule);
+                                                   int64_t seed, int64_t schedule,
+                                                   const std::optional<at::Tensor>& init);
 // returns S (B, Hq, Wq, K), dtype of q
 at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
                                bool dot);
@@ -223,7 +256,8 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& gr
 // ---- CUDA (psal_cuda.cu): same signatures and semantics, tensors on one CUDA device --------
 std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                     int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                    int64_t seed, int64_t schedule);
+                                                    int64_t seed, int64_t schedule,
+                                                    const std::optional<at::Tensor>& init);
 at::Tensor psal_similarity_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
                                 bool dot);
 std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cuda(const at::Tensor& grad_s, const at::Tensor& q,

@@ -397,8 +397,8 @@ struct Scratch {
 
 template <typename T>
 void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid, int64_t p, int64_t K,
-                   int64_t iterations, bool dot, int64_t seed, int64_t schedule, at::Tensor& idx_out,
-                   at::Tensor& evals_out) {
+                   int64_t iterations, bool dot, int64_t seed, int64_t schedule, const at::Tensor& init,
+                   at::Tensor& idx_out, at::Tensor& evals_out) {
   const int64_t B = q.size(0);
   Geometry g{q.size(1), q.size(2), q.size(3), k.size(2), k.size(3), p, p / 2, q.size(3) + 2 * (p / 2), p * q.size(1)};
   const int64_t nq = g.Hq * g.Wq, nk = g.Hk * g.Wk;
@@ -414,6 +414,9 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                          jacobi ? at::empty({nq * K}, opts.dtype(at::kByte)) : at::Tensor()};
   at::Tensor usable_t = at::empty({nk}, opts.dtype(at::kInt));
   int64_t* evals_ptr = evals_out.data_ptr<int64_t>();
+  // the caller's initial field (psal_init_field: int32, -1 = no entry), K0 entries per query
+  const int64_t K0 = init.defined() ? init.size(3) : 0;
+  const int32_t* init_ptr = init.defined() ? init.data_ptr<int32_t>() : nullptr;
 
   for (int64_t b = 0; b < B; ++b) {
     at::Tensor qpad = padded_channel_last(q.select(0, b).unsqueeze(0), g.r);
@@ -458,6 +461,11 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
             costs_dispatch(qrow, g.Wp * g.C, kp, g.Wk * g.C, &off, 1, g.p, g.row, dot, &cost, part1.data());
             h.push(cost, c);
           };
+          // The caller's entries first, in order (psal.h: negative or unmatchable ones skipped).
+          for (int64_t m = 0; m < K0; ++m) {
+            const int32_t c = init_ptr[(b * nq + i) * K0 + m];
+            if (c >= 0 && c < nk && matchable(c / g.Wk, c % g.Wk)) consider(c);
+          }
           const uint64_t stream = psal_hash_stream(seed, b, i, 0);
           int64_t trial = 0;
           for (; h.n < K && trial < 64 * K; ++trial)
@@ -633,7 +641,8 @@ void inverse_index(const int64_t* idx, int64_t n_entries, int64_t nk, std::vecto
 
 std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                   int64_t seed, int64_t schedule) {
+                                                   int64_t seed, int64_t schedule,
+                                                   const std::optional<at::Tensor>& init) {
   check_common(q, k, patch_size);
   PSAL_CHECK(k_nn >= 1, "psal_search: k must be >= 1");
   PSAL_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT,
@@ -643,11 +652,12 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at
                   valid.size(1) == k.size(2) && valid.size(2) == k.size(3),
               "psal_search: valid must be (B, Hk, Wk) bool");
   at::Tensor validc = valid.contiguous();
+  const at::Tensor init32 = psal_init_field(init, q, k.size(2) * k.size(3));
   at::Tensor idx = at::empty({q.size(0), q.size(2), q.size(3), k_nn}, q.options().dtype(at::kLong));
   at::Tensor evals = at::zeros({q.size(0)}, q.options().dtype(at::kLong));
   at::Tensor idx32 = at::empty({q.size(0), q.size(2), q.size(3), k_nn}, q.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "psal_search_cpu", [&] {
-    search_kernel<scalar_t>(q, k, validc, patch_size, k_nn, iterations, dot, seed, schedule, idx32, evals);
+    search_kernel<scalar_t>(q, k, validc, patch_size, k_nn, iterations, dot, seed, schedule, init32, idx32, evals);
   });
   idx.copy_(idx32);
   return {idx, evals};
@@ -946,7 +956,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "PSAL kernels (see psal.h for the contract)";
   m.def("psal_search_cpu", &psal_search_cpu, py::arg("q"), py::arg("k"), py::arg("valid"), py::arg("patch_size"),
         py::arg("k_nn"), py::arg("iterations"), py::arg("dot"), py::arg("seed"),
-        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT);
+        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT, py::arg("init") = py::none());
   m.def("psal_similarity_cpu", &psal_similarity_cpu);
   m.def("psal_similarity_backward_cpu", &psal_similarity_backward_cpu);
   m.def("psal_attend_cpu", &psal_attend_cpu);
@@ -956,7 +966,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef WITH_CUDA
   m.def("psal_search_cuda", &psal_search_cuda, py::arg("q"), py::arg("k"), py::arg("valid"), py::arg("patch_size"),
         py::arg("k_nn"), py::arg("iterations"), py::arg("dot"), py::arg("seed"),
-        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT);
+        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT, py::arg("init") = py::none());
   m.def("psal_similarity_cuda", &psal_similarity_cuda);
   m.def("psal_similarity_backward_cuda", &psal_similarity_backward_cuda);
   m.def("psal_attend_cuda", &psal_attend_cuda);

@@ -199,7 +199,8 @@ __device__ __forceinline__ void add_count(unsigned long long* target, unsigned l
 template <typename scalar_t, typename acc_t, int CAP>
 __global__ void __launch_bounds__(kSearchThreads)
     psal_init_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const bool* __restrict__ valid,
-                     const int32_t* __restrict__ usable, const int64_t* __restrict__ usable_off, Geom g, int K,
+                     const int32_t* __restrict__ usable, const int64_t* __restrict__ usable_off,
+                     const int32_t* __restrict__ init, int K0, Geom g, int K,
                      bool dot, uint64_t seed, acc_t* __restrict__ out_d, int64_t* __restrict__ out_i,
                      uint8_t* __restrict__ out_born, int32_t* __restrict__ scratch_i,
                      unsigned long long* __restrict__ n_evals) {
@@ -219,6 +220,13 @@ __global__ void __launch_bounds__(kSearchThreads)
                      psal_born_stamp(0)};
       const int32_t* ub = usable + usable_off[b];
       const int64_t n = usable_off[b + 1] - usable_off[b];  // >= K (checked on the host)
+      // The caller's initial field first, in order (psal.h: negative or unmatchable entries skipped).
+      for (int m = 0; m < K0; ++m) {
+        const int32_t c = init[((int64_t)b * nq + i) * K0 + m];
+        if (c < 0 || c >= g.nk()) continue;
+        const int cy = c / g.Wk, cx = c % g.Wk;
+        if (ctx.matchable(cy, cx)) ctx.insert(h, cy, cx);
+      }
       const uint64_t trials = 64ull * (uint64_t)K;
       for (uint64_t t = 0; t < trials && !h.full(); ++t) {
         const int32_t c = ub[psal_uniform_hi(psal_hash(seed, b, i, 0, t), n)];
@@ -713,8 +721,8 @@ std::tuple<at::Tensor, at::Tensor> inverse_index(const at::Tensor& idx, const Ge
 
 template <typename scalar_t, typename acc_t, int CAP>
 void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& valid, const at::Tensor& usable,
-                   const at::Tensor& usable_off, const Geom& g, int K, int64_t iterations, bool dot, uint64_t seed,
-                   int64_t schedule, at::Tensor& idx_out, at::Tensor& n_evals) {
+                   const at::Tensor& usable_off, const at::Tensor& init, const Geom& g, int K, int64_t iterations,
+                   bool dot, uint64_t seed, int64_t schedule, at::Tensor& idx_out, at::Tensor& n_evals) {
   auto stream = PSAL_STREAM();
   const int64_t rows = (int64_t)g.B * g.nq() * K;
   const auto acc_dtype = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
@@ -738,7 +746,8 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
   auto* ne = reinterpret_cast<unsigned long long*>(n_evals.data_ptr<int64_t>());
   PSAL_LAUNCH(grid, kSearchThreads, stream, psal_init_kernel<scalar_t, acc_t, CAP>)(
       qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), usable.data_ptr<int32_t>(),
-      usable_off.data_ptr<int64_t>(), g, K, dot, seed, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(),
+      usable_off.data_ptr<int64_t>(), init.defined() ? init.data_ptr<int32_t>() : nullptr,
+      init.defined() ? (int)init.size(3) : 0, g, K, dot, seed, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(),
       born[0].data_ptr<uint8_t>(), si, ne);
   PSAL_LAUNCH_CHECK();
   int cur = 0;
@@ -779,7 +788,8 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 
 std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                     int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
-                                                    int64_t seed, int64_t schedule) {
+                                                    int64_t seed, int64_t schedule,
+                                                    const std::optional<at::Tensor>& init) {
   check_cuda_float(q, "q", q);
   check_cuda_float(k, "k", q);
   const Geom g = make_geom(q, k, patch_size);
@@ -792,6 +802,7 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
                   valid.size(2) == g.Wk,
               "psal (cuda): valid must be a (B, Hk, Wk) bool tensor, got ", valid.sizes(), " ", valid.scalar_type());
   PSAL_DEVICE_GUARD(q);
+  const at::Tensor init32 = psal_init_field(init, q, g.nk());
   const int K = (int)k_nn;
   if (g.B == 0 || g.nq() == 0)
     return {at::empty({g.B, g.Hq, g.Wq, K}, q.options().dtype(at::kLong)), at::zeros({g.B}, q.options().dtype(at::kLong))};
@@ -818,11 +829,11 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "psal_search_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     if (K <= 4)
-      launch_search<scalar_t, acc_t, 4>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, schedule, idx, n_evals);
+      launch_search<scalar_t, acc_t, 4>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, dot, useed, schedule, idx, n_evals);
     else if (K <= 32)
-      launch_search<scalar_t, acc_t, 32>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, schedule, idx, n_evals);
+      launch_search<scalar_t, acc_t, 32>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, dot, useed, schedule, idx, n_evals);
     else
-      launch_search<scalar_t, acc_t, 0>(qc, kc, vc, usable, usable_off, g, K, iterations, dot, useed, schedule, idx, n_evals);
+      launch_search<scalar_t, acc_t, 0>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, dot, useed, schedule, idx, n_evals);
   });
   return {idx, n_evals};
 }

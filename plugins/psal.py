@@ -24,7 +24,8 @@ from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 
 from . import psal_contract as contract
 from . import psal_ops
-from .psal_cost import expected_evaluations
+from . import psal_pyramid as pyramid
+from .psal_cost import expected_evaluations, expected_pyramid_evaluations
 
 #: Matches the search keeps per query when ``search_k`` is not given: ``max(k, DEFAULT_SEARCH_K)``.
 #: A one-entry heap converges slowly on large images. PSAL-1 reconstructing the 512^2 video pair
@@ -34,6 +35,19 @@ from .psal_cost import expected_evaluations
 #: hypotheses through propagation and random search; 2 is the cheapest width within 10% of exact.
 #: ``attnbench run search --preset video-pair [--seed N]`` re-measures it.
 DEFAULT_SEARCH_K = 2
+
+#: init=pyramid defaults: coarse levels searched before the full size, and the pooling factor per level.
+#: What they give (MSE ratio to the exact 1-NN, PSAL-1, video pair, queries img2; rows every 8th at
+#: 512 px; deterministic, one run each, 2026-12-06): a large shift is found at once
+#: (tests/test_psal_kernel.py: 100 % vs 8 % right after 2 iterations), and the first iterations
+#: gain (256 px, search_k 2, 2 iterations: 1.21 vs 1.81; 512 px, search_k 4, 3 iterations: 1.24
+#: vs 1.44), but from 5 iterations on the field stays above the random start's (256 px search_k 4,
+#: 10 iterations: 1.039 vs 1.022; 512 px: 1.097 vs 1.061; 3 levels: 1.092; search_k 6: 1.104 vs
+#: 1.054 at 7), at about the same evaluations per query. The embedded stereo pair, 256 px, search_k
+#: 4: 1.099 vs 1.693 at 3 iterations, 1.074 vs 1.041 at 5, 1.044 vs 1.021 at 10. So init stays
+#: "random" by default.
+DEFAULT_PYRAMID_LEVELS = 2
+DEFAULT_PYRAMID_SCALE = 2
 
 
 def _check_positive_int(name: str, value: Any, minimum: int) -> int:
@@ -49,6 +63,35 @@ def _valid_keys(keys: torch.Tensor, key_mask: Optional[torch.Tensor], patch_size
     if fewest < k_nn:
         raise UnsupportedRequest(f"{who}: only {fewest} key patches avoid the border and the mask; k = {k_nn} needs more")
     return valid, fewest
+
+
+def _checked_field(field: torch.Tensor, q: torch.Tensor, valid: torch.Tensor, who: str) -> torch.Tensor:
+    """A caller's initial field as (B, Hq, Wq, K0), refused in one line unless every entry is -1
+    or a matchable key centre (the kernels would skip the others silently: psal.h, it = 0)."""
+    B, _, hq, wq = q.shape
+    nk = valid.shape[1] * valid.shape[2]
+    if not isinstance(field, torch.Tensor) or field.dtype not in (torch.int32, torch.int64):
+        got = field.dtype if isinstance(field, torch.Tensor) else type(field).__name__
+        raise UnsupportedRequest(f"{who}: init_nnf must be an int32 or int64 tensor of key indices, got {got}")
+    if field.device != q.device:
+        raise UnsupportedRequest(f"{who}: init_nnf is on {field.device}, the queries on {q.device}")
+    if field.dim() == 3 and field.shape[:2] == (B, hq * wq):
+        field = field.reshape(B, hq, wq, field.shape[2])
+    if field.dim() != 4 or field.shape[:3] != (B, hq, wq) or field.shape[3] < 1:
+        raise UnsupportedRequest(f"{who}: init_nnf must be (B, Hq, Wq, K0) = ({B}, {hq}, {wq}, K0 >= 1) or "
+                                 f"(B, Hq * Wq, K0), got {tuple(field.shape)}")
+    bad = (field < -1) | (field >= nk)
+    if bad.any():
+        raise UnsupportedRequest(f"{who}: init_nnf entries must be -1 (none) or key indices in [0, {nk}), got "
+                                 f"{int(field[bad][0])}")
+    given = field.reshape(B, -1).to(torch.long)
+    ok = (given < 0) | torch.gather(valid.reshape(B, -1), 1, given.clamp(min=0))
+    if not ok.all():
+        b, e = (int(t[0]) for t in (~ok).nonzero(as_tuple=True))
+        c = int(given[b, e])
+        raise UnsupportedRequest(f"{who}: init_nnf has {int((~ok).sum())} entries that are not matchable key centres "
+                                 f"(border or hole), e.g. key ({c // valid.shape[2]}, {c % valid.shape[2]}) of batch {b}")
+    return field
 
 
 class PSAL(AttentionMechanism):
@@ -91,6 +134,9 @@ class PSAL(AttentionMechanism):
         temperature: float = 1.0,
         schedule: Optional[str] = None,
         search_k: Optional[int] = None,
+        init: str = pyramid.INIT_RANDOM,
+        pyramid_levels: int = DEFAULT_PYRAMID_LEVELS,
+        pyramid_scale: int = DEFAULT_PYRAMID_SCALE,
         **params: Any,
     ):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
@@ -111,6 +157,13 @@ class PSAL(AttentionMechanism):
             raise UnsupportedRequest(f"seed must be an integer, got {seed!r}")
         self.aggregation = aggregation
         self.seed = seed
+        if init not in pyramid.INITS:
+            raise UnsupportedRequest(f"init must be one of {', '.join(pyramid.INITS)}, got {init!r}")
+        #: initial field: "random" (psal.h) or "pyramid" (coarse-to-fine, psal_pyramid)
+        self.init = init
+        #: init=pyramid: coarse levels (pooled by pyramid_scale ** level) searched before the full size
+        self.pyramid_levels = _check_positive_int("pyramid_levels", pyramid_levels, 1)
+        self.pyramid_scale = _check_positive_int("pyramid_scale", pyramid_scale, 2)
         # PSAL-1 without aggregation has one weight of 1 per query: no gradient reaches q or k.
         self.differentiable_wrt = ("v",) if (self.k_nn == 1 and not aggregation) else ("q", "k", "v")
         #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
@@ -148,6 +201,9 @@ class PSAL(AttentionMechanism):
             "seed": self.seed,
             "schedule": self.schedule,
             "search_k": self.search_k,
+            "init": self.init,
+            **({"pyramid_levels": self.pyramid_levels, "pyramid_scale": self.pyramid_scale}
+               if self.init == pyramid.INIT_PYRAMID else {}),
             "backend": self.backend,
         }
 
@@ -156,33 +212,56 @@ class PSAL(AttentionMechanism):
         """Whether the weights depend on S (more than one term per query)."""
         return self.k_nn > 1 or self.aggregation
 
-    def search(self, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def search(self, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
+               init_nnf: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The k-NN field alone: (B, Hq, Wq, k_nn) flat key-image indices of the matched centres.
 
         The search keeps ``search_k`` matches per query (fewer when fewer keys are matchable);
         its heaps are sorted best first, so the best k_nn are its first k_nn entries.
+        ``init_nnf``: a field to start from instead of a random one, (B, Hq, Wq, K0) or
+        (B, Hq * Wq, K0) int32/int64 flat key indices (e.g. the previous video frame's
+        ``search``), -1 for none; each entry must be a matchable key centre (psal.h, it = 0).
         """
-        valid, fewest = _valid_keys(k, key_mask, self.patch_size, self.k_nn, self.name or "psal")
+        who = self.name or "psal"
+        valid, fewest = _valid_keys(k, key_mask, self.patch_size, self.k_nn, who)
         width = min(self.search_k, fewest)
-        idx, evaluations = torch.ops.attnbench.psal_search(
-            q.detach(),
-            k.detach(),
-            valid,
-            self.patch_size,
-            width,
-            self.iterations,
-            self.similarity == "dot",
-            self.seed,
-            contract.SCHEDULES[self.schedule],
-            self.backend == contract.BACKEND_REFERENCE,
-        )
+        if init_nnf is not None:
+            if self.init == pyramid.INIT_PYRAMID:
+                raise UnsupportedRequest(f"{who}: init_nnf gives the initial field, init=pyramid computes one: pass one")
+            init_nnf = _checked_field(init_nnf, q, valid, who)
+        q, k = q.detach(), k.detach()
+        if self.init == pyramid.INIT_PYRAMID:
+            idx, evaluations = pyramid.coarse_to_fine(self._search_op, q, k, key_mask, valid, self.patch_size, width,
+                                                      self.pyramid_levels, self.pyramid_scale)
+        else:
+            idx, evaluations = self._search_op(q, k, valid, width, init_nnf)
         self.last_evaluations = evaluations
         return idx if width == self.k_nn else idx[..., : self.k_nn].contiguous()
 
+    def _search_op(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, width: int,
+                   init: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One call of the search op with this layer's settings (every pyramid level is one)."""
+        return torch.ops.attnbench.psal_search(
+            q, k, valid, self.patch_size, width, self.iterations, self.similarity == "dot", self.seed,
+            contract.SCHEDULES[self.schedule], self.backend == contract.BACKEND_REFERENCE, init,
+        )
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
+                init_nnf: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The mechanism contract's forward, plus ``init_nnf`` (see :meth:`search`)."""
+        if init_nnf is None:
+            return super().forward(q, k, v, key_mask)
+        self.check_inputs(q, k, v, key_mask)
+        if key_mask is not None and key_mask.dim() == 3:
+            key_mask = key_mask[:, None]
+        return self.attend(q, k, v, key_mask, init_nnf)
+
     def attend(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
+        init_nnf: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        idx = self.search(q, k, key_mask)
+        # without a field, search() is called as before the option existed (wrappers may replace it)
+        idx = self.search(q, k, key_mask) if init_nnf is None else self.search(q, k, key_mask, init_nnf=init_nnf)
         return psal_ops.matched_attention(q, k, v, idx, self.patch_size, self.similarity == "dot", self.aggregation,
                                           self.temperature, with_similarity=self.with_similarity, backend=self.backend)
 
@@ -194,7 +273,15 @@ class PSAL(AttentionMechanism):
         else:
             memory = contract.native_memory(shape, self.k_nn, width, self.iterations, contract.SCHEDULES[self.schedule],
                                             self.with_similarity)
-        evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
+        if self.init == pyramid.INIT_PYRAMID:
+            evals = expected_pyramid_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width,
+                                                 self.iterations, self.pyramid_levels, self.pyramid_scale)
+            if self.backend != contract.BACKEND_REFERENCE:
+                memory = max(memory, contract.native_pyramid_memory(shape, self.k_nn, width, self.iterations,
+                                                                    contract.SCHEDULES[self.schedule],
+                                                                    self.with_similarity, self.pyramid_scale))
+        else:
+            evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
         flops = contract.search_flops(shape.batch * evals, shape.channels, shape.patch_size)
         flops += contract.matched_attention_flops(shape, self.k_nn, self.aggregation, self.with_similarity)
         return CostEstimate(

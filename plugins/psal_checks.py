@@ -20,6 +20,9 @@ import torch
 
 from attnbench.selfcheck import Check, CheckSkipped
 
+#: a search kernel: (q, k, valid, p, K, iterations, dot, seed, schedule, init) -> (idx, n_evals)
+SearchFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
 OPS = ("psal_search", "psal_similarity", "psal_similarity_backward", "psal_attend", "psal_attend_backward")
 
 #: (B, C, hq, wq, hk, wk, p, K, iterations, dot, hole): batch > 1, cross-attention, masks,
@@ -36,18 +39,62 @@ SEARCH_CASES = (
 )
 
 
+def _hole(B: int, hk: int, wk: int) -> torch.Tensor:
+    """(B, 1, Hk, Wk) bool key mask: a block in the middle, and a different one per batch element."""
+    mask = torch.zeros(B, 1, hk, wk, dtype=torch.bool)
+    mask[:, :, hk // 4 : hk // 2 + 1, wk // 3 : (2 * wk) // 3] = True
+    mask[1:, :, 1:3, 1:4] = True
+    return mask
+
+
 def _valid(B: int, hk: int, wk: int, p: int, hole: bool) -> torch.Tensor:
     """(B, Hk, Wk) matchable centres: whole patch inside the image and, with a hole, off it."""
     r = p // 2
     valid = torch.zeros(B, hk, wk, dtype=torch.bool)
     valid[:, r : hk - r, r : wk - r] = True
     if hole:
-        mask = torch.zeros(B, 1, hk, wk)
-        mask[:, :, hk // 4 : hk // 2 + 1, wk // 3 : (2 * wk) // 3] = 1
-        mask[1:, :, 1:3, 1:4] = 1  # a different hole per batch element
-        touched = torch.nn.functional.max_pool2d(mask, p, stride=1)[:, 0] > 0
+        touched = torch.nn.functional.max_pool2d(_hole(B, hk, wk).float(), p, stride=1)[:, 0] > 0
         valid[:, r : hk - r, r : wk - r] &= ~touched
     return valid
+
+
+#: (B, C, hq, wq, hk, wk, p, K, iterations, hole, levels, scale): init=pyramid cases (coarse maps
+#: of a few pixels, holes pooled with them, a level dropped where the key map gets too small)
+PYRAMID_CASES = (
+    (2, 3, 24, 28, 26, 22, 3, 2, 2, True, 2, 2),
+    (1, 2, 33, 30, 30, 35, 5, 3, 1, False, 1, 2),
+    (2, 2, 27, 27, 40, 31, 3, 1, 2, True, 3, 3),
+)
+
+
+def _same_pyramids(first: SearchFn, second: SearchFn) -> str:
+    """init=pyramid (psal_pyramid.coarse_to_fine, shared Python) over two search kernels: identical
+    fields and counts. Integer images in multiples of the largest pooling area stay integers when
+    pooled, so every cost is exact (float64)."""
+    from attnbench_plugins import psal_contract, psal_pyramid
+
+    for B, C, hq, wq, hk, wk, p, K, iters, hole, levels, scale in PYRAMID_CASES:
+        q, k = (t * scale ** (2 * levels) for t in _int_images(B, C, hq, wq, hk, wk, seed=hq + wk, dtype=torch.float64))
+        mask = _hole(B, hk, wk) if hole else None
+        valid = psal_contract.matchable_map((hk, wk), p, mask, B, q.device)
+        results = []
+        for fn in (first, second):
+            def at_level(qq, kk, vv, width, init, fn=fn):  # type: ignore[no-untyped-def]
+                return fn(qq, kk, vv, p, width, iters, False, 1234, 0, init)
+
+            results.append([t.cpu() for t in psal_pyramid.coarse_to_fine(at_level, q, k, mask, valid, p, K, levels, scale)])
+        (idx_a, ev_a), (idx_b, ev_b) = results
+        if not (torch.equal(idx_a, idx_b) and torch.equal(ev_a, ev_b)):
+            raise AssertionError(f"p={p} K={K} levels {levels} scale {scale}: {(idx_a != idx_b).sum().item()} matches "
+                                 f"differ, evaluations {ev_a.tolist()} vs {ev_b.tolist()}")
+    return f"{len(PYRAMID_CASES)} cases (batch 2, holes, 1-3 levels, scale 2 and 3): identical"
+
+
+def _reference_pyramid_check() -> str:
+    """Native CPU search under init=pyramid = PyTorch reference under it."""
+    from attnbench_plugins import psal_reference
+
+    return _same_pyramids(_module().psal_search_cpu, psal_reference.search)
 
 
 def _int_images(B: int, C: int, hq: int, wq: int, hk: int, wk: int, seed: int,
@@ -59,6 +106,20 @@ def _int_images(B: int, C: int, hq: int, wq: int, hk: int, wk: int, seed: int,
     h, w = min(hq, hk - 2), min(wq, wk - 1)
     k[:, :, 2 : 2 + h, 1 : 1 + w] = q[:, :, :h, :w]
     return q, k
+
+
+def _given_field(idx: torch.Tensor, k0: int, seed: int) -> torch.Tensor:
+    """A messy (B, Hq, Wq, k0) initial field from a search's result (psal.h, it = 0): its entries
+    (shifted by a column from the second round on), about 20 % -1 (none), some off the key border,
+    the last column repeating the first: every skip rule of psal.h is exercised."""
+    g = torch.Generator().manual_seed(seed)
+    K = idx.shape[-1]
+    f = torch.stack([idx[..., m % K] + m // K for m in range(k0)], -1)
+    if k0 > 1:
+        f[..., -1] = f[..., 0]
+    f[torch.rand(f.shape, generator=g) < 0.2] = -1
+    f[..., 0][torch.rand(f.shape[:-1], generator=g) < 0.1] = 0  # key (0, 0): off the border
+    return f
 
 
 def _module() -> ModuleType:
@@ -103,24 +164,27 @@ def _backend_check(device: str) -> str:
     return f"all ops: native {dev} kernels ({', '.join(OPS)})"
 
 
-SearchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int, bool, int, int],
-                   tuple[torch.Tensor, torch.Tensor]]
-
-
 def _same_searches(first: SearchFn, second: SearchFn, quick: bool) -> str:
-    """Two searches make the same decisions on every case and schedule: identical matches and counts."""
+    """Two searches make the same decisions on every case and schedule, from a random start and
+    from a given field (init, with every skip rule): identical matches and counts."""
     cases = SEARCH_CASES[:4] if quick else SEARCH_CASES
     for B, C, hq, wq, hk, wk, p, K, iters, dot, hole in cases:
         q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
         valid = _valid(B, hk, wk, p, hole)
         for schedule in (0, 1):
-            idx_a, ev_a = (t.cpu() for t in first(q, k, valid, p, K, iters, dot, 1234, schedule))
-            idx_b, ev_b = (t.cpu() for t in second(q, k, valid, p, K, iters, dot, 1234, schedule))
-            if not torch.equal(idx_a, idx_b):
-                raise AssertionError(f"p={p} K={K} schedule {schedule}: {(idx_a != idx_b).sum().item()} matches differ")
-            if not torch.equal(ev_a, ev_b):
-                raise AssertionError(f"p={p} K={K} schedule {schedule}: evaluations {ev_a.tolist()} vs {ev_b.tolist()}")
-    return f"{len(cases)} cases x 2 schedules (batch 2, cross-attention, holes, K up to 40): identical"
+            start = None
+            for given in ("random start", "given field"):
+                init = None if start is None else _given_field(start, K + 1, seed=K)
+                idx_a, ev_a = (t.cpu() for t in first(q, k, valid, p, K, iters, dot, 1234, schedule, init))
+                idx_b, ev_b = (t.cpu() for t in second(q, k, valid, p, K, iters, dot, 1234, schedule, init))
+                where = f"p={p} K={K} schedule {schedule}, {given}"
+                if not torch.equal(idx_a, idx_b):
+                    raise AssertionError(f"{where}: {(idx_a != idx_b).sum().item()} matches differ")
+                if not torch.equal(ev_a, ev_b):
+                    raise AssertionError(f"{where}: evaluations {ev_a.tolist()} vs {ev_b.tolist()}")
+                start = idx_a
+    return (f"{len(cases)} cases x 2 schedules x (random start, given field) (batch 2, cross-attention, holes, "
+            "K up to 40): identical")
 
 
 def _reference_search_check(quick: bool) -> str:
@@ -137,9 +201,21 @@ def _cuda_search_check(device: str, quick: bool) -> str:
         raise AssertionError("the extension has no CUDA kernels")
 
     def on_device(q, k, valid, *args):  # type: ignore[no-untyped-def]
-        return mod.psal_search_cuda(q.to(device), k.to(device), valid.to(device), *args)
+        moved = (a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+        return mod.psal_search_cuda(q.to(device), k.to(device), valid.to(device), *moved)
 
     return _same_searches(mod.psal_search_cpu, on_device, quick)
+
+
+def _cuda_pyramid_check(device: str) -> str:
+    """CUDA search under init=pyramid = CPU search under it."""
+    mod = _module()
+
+    def on_device(q, k, valid, *args):  # type: ignore[no-untyped-def]
+        moved = (a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+        return mod.psal_search_cuda(q.to(device), k.to(device), valid.to(device), *moved)
+
+    return _same_pyramids(mod.psal_search_cpu, on_device)
 
 
 def _cuda_patch_sizes_check(device: str, quick: bool) -> str:
@@ -248,8 +324,10 @@ def checks(device: str, quick: bool) -> Iterator[Check]:
     yield Check(group, f"a refused request on {device} raises (no crash)", lambda: _error_path_check(device))
     yield Check(group, "native CPU search = PyTorch reference (matches, evaluation counts)",
                 lambda: _reference_search_check(quick))
+    yield Check(group, "init=pyramid: native CPU search = PyTorch reference", _reference_pyramid_check)
     cuda_checks: list[tuple[str, Callable[[], str]]] = [
         ("CUDA search = CPU search (matches, evaluation counts)", lambda: _cuda_search_check(device, quick)),
+        ("init=pyramid: CUDA search = CPU search", lambda: _cuda_pyramid_check(device)),
         ("CUDA: every odd patch size", lambda: _cuda_patch_sizes_check(device, quick)),
         ("CUDA ops (forward, backward) = CPU ops, float64", lambda: _cuda_ops_check(device)),
         ("CUDA: float16 / bfloat16 search", lambda: _cuda_reduced_precision_check(device)),

@@ -20,9 +20,13 @@ from .psal_contract import PROPAGATION_STEPS, search_flops, search_levels
 
 
 def expected_evaluations(
-    query_hw: tuple[int, int], key_hw: tuple[int, int], patch_size: int, k_nn: int, iterations: int
+    query_hw: tuple[int, int], key_hw: tuple[int, int], patch_size: int, k_nn: int, iterations: int,
+    given: int = 0,
 ) -> float:
-    """Expected cost evaluations of one batch element's search (what the kernel counts)."""
+    """Expected cost evaluations of one batch element's search (what the kernel counts).
+
+    ``given``: entries per query of a caller's initial field (psal.h, it = 0), each evaluated
+    once (taken as distinct and matchable); the random initialisation tops the heap up to k."""
     hq, wq = query_hw
     nq = hq * wq
     gh, gw = max(key_hw[0] - patch_size + 1, 1), max(key_hw[1] - patch_size + 1, 1)
@@ -37,7 +41,7 @@ def expected_evaluations(
     ]
     random_search = nq * k_nn * sum(1.0 - 1.0 / cells for cells in windows)
     per_query = (propagation + random_search) / nq  # candidates of one query in one iteration
-    total = nq * k_nn
+    total = nq * max(k_nn, given)
     for it in range(1, iterations + 1):
         fresh = 1.0 if it == 1 else per_query / (k_nn + (it - 1) * per_query)
         total += propagation * fresh + random_search
@@ -45,7 +49,25 @@ def expected_evaluations(
 
 
 def search_flops_estimate(batch: int, query_hw: tuple[int, int], key_hw: tuple[int, int], channels: int,
-                          patch_size: int, k_nn: int, iterations: int) -> int:
+                          patch_size: int, k_nn: int, iterations: int, given: int = 0) -> int:
     """FLOPs of the search from shapes alone (fake tensors, ``estimate``): the model's evaluations."""
-    evals = expected_evaluations(query_hw, key_hw, patch_size, k_nn, iterations)
+    evals = expected_evaluations(query_hw, key_hw, patch_size, k_nn, iterations, given)
     return search_flops(batch * evals, channels, patch_size)
+
+
+def expected_pyramid_evaluations(
+    query_hw: tuple[int, int], key_hw: tuple[int, int], patch_size: int, k_nn: int, iterations: int, levels: int,
+    scale: int,
+) -> float:
+    """Expected evaluations of an init=pyramid search (psal_pyramid): every coarse level's search,
+    each started from the coarser level's field (k entries per query), plus the full-size one."""
+    from .psal_pyramid import coarse_levels
+
+    plan = coarse_levels(query_hw, key_hw, patch_size, levels, scale)
+    total, given = 0.0, 0
+    for level in reversed(plan):
+        grid = (level.key_hw[0] - patch_size + 1) * (level.key_hw[1] - patch_size + 1)
+        width = min(k_nn, grid)
+        total += expected_evaluations(level.query_hw, level.key_hw, patch_size, width, iterations, given)
+        given = width
+    return total + expected_evaluations(query_hw, key_hw, patch_size, k_nn, iterations, given)

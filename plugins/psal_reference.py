@@ -107,8 +107,12 @@ def search(
     dot: bool,
     seed: int,
     schedule: int = SCHEDULE_DEFAULT,
+    init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PatchMatch search as specified in psal.h -> (idx (B, Hq, Wq, K) int64, n_evals (B,) int64)."""
+    """PatchMatch search as specified in psal.h -> (idx (B, Hq, Wq, K) int64, n_evals (B,) int64).
+
+    ``init``: the optional (B, Hq, Wq, K0) initial field of psal.h (its entries inserted first, in
+    order; negative entries mean none; the random initialisation fills what is left)."""
     if schedule not in SCHEDULES.values():
         raise ValueError(f"psal_search: schedule must be one of {sorted(SCHEDULES.values())}, got {schedule}")
     B, _, hq, wq = q.shape
@@ -154,7 +158,14 @@ def search(
                 target = sel if rows is None else rows[sel]
                 _insert(D, J, born, target, cost_of(target, cand[sel]), cand[sel], stamp)
 
-            # Initialisation (it = 0): distinct random usable centres.
+            # Initialisation (it = 0): the caller's entries in order, then distinct random usable centres.
+            if init is not None:
+                given = init[b].reshape(nq, -1).to(torch.long)
+                for m in range(given.shape[1]):
+                    c = given[:, m]
+                    present = (c >= 0) & (c < hk * wk)
+                    c = torch.where(present, c, torch.zeros_like(c))
+                    consider(c // wk, c % wk, present)
             for trial in range(INIT_TRIALS_PER_K * K):
                 need = (J >= 0).sum(1) < K
                 if not need.any():

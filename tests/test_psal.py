@@ -375,3 +375,75 @@ def test_backend_is_resolved_once_per_layer(monkeypatch):
     monkeypatch.setattr(psal_ops, "_kernel", lambda *a: looked_up.append(a) or real(*a))
     out = layer(q, k, v)
     assert layer.params()["backend"] == "reference" and looked_up == [] and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------ initial fields
+def test_init_settings_are_validated():
+    assert mechanism("psal-3").params()["init"] == "random"
+    assert "pyramid_levels" not in mechanism("psal-3").params()
+    assert mechanism("psal-3[init=pyramid,pyramid_levels=3]").params()["pyramid_levels"] == 3
+    for bad in ({"init": "coarse"}, {"init": "pyramid", "pyramid_levels": 0}, {"init": "pyramid", "pyramid_scale": 1}):
+        with pytest.raises(UnsupportedRequest):
+            mechanism("psal-3", **bad)
+
+
+def test_default_init_is_the_plain_random_search():
+    # init=random calls the search op exactly as before the option existed (no field)
+    q, k = _rand(1, 3, 20, 21, dtype=torch.float32), _rand(1, 3, 19, 22, seed=1, dtype=torch.float32)
+    layer = mechanism("psal-3", patch_size=3, iterations=2)
+    valid = torch.zeros(1, 19, 22, dtype=torch.bool)
+    valid[:, 1:-1, 1:-1] = True
+    idx, ev = torch.ops.attnbench.psal_search(q, k, valid, 3, 3, 2, False, 0, 0, layer.backend == "reference")
+    assert layer.params()["init"] == "random"
+    assert torch.equal(layer.search(q, k), idx) and torch.equal(layer.last_evaluations, ev)
+
+
+def test_init_nnf_continues_a_previous_search():
+    # the video use: the previous frame's field as the next frame's start; with 0 iterations the
+    # field comes back as given (flat (B, Hq*Wq, K) layout accepted too), each entry evaluated once
+    q, k = _rand(2, 3, 16, 17, dtype=torch.float32), _rand(2, 3, 15, 18, seed=1, dtype=torch.float32)
+    first = mechanism("psal-3", patch_size=3, iterations=3)
+    idx = first.search(q, k)
+    again = mechanism("psal-3", patch_size=3, iterations=0)
+    assert torch.equal(again.search(q, k, init_nnf=idx.reshape(2, -1, 3).to(torch.int32)), idx)
+    assert again.last_evaluations.tolist() == [16 * 17 * 3] * 2
+    out = again(q, k, k, init_nnf=idx)
+    assert out.shape == (2, 3, 16, 17) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda idx: idx.float(), "int32 or int64"),
+    (lambda idx: idx[:, :-1], r"\(B, Hq, Wq, K0\)"),
+    (lambda idx: idx[..., :0], r"\(B, Hq, Wq, K0\)"),
+    (lambda idx: idx + 10_000, "key indices in"),
+    (lambda idx: idx.masked_fill(torch.ones_like(idx, dtype=torch.bool), 0), "not matchable key centres"),
+    (lambda idx: idx.masked_fill(torch.ones_like(idx, dtype=torch.bool), 4 * 18 + 8), "not matchable key centres"),
+], ids=["dtype", "shape", "empty", "range", "border", "hole"])
+def test_bad_init_nnf_is_a_one_line_user_error(bad, message):
+    q, k = _rand(1, 3, 16, 17, dtype=torch.float32), _rand(1, 3, 15, 18, seed=1, dtype=torch.float32)
+    mask = torch.zeros(1, 1, 15, 18, dtype=torch.bool)
+    mask[:, :, 4, 8] = True  # the hole: centre (4, 8) touches it
+    layer = mechanism("psal-3", patch_size=3, iterations=1)
+    idx = layer.search(q, k, mask)
+    with pytest.raises(UnsupportedRequest, match=message) as err:
+        layer.search(q, k, mask, init_nnf=bad(idx))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UnsupportedRequest, match="init=pyramid"):
+        mechanism("psal-3[init=pyramid]", patch_size=3).search(q, k, mask, init_nnf=idx)
+
+
+def test_pyramid_estimate_bounds_measured_peak_and_stays_within_10_percent():
+    # the memory suite's question at a small size: init=pyramid's peak (measured) under its
+    # estimate, and the estimate within 10 % of init=random's, here and at 512 px (PSAL-3 forward)
+    random_layer, pyramid_layer = mechanism("psal-3"), mechanism("psal-3[init=pyramid]")
+    q, k, v = (_rand(1, 16, 96, 96, seed=s, dtype=torch.float32) for s in range(3))
+    _, peak_random = measure_peak(lambda: random_layer(q, k, v))
+    _, peak_pyramid = measure_peak(lambda: pyramid_layer(q, k, v))
+    shape = ProblemShape.square(96, 16, 7)
+    estimate = pyramid_layer.estimate(shape).memory_bytes
+    assert peak_pyramid <= estimate <= 2.5 * peak_pyramid + (1 << 20)
+    assert peak_pyramid <= 1.10 * peak_random
+    if pyramid_layer.backend == "native":
+        big = ProblemShape.square(512, 16, 7)
+        assert pyramid_layer.estimate(big).memory_bytes <= 1.10 * random_layer.estimate(big).memory_bytes
+        assert pyramid_layer.estimate(big).flops != random_layer.estimate(big).flops

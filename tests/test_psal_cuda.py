@@ -124,8 +124,9 @@ class Kernels:
         return t.to(self.device)
 
     # the CUDA kernels (inputs moved to the device, outputs back to the CPU)
-    def search(self, q, k, valid, p, K, iters, dot, seed, *schedule):
-        idx, ev = self.mod.psal_search_cuda(self.dev(q), self.dev(k), self.dev(valid), p, K, iters, dot, seed, *schedule)
+    def search(self, q, k, valid, p, K, iters, dot, seed, *rest):
+        rest = tuple(self.dev(a) if isinstance(a, torch.Tensor) else a for a in rest)  # schedule, init
+        idx, ev = self.mod.psal_search_cuda(self.dev(q), self.dev(k), self.dev(valid), p, K, iters, dot, seed, *rest)
         assert idx.device.type == self.device and ev.device.type == self.device
         return idx.cpu(), ev.cpu()
 
@@ -236,6 +237,28 @@ def test_search_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
     idx_2, _ = kern.search(q, k, valid, p, K, max(iters, 1), dot, 99, schedule)
     idx_1, _ = kern.search(q, k, valid, p, K, max(iters, 1), dot, 1234, schedule)
     assert not torch.equal(idx_1, idx_2)
+
+
+@pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: f"B{c[0]}p{c[6]}k{c[7]}it{c[8]}{'dot' if c[9] else 'l2'}{'-hole' if c[10] else ''}")
+def test_search_from_a_given_field_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
+    # psal.h's init field: the given entries first (negative, off-border, repeated ones skipped,
+    # uncounted), then the random fill; int64 and int32 fields, more and fewer entries than K
+    from attnbench_plugins.psal_checks import _given_field
+
+    B, C, hq, wq, hk, wk, p, K, iters, dot, hole = case
+    q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
+    valid = _valid(B, hk, wk, p, hole)
+    start, _ = kern.mod.psal_search_cpu(q, k, valid, p, K, 1, dot, 5, schedule)
+    for k0, dtype in ((K + 2, torch.long), (max(K - 1, 1), torch.int32)):
+        init = _given_field(start, k0, seed=K).to(dtype)
+        idx_c, ev_c = kern.mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule, init)
+        idx_g, ev_g = kern.search(q, k, valid, p, K, iters, dot, 1234, schedule, init)
+        _check_heaps(idx_g, valid)
+        assert torch.equal(idx_g, idx_c), f"{(idx_g != idx_c).sum().item()} entries differ from the CPU kernel"
+        assert torch.equal(ev_g, ev_c), (ev_g, ev_c)
+    plain, _ = kern.search(q, k, valid, p, K, iters, dot, 1234, schedule)
+    assert not torch.equal(plain, idx_g)  # the field was read
 
 
 @pytest.mark.parametrize("p", list(range(1, 24, 2)))

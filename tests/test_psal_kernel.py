@@ -246,3 +246,131 @@ def test_fake_flop_formula_uses_the_model():
         ops.psal_search(fq, fq, fvalid, 7, 3, 5, False, 0)
     expected = psal_ops.search_flops_estimate(1, (64, 64), (64, 64), 16, 7, 3, 5)
     assert counter.get_total_flops() == expected > 0
+
+
+# ------------------------------------------------------------------- a caller's initial field
+@pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
+@pytest.mark.parametrize("k_nn", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_search_from_a_given_field_matches_reference_exactly(ext, schedule, k_nn, dtype):
+    from attnbench_plugins.psal_checks import _given_field
+
+    q, k, _ = _inputs()
+    valid = reference.matchable_map(tuple(k.shape[2:]), 3, _hole(k.shape[2:]), 2, q.device)
+    start, _ = ext.psal_search_cpu(q, k, valid, 3, k_nn, 1, False, 5)
+    init = _given_field(start, k_nn + 1, seed=k_nn).to(dtype)  # -1, off-border, repeated entries
+    idx_n, ev_n = ext.psal_search_cpu(q, k, valid, 3, k_nn, 2, False, 11, schedule, init)
+    idx_r, ev_r = reference.search(q, k, valid, 3, k_nn, 2, False, 11, schedule, init)
+    assert torch.equal(idx_n, idx_r) and torch.equal(ev_n, ev_r)
+    plain, _ = ext.psal_search_cpu(q, k, valid, 3, k_nn, 2, False, 11, schedule)
+    assert not torch.equal(idx_n, plain)  # the field was used
+
+
+def test_given_entries_are_evaluated_once_and_kept_best_first(ext):
+    # 0 iterations: the heap is the given distinct matchable entries (sorted by cost), each counted
+    # once; a field of -1 only (no entry) is the random initialisation, bit for bit.
+    q, k, _ = _inputs()
+    valid = reference.matchable_map(tuple(k.shape[2:]), 3, _hole(k.shape[2:]), 2, q.device)
+    start, ev_start = ext.psal_search_cpu(q, k, valid, 3, 3, 2, False, 5)
+    shuffled = start.flip(-1)
+    idx, ev = ext.psal_search_cpu(q, k, valid, 3, 3, 0, False, 0, 0, torch.cat([shuffled, shuffled], -1))
+    assert torch.equal(idx, start)  # same entries, re-sorted by cost; the repeats skipped
+    assert ev.tolist() == [start[0].numel(), start[1].numel()]  # one evaluation per distinct entry
+    none = torch.full_like(start, -1)
+    for iters in (0, 3):
+        assert all(torch.equal(a, b) for a, b in zip(ext.psal_search_cpu(q, k, valid, 3, 3, iters, False, 9, 0, none),
+                                                     ext.psal_search_cpu(q, k, valid, 3, 3, iters, False, 9, 0)))
+
+
+def test_given_field_shape_and_dtype_are_checked(ext):
+    q, k, _ = _inputs()
+    valid = reference.matchable_map(tuple(k.shape[2:]), 3, None, 2, q.device)
+    for bad in (torch.zeros(2, 13, 15, dtype=torch.long), torch.zeros(2, 13, 14, 2, dtype=torch.long),
+                torch.zeros(2, 13, 15, 2)):
+        with pytest.raises(RuntimeError, match="init must be"):
+            ext.psal_search_cpu(q, k, valid, 3, 2, 1, False, 0, 0, bad)
+
+
+def _pyramid_pair(layer_kw, q, k, mask, monkeypatch):
+    from attnbench.registry import mechanism
+
+    native = mechanism("psal-1", **layer_kw)
+    monkeypatch.setenv("ATTNBENCH_PSAL_BACKEND", "reference")
+    ref = mechanism("psal-1", **layer_kw)
+    monkeypatch.delenv("ATTNBENCH_PSAL_BACKEND")
+    assert native.backend == "native" and ref.backend == "reference"
+    idx_n, idx_r = native.search(q, k, mask), ref.search(q, k, mask)
+    return idx_n, native.last_evaluations, idx_r, ref.last_evaluations
+
+
+@pytest.mark.parametrize("case", [
+    # (B, C, q_hw, k_hw, p, search_k, iterations, levels, scale, masked, schedule)
+    (2, 3, (24, 28), (26, 22), 3, 2, 2, 2, 2, True, "jacobi"),
+    (1, 2, (33, 30), (30, 35), 5, 3, 1, 1, 2, False, "wavefront"),
+    (2, 2, (27, 27), (40, 31), 3, 1, 2, 3, 2, True, "wavefront"),
+    (1, 3, (30, 20), (28, 26), 3, 2, 1, 1, 3, True, "jacobi"),
+], ids=["2lv-hole", "p5-wavefront", "3lv-hole-k1", "scale3-hole"])
+def test_pyramid_native_equals_reference_exactly(ext, monkeypatch, case):
+    # The coarse-to-fine orchestration is shared Python; integer images in multiples of the largest
+    # pooling area stay integers when pooled, so every patch cost is exact and the fields agree.
+    B, C, q_hw, k_hw, p, width, iters, levels, scale, masked, schedule = case
+    from attnbench_plugins.psal_checks import _hole as _check_hole
+    from attnbench_plugins.psal_checks import _int_images
+
+    q, k = (t * scale ** (2 * levels) for t in _int_images(B, C, *q_hw, *k_hw, seed=sum(q_hw), dtype=torch.float64))
+    mask = _check_hole(B, *k_hw) if masked else None
+    kw = dict(patch_size=p, search_k=width, iterations=iters, init="pyramid", pyramid_levels=levels,
+              pyramid_scale=scale, schedule=schedule, seed=3)
+    idx_n, ev_n, idx_r, ev_r = _pyramid_pair(kw, q, k, mask, monkeypatch)
+    assert torch.equal(idx_n, idx_r) and torch.equal(ev_n, ev_r)
+    flat = reference.matchable_map(k_hw, p, mask, B, q.device).flatten(1)
+    assert torch.gather(flat, 1, idx_n.reshape(B, -1)).all()
+    from attnbench.registry import mechanism
+
+    plain = mechanism("psal-1", **{**kw, "init": "random"})
+    assert not torch.equal(plain.search(q, k, mask), idx_n)  # the pyramid changed the start
+
+
+def test_pyramid_finds_a_large_shift_in_fewer_iterations(ext):
+    # A 40 px shift on a 160 px image: a random start with two iterations leaves most queries far
+    # off (8 % right); the coarse levels bring the field there first (100 %), for fewer evaluations.
+    from attnbench.registry import mechanism
+
+    g = torch.Generator().manual_seed(0)
+    big = torch.nn.functional.avg_pool2d(torch.randn(1, 4, 220, 220, generator=g), 3, stride=1, padding=1)
+    q, k = big[:, :, :160, :160].contiguous(), big[:, :, 40:200, 36:196].contiguous()
+    ys, xs = torch.meshgrid(torch.arange(160), torch.arange(160), indexing="ij")
+    inside = (ys >= 43) & (xs >= 39) & (ys < 157) & (xs < 157)
+
+    def correct(init):
+        layer = mechanism("psal-1", init=init, iterations=2, patch_size=5, search_k=2)
+        idx = layer.search(q, k)[0, ..., 0]
+        return ((idx // 160 == ys - 40) & (idx % 160 == xs - 36))[inside].float().mean().item(), layer.last_evaluations
+
+    (good, evals_pyramid), (poor, evals_random) = correct("pyramid"), correct("random")
+    assert good > 0.99 and poor < 0.2 and evals_pyramid < evals_random
+
+
+def test_evaluation_model_covers_the_pyramid(ext):
+    from attnbench.registry import mechanism
+    from attnbench_plugins.psal_cost import expected_pyramid_evaluations
+
+    for k_nn, size in ((1, 64), (3, 96)):
+        g = torch.Generator().manual_seed(size + k_nn)
+        q, k = torch.rand(1, 4, size, size, generator=g), torch.rand(1, 4, size, size, generator=g)
+        layer = mechanism(f"psal-{k_nn}", search_k=k_nn, init="pyramid", pyramid_levels=2)
+        layer.search(q, k)
+        model = expected_pyramid_evaluations((size, size), (size, size), 7, k_nn, 5, 2, 2)
+        assert abs(int(layer.last_evaluations) / model - 1) < 0.10
+
+
+def test_fake_flop_formula_counts_the_given_entries():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode, FlopCounterMode(display=False) as counter:
+        fq = mode.from_tensor(torch.empty(1, 16, 64, 64))
+        fvalid = mode.from_tensor(torch.empty(1, 64, 64, dtype=torch.bool))
+        finit = mode.from_tensor(torch.empty(1, 64, 64, 5, dtype=torch.int32))
+        ops.psal_search(fq, fq, fvalid, 7, 3, 5, False, 0, 0, False, finit)
+    expected = psal_ops.search_flops_estimate(1, (64, 64), (64, 64), 16, 7, 3, 5, 5)
+    assert counter.get_total_flops() == expected > psal_ops.search_flops_estimate(1, (64, 64), (64, 64), 16, 7, 3, 5)
