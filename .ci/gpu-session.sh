@@ -52,7 +52,8 @@ KERNEL_SIZE=${KERNEL_SIZE:-256}
 DEADLINE=$((SECONDS + ${BUDGET_S:-560}))
 RUNFLAGS=(--device "$DEVICE" --no-table)
 [ "${RESUME:-0}" = 1 ] && RUNFLAGS+=(--resume)
-AB=/tmp/attnbench-cli
+AB=$(mktemp /tmp/attnbench-cli.XXXXXX)  # the CLI on the machine's python (pip's script may point elsewhere)
+trap 'rm -f "$AB"' EXIT
 printf '#!/bin/sh\nexec %s -c "import sys; from attnbench.cli import main; sys.exit(main(sys.argv[1:]))" "$@"\n' "$PY" >"$AB"
 chmod +x "$AB"
 step() { echo "== $(date -u +%T) +$((SECONDS))s $*" | tee -a "$LOG"; }

@@ -103,9 +103,9 @@ def check_kernels(device: torch.device) -> dict[str, Any]:
     from attnbench_plugins import psal_build
     from attnbench_plugins.psal_checks import SEARCH_CASES, _int_images, _valid
 
-    mod = psal_build.load_extension()
     if device.type != "cuda":
         return {"skipped": "no CUDA device: the variants are checked in the emulation (tests/test_psal_cuda.py)"}
+    mod = psal_build.load_extension()
     differing = []
     for case in SEARCH_CASES:
         B, C, hq, wq, hk, wk, p, K, iters, dot, hole = case
