@@ -15,6 +15,8 @@
 #   3. every `*_cuda` function that psal_cpu.o references but does not define must be defined in
 #      psal_cuda.o (nm on the mangled names): a signature mismatch between native/psal.h and
 #      psal_cuda.cu fails here, as it would at link/load time on a GPU machine.
+#   4. psal_cuda.cu again for every other costing variant of the search (PSAL_CUDA_VARIANT switch;
+#      names and flags from plugins/psal_build.py's CUDA_VARIANTS), same flags as step 1.
 # What it cannot do here: link against libtorch_cuda / libc10_cuda (a CPU-only torch wheel ships
 # no CUDA libraries) or run anything.
 #
@@ -24,7 +26,8 @@
 # C10_CUDA_BUILD_SHARED_LIBS, which matters on Windows only).
 #
 # Environment: PYTHON (default: python), NVCC (default: nvcc), CXX (default: c++),
-#              PSAL_CUDA_ARCHS (default: "80"), KEEP_OBJ=1 keeps the temp dir.
+#              PSAL_CUDA_ARCHS (default: "80"), KEEP_OBJ=1 keeps the temp dir,
+#              PSAL_CUDA_VARIANT_LIST (default: every variant but the default one, e.g. "group8").
 set -u -o pipefail
 
 PY="${PYTHON:-python}"
@@ -60,6 +63,12 @@ print("INCS=" + " ".join(shlex.quote("-I" + p) for p in incs))
 print("NVCCCOMMON=" + " ".join(shlex.quote(f) for f in ce.COMMON_NVCC_FLAGS))
 print("NOMACROS=%d" % (not os.path.exists(macros)))
 print("TORCHVER=" + torch.__version__)
+try:
+    from attnbench_plugins.psal_build import CUDA_VARIANTS, DEFAULT_CUDA_VARIANT
+except Exception as exc:  # not installed: only the default variant is checked
+    print("VARIANTS=")
+else:
+    print("VARIANTS=" + ";".join(f"{n}:{' '.join(f)}" for n, f in CUDA_VARIANTS.items() if n != DEFAULT_CUDA_VARIANT))
 EOF
 )" || fail "could not read torch's build flags with $PY"
 
@@ -69,6 +78,7 @@ INCS="$(sed -n 's/^INCS=//p' <<<"$FLAGS_OUT")"
 NVCCCOMMON="$(sed -n 's/^NVCCCOMMON=//p' <<<"$FLAGS_OUT")"
 NOMACROS="$(sed -n 's/^NOMACROS=//p' <<<"$FLAGS_OUT")"
 TORCHVER="$(sed -n 's/^TORCHVER=//p' <<<"$FLAGS_OUT")"
+VARIANTS="$(sed -n 's/^VARIANTS=//p' <<<"$FLAGS_OUT")"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/psal_cuda_check.XXXXXX")" || fail "mktemp failed"
 if [ "${KEEP_OBJ:-0}" != "1" ]; then trap 'rm -rf "$TMP"' EXIT; else echo "compile_cuda: keeping $TMP"; fi
@@ -86,9 +96,10 @@ eval "INC_ARR=($INCS)"
 eval "NVCC_ARR=($NVCCCOMMON)"
 
 echo "compile_cuda: torch $TORCHVER, $("$NVCC" --version | tail -1), archs: $ARCHS"
-CMD=("$NVCC" -c "$CU" -o "$TMP/psal_cuda.o" "${INC_ARR[@]}" "-I$ROOT/native" "${DEFS[@]}" "${NVCC_ARR[@]}"
+NVCC_ARGS=("${INC_ARR[@]}" "-I$ROOT/native" "${DEFS[@]}" "${NVCC_ARR[@]}"
      "${GENCODE[@]}" --compiler-options -fPIC "$STD" -O3 -lineinfo -Xptxas=-warn-spills
      -diag-suppress=3306)
+CMD=("$NVCC" -c "$CU" -o "$TMP/psal_cuda.o" "${NVCC_ARGS[@]}")
 echo "compile_cuda: ${CMD[*]}"
 start=$SECONDS
 "${CMD[@]}" 2>"$TMP/nvcc.log"
@@ -128,4 +139,19 @@ if [ -f "$CPP" ]; then
 else
   echo "compile_cuda: note: native/psal_cpu.cpp not present; skipped the combined -DWITH_CUDA check"
 fi
+
+# 4. the other costing variants (each a full device compile: register/shared-memory errors show)
+[ -n "$VARIANTS" ] || echo "compile_cuda: note: attnbench_plugins not importable with $PY; only the default variant compiled"
+IFS=';' read -r -a VARIANT_SPECS <<<"$VARIANTS"
+for spec in "${VARIANT_SPECS[@]}"; do
+  [ -n "$spec" ] || continue
+  vname="${spec%%:*}"; read -r -a vflags <<<"${spec#*:}"
+  if [ -n "${PSAL_CUDA_VARIANT_LIST:-}" ] && [[ " $PSAL_CUDA_VARIANT_LIST " != *" $vname "* ]]; then continue; fi
+  start=$SECONDS
+  "$NVCC" -c "$CU" -o "$TMP/psal_cuda_$vname.o" "${NVCC_ARGS[@]}" "${vflags[@]}" 2>"$TMP/nvcc_$vname.log" || {
+    tail -40 "$TMP/nvcc_$vname.log" >&2; fail "nvcc failed on native/psal_cuda.cu, variant $vname (${vflags[*]})"; }
+  nspill="$(grep -c 'Registers are spilled' "$TMP/nvcc_$vname.log")"
+  note=""; [ "$nspill" = "0" ] || note=", ptxas reports spills in $nspill kernel instantiations"
+  echo "compile_cuda: OK variant $vname (${vflags[*]}) ($((SECONDS - start)) s$note)"
+done
 echo "compile_cuda: PASS"

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-from .errors import Unavailable, UnsupportedRequest, UserError
+from .errors import Unavailable, Unsupported, UnsupportedRequest, UserError
 from .interface import AttentionMechanism, ProblemShape
 
 CHECK_GROUP = "attnbench.checks"
@@ -238,7 +238,7 @@ def _contract_check(name: str, device: str) -> str:
         try:
             wrt = [t.requires_grad_() for n, t in zip("qkv", (q, k, v)) if n in layer.differentiable_wrt]
             out = _check_output(layer(q, k, v, mask), q, v, name)
-        except UnsupportedRequest as exc:
+        except (UnsupportedRequest, Unsupported) as exc:
             ran.append(f"{problem.label}: unsupported ({exc})")
             continue
         if wrt:
@@ -250,7 +250,7 @@ def _contract_check(name: str, device: str) -> str:
     return "; ".join(ran)
 
 
-def _exact_check(name: str, device: str, dtype: torch.dtype) -> str:
+def exact_check(name: str, device: str, dtype: torch.dtype) -> str:
     """Where a setting of the mechanism is exact attention, it must equal Full's output."""
     cls = _build(name).__class__
     compared = []
@@ -269,7 +269,7 @@ def _exact_check(name: str, device: str, dtype: torch.dtype) -> str:
         expected = reference(q.to(ref_dtype), k.to(ref_dtype), v.to(ref_dtype), mask).to(dtype)
         try:
             got = _check_output(layer(q, k, v, mask), q, v, name)
-        except UnsupportedRequest as exc:
+        except (UnsupportedRequest, Unsupported) as exc:
             raise CheckSkipped(f"unsupported here: {exc}") from None
         err = (got.double() - expected.double()).abs().max().item()
         scale = max(expected.double().abs().max().item(), 1.0)
@@ -302,7 +302,7 @@ def _gradcheck(name: str, device: str) -> str:
     try:
         ok = torch.autograd.gradcheck(f, tuple(inputs[n].clone().requires_grad_() for n in wrt), eps=1e-6, atol=1e-5,
                                       rtol=1e-4)
-    except UnsupportedRequest as exc:
+    except (UnsupportedRequest, Unsupported) as exc:
         raise CheckSkipped(f"unsupported here: {exc}") from None
     if not ok:
         raise AssertionError("gradcheck returned False")
@@ -335,7 +335,7 @@ def mechanism_checks(device: str, names: Optional[list[str]] = None) -> Iterator
         wanted += (torch.float16, torch.bfloat16)
         for dtype in (d for d in wanted if d in info.cls.dtypes):
             label = f"exact setting = {REFERENCE} ({str(dtype).replace('torch.', '')})"
-            yield Check(group, label, lambda n=name, d=dtype: _exact_check(n, device, d))
+            yield Check(group, label, lambda n=name, d=dtype: exact_check(n, device, d))
         yield Check(group, "gradcheck (float64)", lambda n=name: _gradcheck(n, device))
 
 

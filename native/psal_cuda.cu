@@ -48,6 +48,20 @@
 //   * psal_cuda.cuh also lets this file compile as plain C++ (-DPSAL_CUDA_EMULATE) where every
 //     launch runs serially on the CPU: tests/test_psal_cuda.py uses it to test these kernels
 //     against psal_cpu.cpp without a GPU.
+//   * Costing variants of the search iterations (compile-time switch PSAL_CUDA_VARIANT, chosen
+//     by plugins/psal_build.py from ATTNBENCH_PSAL_CUDA_VARIANT; every variant makes the same
+//     decisions, so the same matches and evaluation counts, tested in the emulation):
+//       0 "thread" (default): one thread per query, patch_cost reads the query and candidate
+//         patches from the channel-last copies;
+//       1 "group": PSAL_CUDA_GROUP lanes (4, 8, 16 or 32) per query. Lane l costs elements
+//         l, l + G, ... of each patch row's p*C contiguous channel-last key values, so a group's
+//         loads of a candidate row are coalesced; its slice of the query patch is loaded once
+//         per query into shared memory (lane-interleaved slots, no bank conflicts; each lane
+//         reads only the slots it wrote, so no barrier is needed). Row sums are reduced by an
+//         xor butterfly (every lane gets the same bits), so all lanes keep identical heaps and
+//         take identical branches; the early exit stays psal.h's (after a patch row). Used where
+//         k <= 32 (local heaps) and the block's query slices fit kGroupSharedBytes; elsewhere
+//         the thread variant runs.
 #include "psal.h"
 
 #include <ATen/ATen.h>
@@ -68,6 +82,20 @@ constexpr int kSearchThreads = 128;  // heavy local memory per thread: keep bloc
 constexpr int kThreads = 256;
 constexpr int kChunk = 8;  // channels accumulated per pass in the backward / attend kernels
 constexpr int kMaxGridY = 65535;
+
+#ifndef PSAL_CUDA_VARIANT
+#define PSAL_CUDA_VARIANT 0
+#endif
+#ifndef PSAL_CUDA_GROUP
+#define PSAL_CUDA_GROUP 8
+#endif
+static_assert(PSAL_CUDA_VARIANT == 0 || PSAL_CUDA_VARIANT == 1, "PSAL_CUDA_VARIANT: 0 (thread) or 1 (group)");
+static_assert(PSAL_CUDA_GROUP == 4 || PSAL_CUDA_GROUP == 8 || PSAL_CUDA_GROUP == 16 || PSAL_CUDA_GROUP == 32,
+              "PSAL_CUDA_GROUP: lanes per query, 4, 8, 16 or 32");
+constexpr int kGroupLanes = PSAL_CUDA_GROUP;
+// Shared memory a block of the group variant may hold its queries' patch slices in (the default
+// limit of a block without opting in; above it the thread variant runs).
+constexpr int64_t kGroupSharedBytes = 48 * 1024;
 
 // ------------------------------------------------------------------------------------------
 // Geometry shared by every kernel. Coordinates are int, flat element offsets int64.
@@ -172,16 +200,108 @@ struct SearchCtx {
   __device__ __forceinline__ bool matchable(int cy, int cx) const {
     return g.in_border(cy, cx) && vb[(int64_t)cy * g.Wk + cx];
   }
-  // psal.h insert(c) for a candidate already known to be matchable.
-  __device__ __forceinline__ void insert(KHeap<acc_t>& h, int cy, int cx) {
+  // The thread variant's costing: this thread alone, patch_cost.
+  __device__ __forceinline__ acc_t operator()(int cy, int cx, acc_t cutoff) const {
+    return patch_cost<scalar_t, acc_t>(qb, kb, g, y, x, cy, cx, dot, cutoff);
+  }
+  // psal.h insert(c) for a candidate already known to be matchable, costed by `cost`
+  // (cost(cy, cx, cutoff): this context itself, or a GroupCost).
+  template <typename Cost>
+  __device__ __forceinline__ void insert(KHeap<acc_t>& h, int cy, int cx, const Cost& cost) {
     const int32_t c = cy * g.Wk + cx;
     if (h.contains(c)) return;
     const acc_t cutoff = h.full() ? h.d[h.K - 1] : acc_inf<acc_t>();
-    const acc_t v = patch_cost<scalar_t, acc_t>(qb, kb, g, y, x, cy, cx, dot, cutoff);
+    const acc_t v = cost(cy, cx, cutoff);
     ++evals;
     if (!h.full() || v < h.d[h.K - 1]) h.push(v, c);
   }
+  __device__ __forceinline__ void insert(KHeap<acc_t>& h, int cy, int cx) { insert(h, cy, cx, *this); }
 };
+
+// Sum of partial(l) over the G lanes of this thread's group, the same bits in every lane (xor
+// butterfly: lane l adds lane l ^ o's value, o = 1, 2, ...). The emulation runs a group's lanes
+// one after the other, so there one thread evaluates every lane's partial in the same order.
+template <int G, typename acc_t, typename Partial>
+__device__ __forceinline__ acc_t group_sum(int lane, const Partial& partial) {
+#ifndef PSAL_CUDA_EMULATE
+  acc_t v = partial(lane);
+  const unsigned mask = G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x & 31u) & ~(unsigned)(G - 1)));
+  for (int o = 1; o < G; o <<= 1) v += __shfl_xor_sync(mask, v, o, G);
+  return v;
+#else
+  acc_t v[G], next[G];
+  for (int l = 0; l < G; ++l) v[l] = partial(l);
+  for (int o = 1; o < G; o <<= 1) {
+    for (int l = 0; l < G; ++l) next[l] = v[l] + v[l ^ o];
+    for (int l = 0; l < G; ++l) v[l] = next[l];
+  }
+  return v[lane];
+#endif
+}
+
+// The group variant's costing (see the header): qs holds the query's patch slices, slot
+// (row * J + j) * G + l = element l + j G of patch row `row` (channel-last: dx, then channel).
+template <typename scalar_t, typename acc_t, int G>
+struct GroupCost {
+  const scalar_t* kb;  // batch b of k, channel-last
+  const acc_t* qs;     // this query's slots in shared memory
+  Geom g;
+  int lane, J;
+  bool dot;
+
+  // lane l's part of one patch row: sum over its elements of (q - k)^2, or of q * k
+  __device__ __forceinline__ acc_t lane_row(int l, int row, const scalar_t* __restrict__ krow) const {
+    const int n = g.p * g.C;
+    const acc_t* slot = qs + (int64_t)row * J * G + l;
+    acc_t s = 0;
+    for (int e = l, j = 0; e < n; e += G, ++j) {
+      const acc_t qv = slot[j * G], kv = static_cast<acc_t>(krow[e]);
+      if (dot) {
+        s += qv * kv;
+      } else {
+        const acc_t d = qv - kv;
+        s += d * d;
+      }
+    }
+    return s;
+  }
+  __device__ __forceinline__ acc_t operator()(int cy, int cx, acc_t cutoff) const {
+    acc_t s = 0;
+    for (int row = 0; row < g.p; ++row) {
+      const scalar_t* krow = kb + ((int64_t)(cy - g.r + row) * g.Wk + (cx - g.r)) * g.C;
+      const acc_t rs = group_sum<G, acc_t>(lane, [&](int l) { return lane_row(l, row, krow); });
+      if (dot) {
+        s -= rs;
+      } else {
+        s += rs;
+        if (s >= cutoff) return s;  // psal.h early exit, after a patch row
+      }
+    }
+    return s;
+  }
+};
+
+// Writes lane l's slots of the query patch at (y, x) (replicate-padded, as patch_cost reads it).
+// On the GPU each lane writes its own slots; the emulation's one thread writes every lane's.
+template <typename scalar_t, typename acc_t, int G>
+__device__ __forceinline__ void load_query_slices(acc_t* qs, const scalar_t* __restrict__ qb, const Geom& g, int y, int x,
+                                                  int lane, int J) {
+  const int n = g.p * g.C;
+#ifndef PSAL_CUDA_EMULATE
+  const int l0 = lane, l1 = lane + 1;
+#else
+  const int l0 = 0, l1 = G;
+  (void)lane;
+#endif
+  for (int l = l0; l < l1; ++l)
+    for (int row = 0; row < g.p; ++row) {
+      const int qy = clampi(y + row - g.r, 0, g.Hq - 1);
+      for (int e = l, j = 0; e < n; e += G, ++j) {
+        const int qx = clampi(x + e / g.C - g.r, 0, g.Wq - 1);
+        qs[((int64_t)row * J + j) * G + l] = static_cast<acc_t>(qb[((int64_t)qy * g.Wq + qx) * g.C + e % g.C]);
+      }
+    }
+}
 
 // Warp-reduce the per-thread evaluation counts and add them to *target (one atomic per warp).
 // Every lane of the warp must call this (blockDim.x is a multiple of 32).
@@ -260,6 +380,55 @@ __global__ void __launch_bounds__(kSearchThreads)
 //     queries of one diagonal share no row or column, so no thread reads a heap another thread of
 //     this launch writes; the launches run one diagonal after the other in sweep order).
 // prev_* and next_* may alias, hence no __restrict__ on them.
+//
+// iterate_query: one query's propagation and random search on its heap h (already loaded from
+// prev_*), candidates costed by `cost` (the thread's own, or its group's); the kernels below map
+// threads to queries and write the heap back.
+template <typename scalar_t, typename acc_t, typename Cost>
+__device__ __forceinline__ void iterate_query(SearchCtx<scalar_t, acc_t>& ctx, KHeap<acc_t>& h, int32_t* snap,
+                                              const Cost& cost, int K, uint64_t seed, int it, int b, int64_t i,
+                                              const int64_t* prev_i, const uint8_t* prev_born) {
+  const Geom& g = ctx.g;
+  const int64_t nq = g.nq();
+  const int levels = (int)psal_search_levels(g.Hk, g.Wk);
+  const int wmax = g.Hk > g.Wk ? g.Hk : g.Wk;
+  const int y = ctx.y, x = ctx.x;
+  // Propagation: l = 1, 2, 4, 8; (dy, dx) = (-l, 0), (l, 0), (0, -l), (0, l).
+  for (int l = 1; l <= 8; l <<= 1) {
+    for (int dir = 0; dir < 4; ++dir) {
+      const int dy = dir == 0 ? -l : (dir == 1 ? l : 0);
+      const int dx = dir == 2 ? -l : (dir == 3 ? l : 0);
+      const int ny = y + dy, nx = x + dx;
+      if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
+      const int64_t nrow = ((int64_t)b * nq + (int64_t)ny * g.Wq + nx) * K;
+      const int64_t* nidx = prev_i + nrow;
+      const uint8_t* nborn = prev_born + nrow;  // the same slots as nidx
+      for (int m = 0; m < K; ++m) {
+        if (!psal_entry_fresh(nborn[m], it)) continue;  // seen by this query already (psal.h)
+        const int32_t j = (int32_t)nidx[m];
+        const int cy = j / g.Wk - dy, cx = j % g.Wk - dx;
+        if (cy < 0 || cy >= g.Hk || cx < 0 || cx >= g.Wk) continue;
+        if (ctx.matchable(cy, cx)) ctx.insert(h, cy, cx, cost);
+      }
+    }
+  }
+  // Random search around the K centres after propagation (snapshot, best first).
+  for (int e = 0; e < K; ++e) snap[e] = h.id[e];
+  for (int level = 0; level < levels; ++level) {
+    const int w = wmax >> level;
+    for (int m = 0; m < K; ++m) {
+      const uint64_t hsh = psal_hash(seed, b, i, it, (uint64_t)level * K + m);
+      const int cy = snap[m] / g.Wk, cx = snap[m] % g.Wk;
+      const int y0 = max(g.r, cy - w), y1 = min(g.Hk - g.r - 1, cy + w);
+      const int x0 = max(g.r, cx - w), x1 = min(g.Wk - g.r - 1, cx + w);
+      const int ry = y0 + (int)psal_uniform_hi(hsh, y1 - y0 + 1);
+      const int rx = x0 + (int)psal_uniform_lo(hsh, x1 - x0 + 1);
+      if (ctx.matchable(ry, rx)) ctx.insert(h, ry, rx, cost);
+    }
+  }
+}
+
+// The thread variant: one thread per query.
 template <typename scalar_t, typename acc_t, int CAP>
 __global__ void __launch_bounds__(kSearchThreads)
     psal_iterate_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const bool* __restrict__ valid,
@@ -268,8 +437,6 @@ __global__ void __launch_bounds__(kSearchThreads)
                         int64_t* next_i, uint8_t* next_born, int32_t* __restrict__ scratch_i,
                         int32_t* __restrict__ scratch_snap, unsigned long long* __restrict__ n_evals) {
   const int64_t nq = g.nq();
-  const int levels = (int)psal_search_levels(g.Hk, g.Wk);
-  const int wmax = g.Hk > g.Wk ? g.Hk : g.Wk;
   for (int b = blockIdx.y; b < g.B; b += gridDim.y) {
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const bool active = diag < 0 ? t < nq : t < diag_n;
@@ -277,9 +444,8 @@ __global__ void __launch_bounds__(kSearchThreads)
     SearchCtx<scalar_t, acc_t> ctx{q + (int64_t)b * nq * g.C, k + (int64_t)b * g.nk() * g.C, valid + (int64_t)b * g.nk(),
                                    g, 0, 0, dot, 0};
     if (active) {
-      const int y = (int)(i / g.Wq), x = (int)(i % g.Wq);
-      ctx.y = y;
-      ctx.x = x;
+      ctx.y = (int)(i / g.Wq);
+      ctx.x = (int)(i % g.Wq);
       const int64_t row = ((int64_t)b * nq + i) * K;
       acc_t ld[CAP > 0 ? CAP : 1];
       int32_t li[CAP > 0 ? CAP : 1];
@@ -293,39 +459,7 @@ __global__ void __launch_bounds__(kSearchThreads)
         h.id[e] = (int32_t)prev_i[row + e];
         h.born[e] = prev_born[row + e];
       }
-      // Propagation: l = 1, 2, 4, 8; (dy, dx) = (-l, 0), (l, 0), (0, -l), (0, l).
-      for (int l = 1; l <= 8; l <<= 1) {
-        for (int dir = 0; dir < 4; ++dir) {
-          const int dy = dir == 0 ? -l : (dir == 1 ? l : 0);
-          const int dx = dir == 2 ? -l : (dir == 3 ? l : 0);
-          const int ny = y + dy, nx = x + dx;
-          if (ny < 0 || ny >= g.Hq || nx < 0 || nx >= g.Wq) continue;
-          const int64_t nrow = ((int64_t)b * nq + (int64_t)ny * g.Wq + nx) * K;
-          const int64_t* nidx = prev_i + nrow;
-          const uint8_t* nborn = prev_born + nrow;  // the same slots as nidx
-          for (int m = 0; m < K; ++m) {
-            if (!psal_entry_fresh(nborn[m], it)) continue;  // seen by this query already (psal.h)
-            const int32_t j = (int32_t)nidx[m];
-            const int cy = j / g.Wk - dy, cx = j % g.Wk - dx;
-            if (cy < 0 || cy >= g.Hk || cx < 0 || cx >= g.Wk) continue;
-            if (ctx.matchable(cy, cx)) ctx.insert(h, cy, cx);
-          }
-        }
-      }
-      // Random search around the K centres after propagation (snapshot, best first).
-      for (int e = 0; e < K; ++e) snap[e] = h.id[e];
-      for (int level = 0; level < levels; ++level) {
-        const int w = wmax >> level;
-        for (int m = 0; m < K; ++m) {
-          const uint64_t hsh = psal_hash(seed, b, i, it, (uint64_t)level * K + m);
-          const int cy = snap[m] / g.Wk, cx = snap[m] % g.Wk;
-          const int y0 = max(g.r, cy - w), y1 = min(g.Hk - g.r - 1, cy + w);
-          const int x0 = max(g.r, cx - w), x1 = min(g.Wk - g.r - 1, cx + w);
-          const int ry = y0 + (int)psal_uniform_hi(hsh, y1 - y0 + 1);
-          const int rx = x0 + (int)psal_uniform_lo(hsh, x1 - x0 + 1);
-          if (ctx.matchable(ry, rx)) ctx.insert(h, ry, rx);
-        }
-      }
+      iterate_query(ctx, h, snap, ctx, K, seed, it, b, i, prev_i, prev_born);
       for (int e = 0; e < K; ++e) {
         if (CAP > 0) {  // local heap (k > 32: d and born already live in next_d / next_born)
           next_d[row + e] = h.d[e];
@@ -335,6 +469,61 @@ __global__ void __launch_bounds__(kSearchThreads)
       }
     }
     add_count(n_evals + b, (unsigned long long)ctx.evals);
+  }
+}
+
+// The group variant: G consecutive lanes per query (thread t of the launch: query t / G, lane
+// t % G), local heaps only (CAP > 0), each lane holding the same heap (see the header); lane 0
+// writes it back and counts the query's evaluations. Dynamic shared memory: the block's query
+// slices, (blockDim.x / G) * p * J * G values of acc_t.
+template <typename scalar_t, typename acc_t, int CAP, int G>
+__global__ void __launch_bounds__(kSearchThreads)
+    psal_iterate_group_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
+                              const bool* __restrict__ valid, Geom g, int K, bool dot, uint64_t seed, int it, int diag,
+                              int diag_y0, int diag_n, int J, const acc_t* prev_d, const int64_t* prev_i,
+                              const uint8_t* prev_born, acc_t* next_d, int64_t* next_i, uint8_t* next_born,
+                              unsigned long long* __restrict__ n_evals) {
+  static_assert(CAP > 0, "the group variant keeps its heaps in local memory");
+  PSAL_DYNAMIC_SHARED(psal_shared_raw);
+  acc_t* shared = reinterpret_cast<acc_t*>(psal_shared_raw);
+  const int64_t nq = g.nq();
+  const int lane = (int)(threadIdx.x % G);
+  acc_t* qs = shared + (int64_t)(threadIdx.x / G) * g.p * J * G;
+  for (int b = blockIdx.y; b < g.B; b += gridDim.y) {
+    const int64_t t = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / G;
+    const bool active = diag < 0 ? t < nq : t < diag_n;
+    const int64_t i = diag < 0 ? t : (int64_t)(diag_y0 + t) * g.Wq + (diag - (diag_y0 + t));
+    SearchCtx<scalar_t, acc_t> ctx{q + (int64_t)b * nq * g.C, k + (int64_t)b * g.nk() * g.C, valid + (int64_t)b * g.nk(),
+                                   g, 0, 0, dot, 0};
+    if (active) {
+      ctx.y = (int)(i / g.Wq);
+      ctx.x = (int)(i % g.Wq);
+      const int64_t row = ((int64_t)b * nq + i) * K;
+      acc_t ld[CAP];
+      int32_t li[CAP];
+      uint8_t lb[CAP];
+      int32_t snap[CAP];
+      KHeap<acc_t> h{ld, li, lb, K, K, psal_born_stamp(it)};
+      for (int e = 0; e < K; ++e) {
+        h.d[e] = prev_d[row + e];
+        h.id[e] = (int32_t)prev_i[row + e];
+        h.born[e] = prev_born[row + e];
+      }
+      load_query_slices<scalar_t, acc_t, G>(qs, ctx.qb, g, ctx.y, ctx.x, lane, J);
+      const GroupCost<scalar_t, acc_t, G> cost{ctx.kb, qs, g, lane, J, dot};
+      iterate_query(ctx, h, snap, cost, K, seed, it, b, i, prev_i, prev_born);
+#ifndef PSAL_CUDA_EMULATE
+      // every lane has read its heap row (wavefront: the row lane 0 now overwrites in place)
+      __syncwarp(G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x & 31u) & ~(unsigned)(G - 1))));
+#endif
+      if (lane == 0)
+        for (int e = 0; e < K; ++e) {
+          next_d[row + e] = h.d[e];
+          next_born[row + e] = h.born[e];
+          next_i[row + e] = h.id[e];
+        }
+    }
+    add_count(n_evals + b, lane == 0 ? (unsigned long long)ctx.evals : 0ull);
   }
 }
 
@@ -750,6 +939,32 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
       init.defined() ? (int)init.size(3) : 0, g, K, dot, seed, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(),
       born[0].data_ptr<uint8_t>(), si, ne);
   PSAL_LAUNCH_CHECK();
+  // One iteration's launch over n queries (the whole image, diag < 0, or one anti-diagonal),
+  // heaps read from buffer `from` and written to `to`: the compiled costing variant where it
+  // applies (header), the thread variant elsewhere.
+  const int group_j = (g.p * g.C + kGroupLanes - 1) / kGroupLanes;
+  const int64_t group_shared = (int64_t)kSearchThreads * g.p * group_j * (int64_t)sizeof(acc_t);
+  const bool grouped = PSAL_CUDA_VARIANT == 1 && CAP > 0 && group_shared <= kGroupSharedBytes;
+  auto iterate = [&](int64_t it, int diag, int y0, int n, int from, int to) {
+    const dim3 igrid(blocks_for((int64_t)n * (grouped ? kGroupLanes : 1), kSearchThreads),
+                     (unsigned)std::min(g.B, kMaxGridY));
+    if constexpr (CAP > 0 && PSAL_CUDA_VARIANT == 1) {
+      if (grouped) {
+        PSAL_LAUNCH_SHARED(igrid, kSearchThreads, group_shared, stream,
+                           psal_iterate_group_kernel<scalar_t, acc_t, CAP, kGroupLanes>)(
+            qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, diag,
+            y0, n, group_j, d[from].data_ptr<acc_t>(), ids[from].data_ptr<int64_t>(), born[from].data_ptr<uint8_t>(),
+            d[to].data_ptr<acc_t>(), ids[to].data_ptr<int64_t>(), born[to].data_ptr<uint8_t>(), ne);
+        PSAL_LAUNCH_CHECK();
+        return;
+      }
+    }
+    PSAL_LAUNCH(igrid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
+        qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, diag, y0,
+        n, d[from].data_ptr<acc_t>(), ids[from].data_ptr<int64_t>(), born[from].data_ptr<uint8_t>(),
+        d[to].data_ptr<acc_t>(), ids[to].data_ptr<int64_t>(), born[to].data_ptr<uint8_t>(), si, ss, ne);
+    PSAL_LAUNCH_CHECK();
+  };
   int cur = 0;
   if (schedule == PSAL_SCHEDULE_WAVEFRONT) {
     // One launch per anti-diagonal, in sweep order (increasing y + x on odd iterations).
@@ -759,22 +974,12 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
         const int diag = it % 2 == 1 ? s : n_diag - 1 - s;
         const int y0 = std::max(0, diag - (g.Wq - 1)), y1 = std::min(g.Hq - 1, diag);
         const int n = y1 - y0 + 1;
-        const dim3 dgrid(blocks_for(n, kSearchThreads), (unsigned)std::min(g.B, kMaxGridY));
-        PSAL_LAUNCH(dgrid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
-            qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, diag,
-            y0, n, d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), born[0].data_ptr<uint8_t>(),
-            d[0].data_ptr<acc_t>(), ids[0].data_ptr<int64_t>(), born[0].data_ptr<uint8_t>(), si, ss, ne);
-        PSAL_LAUNCH_CHECK();
+        iterate(it, diag, y0, n, 0, 0);
       }
     }
   } else {
     for (int64_t it = 1; it <= iterations; ++it) {
-      PSAL_LAUNCH(grid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
-          qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, -1, 0,
-          0, d[cur].data_ptr<acc_t>(), ids[cur].data_ptr<int64_t>(), born[cur].data_ptr<uint8_t>(),
-          d[1 - cur].data_ptr<acc_t>(), ids[1 - cur].data_ptr<int64_t>(), born[1 - cur].data_ptr<uint8_t>(), si, ss,
-          ne);
-      PSAL_LAUNCH_CHECK();
+      iterate(it, -1, 0, (int)std::min<int64_t>(g.nq(), std::numeric_limits<int>::max()), cur, 1 - cur);
       cur = 1 - cur;
     }
   }

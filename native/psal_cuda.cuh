@@ -23,6 +23,10 @@
 #include <cuda_runtime.h>
 
 #define PSAL_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<(grid), (block), 0, (stream)>>>
+#define PSAL_LAUNCH_SHARED(grid, block, shared_bytes, stream, ...) \
+  __VA_ARGS__<<<(grid), (block), (shared_bytes), (stream)>>>
+// The block's dynamic shared memory, as a byte array named `name` (aligned for double).
+#define PSAL_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #define PSAL_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
 #define PSAL_DEVICE_GUARD(tensor) const c10::cuda::CUDAGuard psal_device_guard_((tensor).device())
 #define PSAL_STREAM() c10::cuda::getCurrentCUDAStream()
@@ -37,6 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #define __global__
 #define __device__
@@ -61,13 +66,22 @@ inline unsigned long long atomicAdd(unsigned long long* address, unsigned long l
 }
 
 namespace psal_emu {
+// The launch's dynamic shared memory: one buffer the blocks reuse (they run one after the other;
+// as on a GPU its contents at a block's start are undefined).
+inline thread_local unsigned char* shared_memory = nullptr;
+
 // Runs kernel(args...) once per (block, thread) of a 2-D grid of 1-D blocks, serially.
 template <typename Kernel>
 struct Launcher {
   dim3 grid, block;
   Kernel kernel;
+  size_t shared_bytes = 0;
   template <typename... Args>
   void operator()(Args&&... args) const {
+    std::vector<double> shared((shared_bytes + sizeof(double) - 1) / sizeof(double));
+    std::fill(reinterpret_cast<unsigned char*>(shared.data()), reinterpret_cast<unsigned char*>(shared.data() + shared.size()),
+              (unsigned char)0xff);  // NaN in float and double: a slot read before it is written shows
+    shared_memory = reinterpret_cast<unsigned char*>(shared.data());
     gridDim = grid;
     blockDim = block;
     for (unsigned by = 0; by < grid.y; ++by)
@@ -77,6 +91,7 @@ struct Launcher {
           threadIdx = dim3(tx, 0, 0);
           kernel(args...);
         }
+    shared_memory = nullptr;
   }
 };
 struct NoStream {};
@@ -84,9 +99,16 @@ template <typename Kernel>
 Launcher<Kernel> make_launcher(dim3 grid, dim3 block, Kernel kernel, NoStream) {
   return Launcher<Kernel>{grid, block, kernel};
 }
+template <typename Kernel>
+Launcher<Kernel> make_launcher(dim3 grid, dim3 block, size_t shared_bytes, Kernel kernel, NoStream) {
+  return Launcher<Kernel>{grid, block, kernel, shared_bytes};
+}
 }  // namespace psal_emu
 
 #define PSAL_LAUNCH(grid, block, stream, ...) psal_emu::make_launcher(dim3(grid), dim3(block), &__VA_ARGS__, (stream))
+#define PSAL_LAUNCH_SHARED(grid, block, shared_bytes, stream, ...) \
+  psal_emu::make_launcher(dim3(grid), dim3(block), (size_t)(shared_bytes), &__VA_ARGS__, (stream))
+#define PSAL_DYNAMIC_SHARED(name) unsigned char* name = psal_emu::shared_memory
 #define PSAL_LAUNCH_CHECK() ((void)0)
 #define PSAL_DEVICE_GUARD(tensor) ((void)0)
 #define PSAL_STREAM() psal_emu::NoStream()

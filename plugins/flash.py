@@ -5,6 +5,12 @@ materialises the nq x nk matrix. The l2 similarity is made exact with one extra 
 with inputs centred on the key mean (l2 distances do not change, float32 cancellation does),
 ``q' = [q, -1/2]``, ``k' = [k, ||k||^2]`` and scale ``2/T`` give ``(2 q.k - ||k||^2) / T``,
 which differs from ``-||q - k||^2 / T`` by a per-query constant that the softmax ignores.
+
+``flash`` lets SDPA pick among its fused kernels (never the O(n^2) math one); ``sdpa-flash``,
+``sdpa-efficient``, ``sdpa-cudnn`` and ``sdpa-math`` force one SDPA backend each, so a figure
+names the kernel that produced it: where the forced backend cannot take the cell (a device it
+does not exist on, a dtype or head width it refuses) the cell is ``unsupported`` with SDPA's
+reason, never another kernel's measurement.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from attnbench.errors import UnsupportedRequest
+from attnbench.errors import Unsupported, UnsupportedRequest
 from attnbench.interface import AttentionMechanism, Availability, CostEstimate, ProblemShape
 from attnbench.patches import fold_queries, key_centre_values, key_patches, query_patches, usable_keys
 
@@ -56,33 +62,81 @@ def dense_inputs(
 _CUDA_HEAD_ALIGN = 8
 
 
+def _align_for_cuda(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Zero-pad the head dimension to the fused CUDA kernels' alignment (no dot product changes)."""
+    width = tensors[0].shape[-1]
+    padded = -(-width // _CUDA_HEAD_ALIGN) * _CUDA_HEAD_ALIGN
+    return tensors if padded == width else tuple(F.pad(t, (0, padded - width)) for t in tensors)
+
+
 def _fused_cuda_sdpa(q_aug: torch.Tensor, k_aug: torch.Tensor, v_pad: torch.Tensor, mask: Optional[torch.Tensor],
                      scale: float) -> torch.Tensor:
-    """SDPA on CUDA restricted to the fused kernels (flash, memory-efficient).
+    """SDPA on CUDA, on (B, 1, n, D) inputs, restricted to the fused kernels (flash, memory-efficient).
 
     Left to itself, SDPA silently falls back to its math kernel, which materialises the nq x nk
     matrix (seen on an H200: 37.7 GB at 256 px for float32 patch vectors of width 785, where the
     fused kernel needs 0.8 GB): a "flash" figure measured that way would be Full's. Restricted,
-    a problem no fused kernel takes is an error that says why, never a mislabelled measurement.
+    a problem no fused kernel takes is ``unsupported`` with why, never a mislabelled measurement.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    width = q_aug.shape[-1]
-    padded = -(-width // _CUDA_HEAD_ALIGN) * _CUDA_HEAD_ALIGN
-    if padded != width:
-        q_aug, k_aug, v_pad = (F.pad(t, (0, padded - width)) for t in (q_aug, k_aug, v_pad))
+    q_aug, k_aug, v_pad = _align_for_cuda(q_aug, k_aug, v_pad)
+    padded = q_aug.shape[-1]
     try:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
-            return F.scaled_dot_product_attention(
-                q_aug.unsqueeze(1), k_aug.unsqueeze(1), v_pad.unsqueeze(1), attn_mask=mask, scale=scale
-            )
+            return F.scaled_dot_product_attention(q_aug, k_aug, v_pad, attn_mask=mask, scale=scale)
     except RuntimeError as exc:
         if "No available kernel" not in str(exc):
             raise
-        raise UnsupportedRequest(
+        raise Unsupported(
             f"flash: no fused SDPA kernel takes {q_aug.dtype} patch vectors of width {padded} on this GPU "
             "(the math fallback would be O(n^2) memory, i.e. Full)"
         ) from None
+
+
+#: SDPA backends a name can force: suffix -> (torch.nn.attention.SDPBackend member, device types
+#: it exists on). The CPU has its own flash kernel and the math one; efficient and cuDNN are CUDA's.
+SDPA_BACKENDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "flash": ("FLASH_ATTENTION", ("cpu", "cuda")),
+    "efficient": ("EFFICIENT_ATTENTION", ("cuda",)),
+    "cudnn": ("CUDNN_ATTENTION", ("cuda",)),
+    "math": ("MATH", ("cpu", "cuda")),
+}
+#: what torch raises when the allowed backends cannot take a call (CUDA's wording, the CPU's)
+_NO_KERNEL = ("No available kernel", "No viable backend")
+
+
+def forced_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float,
+                backend: str, who: str) -> torch.Tensor:
+    """``scaled_dot_product_attention`` on 4-D inputs with exactly one backend allowed.
+
+    Raises :class:`~attnbench.errors.Unsupported` (the cell's final answer) when that backend does
+    not exist on the device or refuses the inputs, with SDPA's own reasons (the warnings it emits
+    while refusing), so no other kernel can stand in for the one named.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    member, devices = SDPA_BACKENDS[backend]
+    device = q.device.type
+    if device not in devices:
+        raise Unsupported(f"{who}: SDPA's {backend} backend exists on {' and '.join(devices)} only, not {device}")
+    if device == "cuda" and backend != "math":
+        q, k, v = _align_for_cuda(q, k, v)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with sdpa_kernel([getattr(SDPBackend, member)]):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        except RuntimeError as exc:
+            if not any(text in str(exc) for text in _NO_KERNEL):
+                raise
+            reasons = [str(w.message).split(" (Triggered internally")[0] for w in caught]
+            why = "; ".join(r for r in reasons if r and not r.rstrip().endswith("because:"))
+            raise Unsupported(f"{who}: SDPA's {backend} backend does not take {str(q.dtype).replace('torch.', '')} "
+                              f"inputs of head width {q.shape[-1]} on {device}" + (f": {why}"[:400] if why else ""))
+    for w in caught:  # the call's other warnings still reach the caller
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
 
 
 class FlashAttention(AttentionMechanism):
@@ -120,16 +174,64 @@ class FlashAttention(AttentionMechanism):
         mask = None
         if key_mask is not None:
             mask = usable_keys(key_mask, self.patch_size)[:, None, None, :]
-        if q.device.type == "cuda":
-            out = _fused_cuda_sdpa(q_aug, k_aug, v_pad, mask, scale)
-        else:
-            out = F.scaled_dot_product_attention(
-                q_aug.unsqueeze(1), k_aug.unsqueeze(1), v_pad.unsqueeze(1), attn_mask=mask, scale=scale
-            )
+        out = self.sdpa(q_aug.unsqueeze(1), k_aug.unsqueeze(1), v_pad.unsqueeze(1), mask, scale)
         return fold_queries(out[:, 0, :, : v.shape[1]], (q.shape[2], q.shape[3]))
+
+    def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+             scale: float) -> torch.Tensor:
+        """The kernel call on (B, 1, n, D) inputs: SDPA's choice among its fused kernels."""
+        if q.device.type == "cuda":
+            return _fused_cuda_sdpa(q, k, v, mask, scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
     def estimate(self, shape: ProblemShape) -> CostEstimate:
         return dense_kernel_estimate(shape, self.similarity)
+
+
+class SDPABackendAttention(FlashAttention):
+    """The same exact patch-vector attention with one SDPA backend forced (``sdpa-<backend>``).
+
+    ``sdpa-flash`` (the CPU's flash kernel, or CUDA's: fp16/bf16, head width <= 256),
+    ``sdpa-efficient`` (CUDA's memory-efficient kernel: what ``flash`` runs for float32 on a GPU),
+    ``sdpa-cudnn`` (CUDA's cuDNN kernel) and ``sdpa-math`` (the O(n^2) reference kernel, the one a
+    silent fallback would run); plain ``sdpa`` is ``sdpa-math``. A backend that cannot take the
+    cell makes it ``unsupported`` with SDPA's reason (:func:`forced_sdpa`). Cost: as ``flash``
+    for the fused backends; math adds the nq x nk scores and their softmax (and, for the backward,
+    their gradient).
+    """
+
+    summary = "SDPA with one backend forced (sdpa-flash, -efficient, -cudnn, -math); unsupported where it cannot run"
+    complexity = "O(n) memory (fused backends), O(n^2) (math); O(n^2) time"
+    variants = tuple(f"sdpa-{name}" for name in SDPA_BACKENDS)
+
+    def __init__(self, *, backend: str = "math", **base: Any):
+        super().__init__(**base)
+        if backend not in SDPA_BACKENDS:
+            raise UnsupportedRequest(f"sdpa: backend must be one of {', '.join(SDPA_BACKENDS)}, got {backend!r}")
+        #: the SDPA backend every call is forced onto (recorded as the cell's ``backend``)
+        self.backend = backend
+
+    @classmethod
+    def parse_variant(cls, suffix: str) -> dict[str, Any]:
+        if suffix in SDPA_BACKENDS:
+            return {"backend": suffix}
+        raise ValueError(suffix)
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "backend": self.backend}
+
+    def sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+             scale: float) -> torch.Tensor:
+        return forced_sdpa(q, k, v, mask, scale, self.backend, f"sdpa-{self.backend}")
+
+    def estimate(self, shape: ProblemShape) -> CostEstimate:
+        fused = dense_kernel_estimate(shape, self.similarity)
+        if self.backend != "math":
+            return fused
+        matrix = shape.batch * shape.n_queries * shape.n_valid_keys
+        held = (3 if shape.backward else 2) * matrix  # scores, softmax (and their gradient)
+        return CostEstimate(memory_bytes=int(fused.memory_bytes + held * shape.dtype_bytes), flops=fused.flops,
+                            formula="O(n^2)", notes=f"{shape.n_queries} x {shape.n_valid_keys} scores held")
 
 
 def dense_kernel_estimate(shape: ProblemShape, similarity: str) -> CostEstimate:

@@ -4,7 +4,9 @@ The sources ship as package data of ``attnbench_native`` and are compiled on fir
 ``torch.utils.cpp_extension.load`` into a per-user cache (``$TORCH_EXTENSIONS_DIR`` or
 ``~/.cache/attnbench/torch_extensions``). The module name hashes the sources' content *and
 location*, so two checkouts never rebuild each other's cache entry. ``ATTNBENCH_PSAL_BACKEND=
-reference|native`` forces a backend.
+reference|native`` forces a backend. ``ATTNBENCH_PSAL_CUDA_VARIANT`` picks the CUDA search's
+costing variant (:data:`CUDA_VARIANTS`, native/psal_cuda.cu's ``PSAL_CUDA_VARIANT`` switch; each
+its own cache entry), so one GPU session can build and time every variant.
 
 Builds are made safe against killed builders: every build holds an ``fcntl.flock`` on
 ``attnbench-build.lock`` in its build directory (the kernel releases it when its owner dies), so a
@@ -35,6 +37,15 @@ from attnbench.context import current as current_run
 BACKEND_ENV = "ATTNBENCH_PSAL_BACKEND"
 FAILED_MARKER = "attnbench-build-failed.txt"
 BACKENDS = ("native", "reference")
+CUDA_VARIANT_ENV = "ATTNBENCH_PSAL_CUDA_VARIANT"
+#: the CUDA search's costing variants -> the compile-time switches of native/psal_cuda.cu:
+#: one thread per query (today's), or a group of G lanes per query (query patch in shared memory,
+#: candidate rows loaded coalesced); every variant makes the same decisions (tests/test_psal_cuda.py)
+CUDA_VARIANTS: dict[str, tuple[str, ...]] = {
+    "thread": ("-DPSAL_CUDA_VARIANT=0",),
+    **{f"group{g}": ("-DPSAL_CUDA_VARIANT=1", f"-DPSAL_CUDA_GROUP={g}") for g in (4, 8, 16, 32)},
+}
+DEFAULT_CUDA_VARIANT = "thread"
 
 
 class _BuildState:
@@ -85,9 +96,19 @@ def _with_cuda(src: Path) -> bool:
     )
 
 
+def cuda_variant() -> str:
+    """The CUDA costing variant this process builds (``ATTNBENCH_PSAL_CUDA_VARIANT``, default thread)."""
+    name = os.environ.get(CUDA_VARIANT_ENV, "").strip().lower() or DEFAULT_CUDA_VARIANT
+    if name not in CUDA_VARIANTS:
+        raise RuntimeError(f"{CUDA_VARIANT_ENV}={name!r}: one of {', '.join(CUDA_VARIANTS)}")
+    return name
+
+
 def _module_name(sources: list[Path], with_cuda: bool) -> str:
-    """Name keyed by the sources' content so an edited kernel never loads a stale build."""
+    """Name keyed by the sources' content (and the CUDA variant) so an edited kernel never loads a stale build."""
     digest = hashlib.sha1()
+    if with_cuda and cuda_variant() != DEFAULT_CUDA_VARIANT:
+        digest.update(cuda_variant().encode())
     headers = sorted(p for pattern in ("*.h", "*.cuh") for p in sources[0].parent.glob(pattern))
     for path in sources + headers:
         digest.update(path.read_bytes())
@@ -152,7 +173,7 @@ def load_extension(verbose: bool = False) -> ModuleType:
                 name=name,
                 sources=[str(s) for s in sources],
                 extra_cflags=flags,
-                extra_cuda_cflags=["-O3", "-DWITH_CUDA"] if with_cuda else None,
+                extra_cuda_cflags=["-O3", "-DWITH_CUDA", *CUDA_VARIANTS[cuda_variant()]] if with_cuda else None,
                 extra_ldflags=["-fopenmp"],
                 extra_include_paths=[str(src)],
                 build_directory=str(directory),

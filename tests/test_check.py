@@ -75,9 +75,9 @@ def test_exact_check_catches_a_false_exactness_claim(monkeypatch: pytest.MonkeyP
     """A mechanism claiming exactness for a setting that is not exact fails the check."""
     from attnbench_plugins.local import LocalAttention
 
-    assert execute(Check("g", "local", lambda: selfcheck._exact_check("local", "cpu", torch.float64))).status == "ok"
+    assert execute(Check("g", "local", lambda: selfcheck.exact_check("local", "cpu", torch.float64))).status == "ok"
     monkeypatch.setattr(LocalAttention, "exact_params", classmethod(lambda cls, shape, usable: {"window": 1}))
-    result = execute(Check("g", "local", lambda: selfcheck._exact_check("local", "cpu", torch.float64)))
+    result = execute(Check("g", "local", lambda: selfcheck.exact_check("local", "cpu", torch.float64)))
     assert result.status == "failed" and "max |local - full|" in result.detail
 
 

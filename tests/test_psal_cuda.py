@@ -7,7 +7,9 @@ Three layers, so that the CUDA code is tested even where no GPU is lent:
    every ``*_cuda`` symbol psal_cpu.cpp binds is defined by psal_cuda.o.
 2. Backend ``emu`` (slow, needs a C++ compiler): psal_cpu.cpp + psal_cuda.cu built as one CPU
    extension with ``-DPSAL_CUDA_EMULATE`` (native/psal_cuda.cuh): the CUDA kernel bodies and host
-   code run serially on the CPU, and are checked against the CPU kernels of the same build.
+   code run serially on the CPU, and are checked against the CPU kernels of the same build; once
+   per costing variant of the search (``emu`` = thread, ``emu-group4``, ``emu-group32``: the
+   group variants' lanes replayed in one thread, butterfly order and shared-memory slots kept).
 3. Backend ``cuda`` (``gpu`` marker, skipped without a CUDA device): the production extension
    (plugins/psal_build.py, built with CUDA), the same checks on the GPU, plus search quality
    against the exact k-NN and the pure-PyTorch reference, gradcheck through the registered ops,
@@ -46,6 +48,11 @@ def test_compile_cuda_script() -> None:
     assert res.returncode == 0, out[-4000:]
     assert "compile_cuda: OK native/psal_cuda.cu" in out
     assert "compile_cuda: PASS" in out
+    from attnbench_plugins.psal_build import CUDA_VARIANTS, DEFAULT_CUDA_VARIANT
+
+    for variant in CUDA_VARIANTS:  # every costing variant compiles with nvcc too
+        if variant != DEFAULT_CUDA_VARIANT:
+            assert f"compile_cuda: OK variant {variant} (" in out, variant
     if (NATIVE / "psal_cpu.cpp").exists():
         for fn in ("psal_search_cuda", "psal_similarity_cuda", "psal_similarity_backward_cuda", "psal_attend_cuda",
                    "psal_attend_backward_cuda"):
@@ -68,27 +75,52 @@ def test_compile_script_fails_on_broken_source(tmp_path: Path) -> None:
     assert "FAIL: nvcc failed on native/psal_cuda.cu" in res.stderr
 
 
+def test_cuda_variant_is_chosen_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ATTNBENCH_PSAL_CUDA_VARIANT picks the compile-time switch and its own cache entry; a typo fails."""
+    from attnbench_plugins import psal_build
+
+    sources = [NATIVE / "psal_cpu.cpp", NATIVE / "psal_cuda.cu"]
+    monkeypatch.delenv(psal_build.CUDA_VARIANT_ENV, raising=False)
+    assert psal_build.cuda_variant() == "thread"
+    default_name = psal_build._module_name(sources, True)
+    monkeypatch.setenv(psal_build.CUDA_VARIANT_ENV, "Group16")
+    assert psal_build.cuda_variant() == "group16"
+    assert psal_build.CUDA_VARIANTS["group16"] == ("-DPSAL_CUDA_VARIANT=1", "-DPSAL_CUDA_GROUP=16")
+    assert psal_build._module_name(sources, True) != default_name
+    assert psal_build._module_name(sources[:1], False) == psal_build._module_name(sources[:1], False)
+    monkeypatch.setenv(psal_build.CUDA_VARIANT_ENV, "warp")
+    with pytest.raises(RuntimeError, match="group8"):
+        psal_build.cuda_variant()
+
+
 # ------------------------------------------------------------------------------- the backends
 def _ext_root() -> Path:
     env = os.environ.get("TORCH_EXTENSIONS_DIR")
     return Path(env) if env else Path.home() / ".cache" / "attnbench" / "torch_extensions"
 
 
-_EMU: dict[str, object] = {}
+_EMU: dict[str, dict[str, object]] = {}
+#: the CUDA costing variants the emulation builds and checks (plugins/psal_build.py's names)
+EMULATED_VARIANTS = ("thread", "group4", "group32")
 
 
-def _emulation_module() -> ModuleType:
-    """psal_cpu.cpp + psal_cuda.cu (PSAL_CUDA_EMULATE) as one CPU extension, cached by content."""
-    if "module" in _EMU:
-        return _EMU["module"]  # type: ignore[return-value]
-    if "error" in _EMU:
-        pytest.fail(str(_EMU["error"]))
+def _emulation_module(variant: str = "thread") -> ModuleType:
+    """psal_cpu.cpp + psal_cuda.cu (PSAL_CUDA_EMULATE, one costing variant) as one CPU extension,
+    cached by content."""
+    from attnbench_plugins.psal_build import CUDA_VARIANTS
+
+    built = _EMU.setdefault(variant, {})
+    if "module" in built:
+        return built["module"]  # type: ignore[return-value]
+    if "error" in built:
+        pytest.fail(str(built["error"]))
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         pytest.skip("no C++ compiler")
     from torch.utils.cpp_extension import load
 
     files = [NATIVE / n for n in ("psal.h", "psal_cpu.cpp", "psal_cuda.cu", "psal_cuda.cuh")]
-    digest = hashlib.sha1(torch.__version__.encode())
+    flags = list(CUDA_VARIANTS[variant])
+    digest = hashlib.sha1(torch.__version__.encode() + " ".join(flags).encode())
     for f in files:
         digest.update(f.read_bytes())
     name = f"attnbench_psal_cudaemu_{digest.hexdigest()[:10]}"
@@ -100,16 +132,16 @@ def _emulation_module() -> ModuleType:
         mod = load(
             name=name,
             sources=[str(NATIVE / "psal_cpu.cpp"), str(wrapper)],
-            extra_cflags=["-O2", "-fopenmp", "-DWITH_CUDA", "-DPSAL_CUDA_EMULATE", "-Wno-unknown-pragmas"],
+            extra_cflags=["-O2", "-fopenmp", "-DWITH_CUDA", "-DPSAL_CUDA_EMULATE", "-Wno-unknown-pragmas", *flags],
             extra_ldflags=["-fopenmp"],
             extra_include_paths=[str(NATIVE)],
             build_directory=str(directory),
             with_cuda=False,
         )
     except Exception as exc:  # a compile error in psal_cuda.cu is a test failure, not a skip
-        _EMU["error"] = f"emulation build failed: {type(exc).__name__}: {exc}"
-        pytest.fail(str(_EMU["error"]))
-    _EMU["module"] = mod
+        built["error"] = f"emulation build ({variant}) failed: {type(exc).__name__}: {exc}"
+        pytest.fail(str(built["error"]))
+    built["module"] = mod
     return mod
 
 
@@ -161,11 +193,12 @@ def _gpu_module() -> ModuleType:
 
 @pytest.fixture(
     scope="module",
-    params=[pytest.param("emu", marks=pytest.mark.slow), pytest.param("cuda", marks=pytest.mark.gpu)],
+    params=[pytest.param("emu" if v == "thread" else f"emu-{v}", marks=pytest.mark.slow) for v in EMULATED_VARIANTS]
+    + [pytest.param("cuda", marks=pytest.mark.gpu)],
 )
 def kern(request) -> Kernels:
-    if request.param == "emu":
-        return Kernels(_emulation_module(), "cpu")
+    if request.param.startswith("emu"):
+        return Kernels(_emulation_module(request.param.partition("-")[2] or "thread"), "cpu")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     return Kernels(_gpu_module(), "cuda")
