@@ -1,4 +1,4 @@
-"""CLI conventions (issue 12): ``python -m attnbench``, ``--json``, no wrapping when piped, NO_COLOR,
+"""CLI conventions: ``python -m attnbench``, ``--json``, no wrapping when piped, NO_COLOR,
 markup-safe labels, and ``attnbench estimate`` (what fits a memory budget, and how fast)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults of input (issue 11): results files, mechanism specs and plugins a hostile user could hand in.
+"""Faults of input: results files, mechanism specs and plugins a hostile user could hand in.
 
 Each test reproduces a case that used to pass silently, crash with a traceback or start workers,
 and asserts the behaviour now: a one-line error with exit 2 before any work, a gate that fails,

@@ -1,4 +1,4 @@
-"""Fault injection on the run path (issue 11: items 3-10, 12, 15): each test reproduces a failure
+"""Fault injection on the run path: each test reproduces a failure
 seen before and asserts the behaviour now."""
 from __future__ import annotations
 

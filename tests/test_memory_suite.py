@@ -36,7 +36,7 @@ def test_cells_that_cannot_fit_are_infeasible_with_their_estimate(tmp_path: Path
     (rec,) = schema.read(out)
     assert rec["status"] == "infeasible"
     assert rec["metrics"]["estimated_memory_bytes"] > 100e9  # the paper: 250 GB
-    assert "GiB" in rec["reason"] and "peak_memory_bytes" not in rec["metrics"]  # one unit family (issue 12)
+    assert "GiB" in rec["reason"] and "peak_memory_bytes" not in rec["metrics"]  # one unit family: GiB
 
 
 def test_speed_suite_records_median_and_iqr(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The issue-14 competitors (flex-local, natten, faiss-knn): their definitions against the
+"""The competitors (flex-local, natten, faiss-knn): their definitions against the
 harness's own mechanisms, their parameters, and a clean refusal when the package is missing.
 
 The generic contract (shapes, masks, gradients, estimates) is tests/test_contract.py's, which

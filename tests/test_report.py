@@ -121,7 +121,7 @@ def test_report_rejects_corrupt_input_with_one_line(tmp_path: Path, capsys: pyte
     assert "valid: rich" in capsys.readouterr().err
 
 
-# --- issue 10: one metrics catalogue; issue 12: honest captions, units, plots, crossover ---
+# --- one metrics catalogue; honest captions, units, plots, crossover ---
 
 def test_catalogue_declares_each_metric_once_and_formats_in_one_unit_family() -> None:
     from attnbench import metrics

@@ -1,4 +1,4 @@
-"""The run path of issue 10: one measuring path, typed runner options, a typed run loop, records with env."""
+"""The run path: one measuring path, typed runner options, a typed run loop, records with env."""
 from __future__ import annotations
 
 import json

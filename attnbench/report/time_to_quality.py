@@ -3,7 +3,7 @@
 A search-suite record whose mechanism was swept (PSAL over iterations, IVF over nprobe, HNSW
 over efSearch) carries ``metrics.convergence``: one point per swept value with the seconds of one
 full call (index build included) and the reconstruction MSE relative to the exact 1-NN's. These
-curves are the fair comparison between an iterative search and an index (issue 14): the
+curves are the fair comparison between an iterative search and an index (one costs per iteration, the other per build and probe): the
 question is not "which is faster" but "which is faster at the same quality". The report draws
 them (``suite_plots``) and ``python -m attnbench_plugins.psal_quality --time-to-quality`` prints
 the fastest point of each method within the bar.
@@ -22,7 +22,7 @@ from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa
 
 from .style import colour  # noqa: E402
 
-#: MSE ratio (to the exact 1-NN's) a method must reach to count as "as good as exact" (issue 14)
+#: MSE ratio (to the exact 1-NN's) a method must reach to count as "as good as exact"
 QUALITY_BAR = 1.05
 
 

@@ -12,7 +12,7 @@ nprobe, every combination):
 
 * ``mse``: mean squared error of the reconstruction to A over valid query centres (rows sampled
   every ``row_step`` rows at large sizes, the same rows for both methods);
-* ``mse_ratio``: that MSE over the exact 1-NN's (issue 3's target: <= 1.10 at 10 iterations);
+* ``mse_ratio``: that MSE over the exact 1-NN's (PSAL-1's target: <= 1.10 at 10 iterations);
 * ``recall``: share of queries whose match is as close as the exact 1-NN (ties count);
 * ``distance_ratio``: mean patch distance of the matches over the exact one's;
 * ``time_s``: wall time of the call (index build included for index-based searches).
