@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attnbench.measure import kernels
+from attnbench.options import MeasureOptions
 from attnbench.measure.call import AttentionCall, CallBudget, estimate_metrics, measure_call
 from attnbench.registry import mechanism
 from attnbench_plugins.flash import FlashAttention
@@ -18,9 +19,9 @@ def _measure(module: Any, metrics: set[str], size: int = 16, **budget: Any) -> d
     q, k, v = (torch.randn(1, 4, size, size, generator=gen) for _ in range(3))
     call = AttentionCall(module, q, k, v)
     known = estimate_metrics(module, call.shape())
-    options = dict(min_run_time=0.02, time_budget_s=0.1, min_repeats=2)
-    options.update(budget)
-    _, measured = measure_call(call, CallBudget(metrics=frozenset(metrics), **options), known=known)
+    timing = {k: budget.pop(k) for k in ("min_run_time", "time_budget_s", "min_repeats") if k in budget}
+    options = MeasureOptions(**{"min_run_time": 0.02, "time_budget_s": 0.1, "min_repeats": 2, **timing})
+    _, measured = measure_call(call, CallBudget(metrics=frozenset(metrics), options=options, **budget), known=known)
     return {**known, **measured}
 
 

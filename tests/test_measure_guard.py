@@ -11,6 +11,7 @@ import torch
 from attnbench import registry
 from attnbench.errors import InvalidOutput
 from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
+from attnbench.options import MeasureOptions
 from attnbench.measure.call import AttentionCall, CallBudget, measure_call
 from attnbench.suites import load
 
@@ -54,7 +55,7 @@ def _call(kind: str, mode: str = "fwd") -> AttentionCall:
 
 
 BUDGETS = {"memory+flops": CallBudget(metrics=frozenset({"memory", "flops"})),
-           "time": CallBudget(metrics=frozenset({"time"}), min_run_time=0.01, time_budget_s=0.1)}
+           "time": CallBudget(metrics=frozenset({"time"}), options=MeasureOptions(min_run_time=0.01, time_budget_s=0.1))}
 CHEATS = {"returns_q": "shares memory with input q", "returns_view": "shares memory with input q",
           "scales_q": "input q was modified in place", "scales_and_restores": "input q was modified in place",
           "writes_data": "input q changed during"}
@@ -70,7 +71,7 @@ def test_an_output_that_is_an_input_or_an_input_changed_is_invalid(kind: str, bu
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_an_output_aliasing_q_is_caught_and_an_honest_one_passes_at_no_memory_cost(mode: str) -> None:
     """The guard's copy of the inputs is taken before the measurement: not in the call's peak."""
-    budget = CallBudget(metrics=frozenset({"memory", "flops", "time"}), min_run_time=0.01, time_budget_s=0.1)
+    budget = CallBudget(metrics=frozenset({"memory", "flops", "time"}), options=MeasureOptions(min_run_time=0.01, time_budget_s=0.1))
     q = torch.randn(1, 64, 64, 64)  # 1 MiB each: a copy of q, k, v inside the measurement would show
     out, metrics = measure_call(AttentionCall(_cheat("honest"), q, q.clone(), q.clone(), mode=mode), budget)
     assert out is not None and metrics["time_repeats"] >= 1
@@ -93,7 +94,7 @@ def test_in_place_writes_during_the_timing_loop_alone_are_caught() -> None:
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 4, 8, 8, generator=g) for _ in range(3))
-    budget = CallBudget(metrics=frozenset({"memory", "time"}), min_run_time=0.01, time_budget_s=0.1)
+    budget = CallBudget(metrics=frozenset({"memory", "time"}), options=MeasureOptions(min_run_time=0.01, time_budget_s=0.1))
     with pytest.raises(InvalidOutput, match="modified in place during the timed calls"):
         measure_call(AttentionCall(Later(patch_size=1), q, k, v), budget)
 

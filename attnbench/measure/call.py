@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from ..errors import Infeasible, InvalidOutput, OutOfMemory
-from ..interface import AttentionMechanism, ProblemShape
+from ..interface import AttentionMechanism, CostEstimate, ProblemShape
+from ..options import MeasureOptions
 from .flops import FlopCount, count_flops
 from .guard import InputGuard
 from .memory import GIB, MemoryPeak, available_memory_bytes, is_oom, measure_memory
@@ -45,35 +46,30 @@ OUTSIDE_TORCH_MIN_FLOPS = 10**6
 
 @dataclass(frozen=True)
 class CallBudget:
-    """What to measure of a call and the limits it must fit in (from the cell and its options)."""
+    """What to measure of a call and the limits it must fit in: the cell's device, timeout and
+    calibrations, and how to measure (``options``, the suite's :class:`MeasureOptions`, declared
+    there once: memory fraction, time margin, timing budget)."""
 
     device: str = "cpu"
     timeout_s: float = 600.0
     #: any of "memory", "flops", "time"
     metrics: frozenset[str] = frozenset({"memory", "flops"})
-    memory_fraction: float = 0.85
-    #: None: no time feasibility check
-    time_margin: Optional[float] = None
+    options: MeasureOptions = field(default_factory=MeasureOptions)
     #: the run's matmul yardstick (FLOP/s), when the runner asked for it
     flops_per_s: Optional[float] = None
-    min_run_time: float = 0.5
-    time_budget_s: float = 10.0
-    min_repeats: int = 3
-    label: str = ""
     #: the run's memory-bandwidth yardstick (bytes/s, the triad), when the runner asked for it
     bytes_per_s: Optional[float] = None
+    label: str = ""
     #: time.monotonic() when the cell's budget was made: what is left of its timeout counts from here
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def for_cell(cls, spec: Any, options: Any, metrics: Optional[set[str] | list[str]] = None) -> "CallBudget":
+    def for_cell(cls, spec: Any, options: MeasureOptions, metrics: Optional[set[str] | list[str]] = None) -> "CallBudget":
         """The budget of a cell: its device and timeout, its ``MeasureOptions``, its calibration."""
         return cls(device=spec.device, timeout_s=float(spec.timeout_s),
-                   metrics=frozenset(metrics if metrics is not None else ("memory", "flops")),
-                   memory_fraction=options.memory_fraction, time_margin=options.time_margin,
-                   flops_per_s=spec.calibration.get("flops_per_s"), min_run_time=options.min_run_time,
-                   time_budget_s=options.time_budget_s, min_repeats=options.min_repeats, label=spec.label,
-                   bytes_per_s=spec.calibration.get("bytes_per_s"))
+                   metrics=frozenset(metrics if metrics is not None else ("memory", "flops")), options=options,
+                   flops_per_s=spec.calibration.get("flops_per_s"), bytes_per_s=spec.calibration.get("bytes_per_s"),
+                   label=spec.label)
 
 
 @dataclass
@@ -167,18 +163,30 @@ def _note_partial(metrics: dict[str, Any]) -> None:
 
 
 def check_feasible(module: AttentionMechanism, shape: ProblemShape, budget: CallBudget,
-                   known: Optional[dict[str, Any]] = None) -> None:
-    """Raise Infeasible (keeping ``known``, the estimates) when the call cannot fit or cannot finish."""
-    est = module.estimate(shape)
-    metrics = {**(known or {}), "estimated_memory_bytes": int(est.memory_bytes), "estimated_flops": int(est.flops)}
-    available = available_memory_bytes(budget.device) * budget.memory_fraction - input_bytes(shape)
+                   known: Optional[dict[str, Any]] = None, prefix: str = "") -> None:
+    """Raise Infeasible (keeping ``known``, the estimates) when the call cannot fit or cannot finish.
+    The estimate is the one :func:`estimate_metrics` put in ``known`` (a plugin's estimate runs once
+    per call); without it, the plugin is asked."""
+    est = _estimate(module, shape, known, prefix)
+    metrics = {**(known or {}), f"{prefix}estimated_memory_bytes": int(est.memory_bytes),
+               f"{prefix}estimated_flops": int(est.flops)}
+    available = available_memory_bytes(budget.device) * budget.options.memory_fraction - input_bytes(shape)
     if est.memory_bytes > available:
         raise Infeasible(f"estimated {est.memory_bytes / GIB:.2f} GiB > {max(available, 0) / GIB:.2f} GiB available "
-                         f"({budget.memory_fraction:g} of free memory, inputs subtracted)", metrics)
-    rate, margin = budget.flops_per_s, budget.time_margin
+                         f"({budget.options.memory_fraction:g} of free memory, inputs subtracted)", metrics)
+    rate, margin = budget.flops_per_s, budget.options.time_margin
     if rate and margin is not None and est.flops / rate > margin * budget.timeout_s:
         raise Infeasible(f"estimated {est.flops / rate:.0f} s at {rate / 1e9:.0f} GFLOP/s > "
                          f"{margin:g} x timeout {budget.timeout_s:g} s (too slow)", metrics)
+
+
+def _estimate(module: AttentionMechanism, shape: ProblemShape, known: Optional[dict[str, Any]],
+              prefix: str) -> CostEstimate:
+    known = known or {}
+    memory, flops = known.get(f"{prefix}estimated_memory_bytes"), known.get(f"{prefix}estimated_flops")
+    if isinstance(memory, int) and isinstance(flops, int):
+        return CostEstimate(memory_bytes=memory, flops=flops)
+    return module.estimate(shape)
 
 
 def check_output(out: Any, expected_shape: tuple[int, ...], dtype: torch.dtype,
@@ -238,7 +246,8 @@ def memory_apart(call: AttentionCall, device: str) -> MemoryPeak:
     return measure_memory(call, device)[1]
 
 
-def flops_outside_torch(flops: FlopCount, call: AttentionCall, prefix: str = "") -> dict[str, Any]:
+def flops_outside_torch(flops: FlopCount, call: AttentionCall, prefix: str = "",
+                        known: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """What the FLOP figure holds beside what the instrument counted: the FLOPs the plugin declared
     (``flops_counted`` + ``flops_declared`` = ``flops``), and, when counted + declared fall short of
     the plugin's own estimate by more than ``OUTSIDE_TORCH_SHORTFALL``, an ``uncounted_ops`` entry
@@ -247,7 +256,7 @@ def flops_outside_torch(flops: FlopCount, call: AttentionCall, prefix: str = "")
     if flops.declared:
         out[f"{prefix}flops_declared"] = int(sum(flops.declared.values()))
         out[f"{prefix}flops_declared_by"] = dict(flops.declared)
-    estimated = int(call.module.estimate(call.shape()).flops)
+    estimated = int(_estimate(call.module, call.shape(), known, prefix).flops)
     if estimated > OUTSIDE_TORCH_MIN_FLOPS and flops.total < OUTSIDE_TORCH_SHORTFALL * estimated:
         key = (f"outside torch (estimate {estimated / 1e9:.3g} GFLOP, counted + declared "
                f"{flops.total / 1e9:.3g} GFLOP)")
@@ -262,6 +271,25 @@ def _timing_metrics(t: Timing, prefix: str, part: str = "") -> dict[str, Any]:
             f"{prefix}time_{part}_repeats": t.repeats}
 
 
+class _Checks:
+    """The output checked once (contract, not an input's memory), the inputs checked once per stage
+    (later calls are caught by the guard's version counters)."""
+
+    def __init__(self, call: AttentionCall) -> None:
+        self.call = call
+        self.guard = InputGuard(call.inputs())  # its copy is taken before any measurement: not in the peak
+        self.done: set[str] = set()
+
+    def after(self, result: Any, when: str = "the measured call") -> None:
+        if "output" not in self.done:
+            check_output(result, self.call.expected_shape, self.call.v.dtype, self.call.v.device)
+            self.guard.check_output(result)
+            self.done.add("output")
+        if when not in self.done:
+            self.guard.check(when)
+            self.done.add(when)
+
+
 def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", known: Optional[dict[str, Any]] = None,
                  warmup: Optional[Callable[[], Any]] = None) -> tuple[Optional[torch.Tensor], dict[str, Any]]:
     """``(output, metrics)`` of one call: memory, FLOPs and time as ``budget.metrics`` asks.
@@ -272,72 +300,74 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
     """
     metrics: dict[str, Any] = {}
     out: Optional[torch.Tensor] = None
-    expected, dtype = call.expected_shape, call.v.dtype
-    checked: list[str] = []
-    guard = InputGuard(call.inputs())  # its copy is taken before any measurement: not in the peak
-
-    def check_once(result: Any, when: str = "the measured call") -> None:
-        if "output" not in checked:
-            check_output(result, expected, dtype, call.v.device)
-            guard.check_output(result)
-            checked.append("output")
-        if when not in checked:  # once per stage: later calls are caught by the guard's counters
-            guard.check(when)
-            checked.append(when)
-
-    def checked_call() -> torch.Tensor:
-        result = call()
-        check_once(result, "the first timed call")
-        return result
-
+    checks = _Checks(call)
     with oom_as_outcome(known, metrics):
-        wanted = budget.metrics
         call_s: Optional[float] = None
-        if wanted & {"memory", "flops"} or "time" not in wanted:
-            if "memory" in wanted:
-                warm_up_memory(call)
-            t0 = time.perf_counter()
-            (out, flops), peak = measure_memory(lambda: count_flops(call), budget.device)
-            call_s = time.perf_counter() - t0  # under both instruments: more than the call alone
-            check_once(out)  # after the measurement: the check's own tensors are not the layer's cost
-            if "memory" in wanted and flops.eager_operators:
-                peak = memory_apart(call, budget.device)
-                metrics[f"{prefix}peak_memory_note"] = (f"measured apart from the FLOP count, which runs "
-                                                        f"{', '.join(flops.eager_operators)} eager")
-            if "memory" in wanted:
-                metrics.update(peak.metrics(prefix))
-            if "flops" in wanted:
-                metrics[f"{prefix}flops"] = int(flops.total)
-                metrics[f"{prefix}flops_by_op"] = flops.by_op
-                metrics[f"{prefix}uncounted_ops"] = flops.uncounted
-                metrics.update(flops_outside_torch(flops, call, prefix))
-        if "time" in wanted:
-            timing = dict(min_run_time=budget.min_run_time, budget_s=budget.time_budget_s,
-                          min_repeats=budget.min_repeats)
-            whole = time_call(checked_call, budget.device, warmup=warmup, label=budget.label, **timing)
-            guard.check("the timed calls")
-            call_s = whole.median_s
-            metrics.update(_timing_metrics(whole, prefix))
-            if call.mode == "fwd":
-                metrics.update(_timing_metrics(whole, prefix, "fwd"))
-            else:
-                metrics.update(_timing_metrics(time_call(call.forward, budget.device, label=budget.label, **timing),
-                                               prefix, "fwd"))
-                guard.check("the timed forward passes")
-                graph = call.forward()
-                try:
-                    bwd = time_call(lambda: call.backward(graph, retain_graph=True), budget.device,
-                                    label=budget.label, **timing)
-                    metrics.update(_timing_metrics(bwd, prefix, "bwd"))
-                    guard.check("the timed backward passes")
-                except RuntimeError as exc:  # a backward that cannot be replayed on a retained graph
-                    if is_oom(exc):
-                        raise
-                    metrics[f"{prefix}time_bwd_note"] = f"not timed separately: {str(exc).splitlines()[0][:200]}"
-                del graph
+        if budget.metrics & {"memory", "flops"} or "time" not in budget.metrics:
+            out, call_s = _measure_memory_and_flops(call, budget, checks, metrics, prefix, known)
+        if "time" in budget.metrics:
+            call_s = _measure_time(call, budget, checks, metrics, prefix, warmup)
         metrics.update(kernel_metrics(call, budget, call_s, prefix))
     metrics.update(achieved_metrics({**(known or {}), **metrics}, budget, prefix))
     return out, metrics
+
+
+def _measure_memory_and_flops(call: AttentionCall, budget: CallBudget, checks: _Checks, metrics: dict[str, Any],
+                              prefix: str, known: Optional[dict[str, Any]]) -> tuple[torch.Tensor, float]:
+    """One call under both instruments (after a smaller warm-up call when memory is measured); the
+    call's own path apart when the FLOP counter forced an operator eager. Returns the output and
+    the call's wall time (under both instruments: more than the call alone)."""
+    wanted = budget.metrics
+    if "memory" in wanted:
+        warm_up_memory(call)
+    t0 = time.perf_counter()
+    (out, flops), peak = measure_memory(lambda: count_flops(call), budget.device)
+    call_s = time.perf_counter() - t0
+    checks.after(out)  # after the measurement: the check's own tensors are not the layer's cost
+    if "memory" in wanted and flops.eager_operators:
+        peak = memory_apart(call, budget.device)
+        metrics[f"{prefix}peak_memory_note"] = (f"measured apart from the FLOP count, which runs "
+                                                f"{', '.join(flops.eager_operators)} eager")
+    if "memory" in wanted:
+        metrics.update(peak.metrics(prefix))
+    if "flops" in wanted:
+        metrics[f"{prefix}flops"] = int(flops.total)
+        metrics[f"{prefix}flops_by_op"] = flops.by_op
+        metrics[f"{prefix}uncounted_ops"] = flops.uncounted
+        metrics.update(flops_outside_torch(flops, call, prefix, known))
+    return out, call_s
+
+
+def _measure_time(call: AttentionCall, budget: CallBudget, checks: _Checks, metrics: dict[str, Any], prefix: str,
+                  warmup: Optional[Callable[[], Any]]) -> float:
+    """The whole call timed (torch.utils.benchmark); for fwd+bwd also the forward alone and the
+    backward on a retained graph. Returns the call's median time."""
+    timing = dict(min_run_time=budget.options.min_run_time, budget_s=budget.options.time_budget_s,
+                  min_repeats=budget.options.min_repeats, label=budget.label)
+
+    def checked_call() -> torch.Tensor:
+        result = call()
+        checks.after(result, "the first timed call")
+        return result
+
+    whole = time_call(checked_call, budget.device, warmup=warmup, **timing)
+    checks.guard.check("the timed calls")
+    metrics.update(_timing_metrics(whole, prefix))
+    if call.mode == "fwd":
+        metrics.update(_timing_metrics(whole, prefix, "fwd"))
+        return whole.median_s
+    metrics.update(_timing_metrics(time_call(call.forward, budget.device, **timing), prefix, "fwd"))
+    checks.guard.check("the timed forward passes")
+    graph = call.forward()
+    try:
+        bwd = time_call(lambda: call.backward(graph, retain_graph=True), budget.device, **timing)
+        metrics.update(_timing_metrics(bwd, prefix, "bwd"))
+        checks.guard.check("the timed backward passes")
+    except RuntimeError as exc:  # a backward that cannot be replayed on a retained graph
+        if is_oom(exc):
+            raise
+        metrics[f"{prefix}time_bwd_note"] = f"not timed separately: {str(exc).splitlines()[0][:200]}"
+    return whole.median_s  # the retained graph is freed here, before the profiled call
 
 
 def kernel_metrics(call: AttentionCall, budget: CallBudget, call_s: Optional[float],

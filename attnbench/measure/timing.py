@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+from ..options import MeasureOptions
 from torch.utils.benchmark import Measurement, Timer
 
 
@@ -42,14 +44,15 @@ def _sync(device: torch.device) -> None:
 def time_call(
     fn: Callable[[], Any],
     device: str | torch.device = "cpu",
-    min_run_time: float = 1.0,
-    budget_s: float = 60.0,
-    min_repeats: int = 3,
+    min_run_time: float = MeasureOptions.min_run_time,
+    budget_s: float = MeasureOptions.time_budget_s,
+    min_repeats: int = MeasureOptions.min_repeats,
     max_repeats: int = 50,
     warmup: Optional[Callable[[], Any]] = None,
     label: str = "",
 ) -> Timing:
     """Time ``fn`` after a warm-up call (``warmup`` if given, e.g. the same op on a smaller input).
+    The defaults are the suites' (:class:`attnbench.options.MeasureOptions`), declared there once.
 
     ``budget_s`` bounds the total time spent on long calls; ``min_repeats`` is honoured even when
     it exceeds the budget (a cell's timeout is the hard limit).

@@ -24,7 +24,7 @@ def measure_attention(call: AttentionCall, budget: CallBudget, prefix: str = "",
     """
     shape = call.shape()
     metrics: dict[str, Any] = {**(known or {}), **estimate_metrics(call.module, shape, prefix)}
-    check_feasible(call.module, shape, budget, metrics)
+    check_feasible(call.module, shape, budget, metrics, prefix)
     out, measured = measure_call(call, budget, prefix, known=metrics)
     metrics.update(measured)
     return out, metrics
