@@ -154,9 +154,6 @@ def measure(rows: list[dict[str, Any]], args: argparse.Namespace, rate: float, c
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.table import Table
-    from rich.text import Text
-
     from ..console import make_console
     from ..errors import UserError
     from ..interface import ProblemShape, dtype_from_name
@@ -188,16 +185,25 @@ def run(args: argparse.Namespace) -> int:
     if args.measure:
         measure(rows, args, rate, err)
 
-    settings = {"size": args.size, "channels": args.channels, "patch_size": args.patch_size, "batch": args.batch,
-                "mode": args.mode, "dtype": args.dtype, "device": args.device}
     time_note = (f"expected time = estimated FLOPs / {rate / 1e9:.3g} GFLOP/s, this machine's measured float32 "
                  f"matmul rate (a yardstick, not a measurement)")
     if args.json:
+        settings = {"size": args.size, "channels": args.channels, "patch_size": args.patch_size, "batch": args.batch,
+                    "mode": args.mode, "dtype": args.dtype, "device": args.device}
         print(json.dumps({"settings": settings, "budget_bytes": budget, "budget_gib": budget / GiB,
                           "budget_source": budget_source, "yardstick_flops_per_s": rate, "time_note": time_note,
                           "mechanisms": rows}, indent=2, default=str))
         return 0
-    console = make_console()
+    make_console().print(_table(args, rows, budget, budget_source, time_note))
+    return 0
+
+
+def _table(args: argparse.Namespace, rows: list[dict[str, Any]], budget: float, budget_source: str,
+           time_note: str) -> Any:
+    """The terminal table: one row per mechanism, the measured columns when --measure ran."""
+    from rich.table import Table
+    from rich.text import Text
+
     title = (f"Estimates at {args.size}x{args.size} px, C={args.channels}, p={args.patch_size}, B={args.batch}, "
              f"{args.mode}, {args.dtype} on {args.device}; budget {budget / GiB:.3g} GiB ({budget_source})")
     table = Table(title=Text(title, style="bold"), title_justify="left",
@@ -226,5 +232,4 @@ def run(args: argparse.Namespace) -> int:
             else:
                 cells += ["", ""]
         table.add_row(*cells)
-    console.print(table)
-    return 0
+    return table
