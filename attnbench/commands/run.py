@@ -168,12 +168,12 @@ def check_data(folder: str, cells: list, runner: str, suite: str) -> str:
     return str(data.resolve())
 
 
-def run(args: argparse.Namespace) -> int:
-    from .. import runloop
-    from ..console import make_console, plain
-    from ..registry import validate_specs
-    from ..resultsfile import ResultsFile
+def _cells(args: argparse.Namespace) -> tuple[Any, list, dict[str, Any]]:
+    """The suite, its cells with the command line's overrides, every check on them that needs no
+    work done (specs, --jobs, the machine, --data): bad input fails here, before anything runs."""
     from ..executors import check_executor_options
+    from ..options import runner_options
+    from ..registry import validate_specs
     from ..suites import load
 
     check_executor_options(args)
@@ -185,8 +185,6 @@ def run(args: argparse.Namespace) -> int:
         from ..executors.launch import check_jobs
 
         check_jobs(getattr(args, "jobs", None) or 1, cells)
-    from ..options import runner_options
-
     options_cls = runner_options(suite.runner)
     if options_cls is not None and cells:
         options_cls.of(cells[0]).check_machine()  # e.g. an unwritable ATTNBENCH_CACHE, named once
@@ -196,6 +194,15 @@ def run(args: argparse.Namespace) -> int:
     if args.data:
         data = check_data(args.data, cells, suite.runner, suite.name)
         cells = suite.cells(args.preset, **overrides, options={"data": data})
+    return suite, cells, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import runloop
+    from ..console import make_console, plain
+    from ..resultsfile import ResultsFile
+
+    suite, cells, overrides = _cells(args)
     preset = cells[0].preset if cells else (args.preset or suite.default_preset)
     out = results_path(args.out, suite.name, preset, grid_tag(suite.resolved(preset)[1], overrides))
     console = make_console(stderr=True)
@@ -216,14 +223,10 @@ def run(args: argparse.Namespace) -> int:
             todo = [calibrated[c.key] for c in todo]
             failures = runloop.prepare(todo, args.prepare_timeout, note)
         summary = _run_with_progress(todo, cells, results, args, console, failures)
-    if summary.total and summary.skipped == summary.total:
-        console.print(plain(summary.line()))
-    else:
-        console.print(plain(summary.line()))
-        if summary.failed:
-            console.print(plain(f"failed cells ({len(summary.failed)}): " + "; ".join(summary.failed[:10])
-                                + (" ..." if len(summary.failed) > 10 else "")
-                                + " -- `--resume` runs them again"))
+    console.print(plain(summary.line()))
+    if summary.failed and not (summary.total and summary.skipped == summary.total):
+        console.print(plain(f"failed cells ({len(summary.failed)}): " + "; ".join(summary.failed[:10])
+                            + (" ..." if len(summary.failed) > 10 else "") + " -- `--resume` runs them again"))
     if args.json:
         print(json.dumps({"suite": suite.name, "preset": preset, **summary.to_json()}))
     elif not args.no_table and not summary.write_error:
