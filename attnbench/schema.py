@@ -43,7 +43,6 @@ for a timeout, a kill or a crash).
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,16 +127,6 @@ def submitted_now() -> tuple[str, float]:
     import time
 
     return now_iso(), time.monotonic()
-
-
-def append(path: Path, record: dict[str, Any]) -> None:
-    """Append one record and flush it to disk, so a killed run keeps every finished cell."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=True, default=str)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 #: the JSON type each field must have (bool is never accepted as int); checked on every read

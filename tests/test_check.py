@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from attnbench import selfcheck
 from attnbench.selfcheck import Check, CheckSkipped, execute, verdict
+from helpers import cli_process
 
 
 def _raise(exc: BaseException):  # noqa: ANN202
@@ -88,14 +87,9 @@ def test_approximate_mechanisms_are_skipped_with_the_reason() -> None:
     assert "approximate by design" in results[1].detail
 
 
-def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "import sys; from attnbench.cli import main; sys.exit(main(sys.argv[1:]))",
-                           *args], capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.slow
 def test_cli_cpu_half_passes_and_reports_json() -> None:
-    res = _cli("check", "--quick", "--mechanisms", "full,psal", "--json")
+    res = cli_process("check", "--quick", "--mechanisms", "full,psal", "--json", timeout=900)
     report = json.loads(res.stdout)
     by_name = {(c["group"], c["name"]): c for c in report["checks"]}
     failed = [c for c in report["checks"] if c["status"] == "failed"]
@@ -110,10 +104,10 @@ def test_cli_cpu_half_passes_and_reports_json() -> None:
 
 
 def test_cli_bad_input_is_one_line_exit_2() -> None:
-    res = _cli("check", "--mechanisms", "nosuch", timeout=300)
+    res = cli_process("check", "--mechanisms", "nosuch", timeout=300)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "unknown mechanism" in res.stderr
     if not torch.cuda.is_available():
-        res = _cli("check", "--device", "cuda", timeout=300)
+        res = cli_process("check", "--device", "cuda", timeout=300)
         assert res.returncode == 2 and "no CUDA device" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -121,7 +115,7 @@ def test_cli_bad_input_is_one_line_exit_2() -> None:
 def test_cli_cuda_passes() -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    res = _cli("check", "--device", "cuda", "--json")
+    res = cli_process("check", "--device", "cuda", "--json", timeout=900)
     report = json.loads(res.stdout)
     failed = [c for c in report["checks"] if c["status"] == "failed"]
     assert res.returncode == 0 and not failed, failed

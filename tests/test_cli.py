@@ -18,15 +18,9 @@ from attnbench.registry import plugins
 from attnbench.schema import read
 
 from conftest import write_suite
+from helpers import cli_process as cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m attnbench ARGS`` with stdout and stderr piped (not a terminal)."""
-    full_env = {**os.environ, "COLUMNS": "80", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "attnbench", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=REPO)
 
 
 def on_a_terminal(*args: str, env: dict[str, str | None]) -> bytes:

@@ -7,7 +7,7 @@ import pytest
 
 from attnbench.cli import main
 from attnbench.report.compare import compare
-from attnbench.schema import append
+from helpers import write_records
 
 from _report_records import memory_records, speed_records
 
@@ -33,7 +33,7 @@ def test_joins_on_identity_when_keys_differ() -> None:
 def test_cli_writes_files_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for name, recs in (("a", speed_records()), ("b", speed_records(slow={"full": 1.5}))):
         for r in recs:
-            append(tmp_path / name / "speed.jsonl", r)
+            write_records([r], tmp_path / name / "speed.jsonl")
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
     assert "×1.5" in capsys.readouterr().out
     assert (tmp_path / "cmp" / "compare.csv").read_text().count("\n") == 7
@@ -68,7 +68,7 @@ def test_time_ratios_across_machines_are_marked_and_warned(tmp_path: Path, capsy
     assert "threads 2 (A) vs 16 (B)" in warning and "compare the machines" in warning
     for name, recs in (("a", a), ("b", b)):
         for r in recs:
-            append(tmp_path / name / "speed.jsonl", r)
+            write_records([r], tmp_path / name / "speed.jsonl")
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     assert "warning: A and B measured on different machines (threads 2 (A) vs 16 (B))" in capsys.readouterr().out
     assert compare(a, a).attrs["warnings"] == []

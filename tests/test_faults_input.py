@@ -21,7 +21,7 @@ import pytest
 from attnbench import parameters, registry, specs
 from attnbench.cli import main
 from attnbench.report.gate import gate
-from attnbench.schema import append
+from helpers import write_records
 
 from _report_records import memory_records, speed_records
 
@@ -38,7 +38,7 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 
 def write(records: list[dict[str, Any]], path: Path) -> Path:
     for rec in records:
-        append(path, rec)
+        write_records([rec], path)
     return path
 
 

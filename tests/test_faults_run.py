@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from attnbench import registry, schema
-from attnbench.cli import main
 from attnbench.executors.outcome import Exit, classify
 from attnbench.errors import UserError
 from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
@@ -24,18 +23,8 @@ from attnbench.resultsfile import ResultsFile
 from attnbench.suites import load
 
 from conftest import TESTS, write_suite
+from helpers import one_line_exit_2 as _one_line_exit_2, run_cli, wait_until
 from cell_fixtures import CRASH, HANG, OK, RAISE, SELF_KILL
-
-
-def run_cli(*argv: str) -> int:
-    return main(list(argv))
-
-
-def _one_line_exit_2(code: int, capsys: pytest.CaptureFixture, needle: str) -> str:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 # ----------------------------------------------------------------------------- 3: outputs checked
@@ -168,8 +157,7 @@ def test_preparation_has_its_own_timeout_and_kills_what_it_started(monkeypatch: 
     assert time.monotonic() - t0 < 30
     assert "did not finish within 3 s" in failed["psal"] and any("did not finish" in n for n in notes)
     grandchild = int(pid_file.read_text())
-    time.sleep(0.2)
-    assert not _alive(grandchild)  # the "compiler" went with its group
+    assert wait_until(lambda: not _alive(grandchild), timeout=10)  # the "compiler" went with its group
 
 
 def test_cells_of_a_mechanism_whose_preparation_failed_are_errors_that_say_why(tmp_path: Path) -> None:
@@ -213,17 +201,18 @@ def test_interrupting_the_run_kills_the_running_worker(tmp_path: Path, worker_pa
                             env={**os.environ, "NO_COLOR": "1"},
                             # a shell's background job ignores SIGINT, and children inherit that
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline, workers = time.monotonic() + 400, []  # a loaded 2-core machine starts workers slowly
-    while time.monotonic() < deadline and not (workers and len(schema.read(out)) == 1 if out.exists() else False):
-        workers = _workers_of(proc.pid)
-        time.sleep(0.2)
-    assert workers, "the hanging cell's worker never started"
+    workers: list[int] = []
+
+    def hanging_cell_started() -> bool:  # the ok cell recorded, the hanging one's worker running
+        workers[:] = _workers_of(proc.pid) or workers
+        return bool(workers) and out.exists() and len(schema.read(out)) == 1
+
+    assert wait_until(hanging_cell_started, timeout=400), "the hanging cell's worker never started"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == code and b"resume" in err and len(err.strip().splitlines()[-1:]) == 1, err
     assert err.strip().splitlines()[-1].startswith(b"attnbench: interrupted"), err
-    time.sleep(0.3)
-    assert not any(_alive(w) for w in workers)
+    assert wait_until(lambda: not any(_alive(w) for w in workers), timeout=10), "a worker outlived the run"
     assert [r["size"] for r in schema.read(out)] == [OK]  # the finished cell is kept
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from attnbench.cli import main
 from attnbench.report.gate import gate, parse_tolerances
-from attnbench.schema import append
+from helpers import write_records
 from attnbench.errors import UserError
 
 from _report_records import colorization_records, memory_records, speed_records, with_metric
@@ -21,7 +21,7 @@ def baseline() -> list[dict]:
 
 def write(records: list[dict], folder: Path) -> Path:
     for rec in records:
-        append(folder / f"{rec['suite']}.jsonl", rec)
+        write_records([rec], folder / f"{rec['suite']}.jsonl")
     return folder
 
 

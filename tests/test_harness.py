@@ -10,16 +10,12 @@ import pytest
 import torch
 
 from attnbench import schema
-from attnbench.cli import main
 from attnbench.measure.memory import measure_peak
 from attnbench.suites import load
 
 from conftest import write_suite
+from helpers import run_cli
 from cell_fixtures import ALLOC, CRASH, HANG, OK, OOM, RAISE
-
-
-def run_cli(*argv: str) -> int:
-    return main(list(argv))
 
 
 def test_cpu_peak_memory_matches_known_allocations_within_5_percent() -> None:

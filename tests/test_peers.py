@@ -14,14 +14,9 @@ import torch
 from attnbench.errors import Unsupported, UnsupportedRequest
 from attnbench.interface import ProblemShape
 from attnbench.registry import mechanism, plugins
+from helpers import skip_unless_available as _available
 
 torch.set_num_threads(1)
-
-
-def _available(name: str) -> None:
-    info = next(i for i in plugins().values() if name in i.variants)
-    if not info.availability.ok:
-        pytest.skip(f"{name}: {info.availability}")
 
 
 def _rand(*shape, seed=0):

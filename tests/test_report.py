@@ -10,7 +10,7 @@ from attnbench.report import paper
 from attnbench.report.analysis import fit_exponent, pareto_front
 from attnbench.report.style import colour
 from attnbench.report.tables import render_rich, suite_table, suite_tables
-from attnbench.schema import append
+from helpers import write_records
 
 from _report_records import (colorization_records, custom_suite_records, memory_records, speed_records,
                              substitution_records)
@@ -18,7 +18,7 @@ from _report_records import (colorization_records, custom_suite_records, memory_
 
 def write(records: list[dict], folder: Path) -> Path:
     for rec in records:
-        append(folder / f"{rec['suite']}.jsonl", rec)
+        write_records([rec], folder / f"{rec['suite']}.jsonl")
     return folder
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from attnbench.cli import main
-from attnbench.schema import append
+from helpers import write_records
 
 from _report_records import colorization_records, memory_records, speed_records
 
@@ -44,7 +44,7 @@ _CONTROLS = ("<img class='control' alt='broken' src='data:image/png;base64,AAAA'
 
 def _write(records: list[dict], folder: Path) -> None:
     for rec in records:
-        append(folder / f"{rec['suite']}-ci.jsonl", rec)
+        write_records([rec], folder / f"{rec['suite']}-ci.jsonl")
 
 
 def _probe(page: Path, tmp_path: Path) -> dict:

@@ -62,18 +62,18 @@ def test_report_draws_the_curves_only_for_records_that_have_them() -> None:
 def test_psal_quality_cli_refuses_missing_or_curveless_records_in_one_line(tmp_path, capsys) -> None:
     import pytest
 
-    from attnbench.schema import append
+    from helpers import write_records
     from attnbench_plugins.psal_quality import main
 
     with pytest.raises(SystemExit) as missing:
         main(["--time-to-quality", str(tmp_path / "nope.jsonl")])
     plain = {**RECORDS[0], "metrics": {"mse_ratio": 1.0}}
-    append(tmp_path / "plain.jsonl", plain)
+    write_records([plain], tmp_path / "plain.jsonl")
     with pytest.raises(SystemExit) as curveless:
         main(["--time-to-quality", str(tmp_path / "plain.jsonl")])
     err = capsys.readouterr().err.strip().splitlines()
     assert missing.value.code == 2 and curveless.value.code == 2 and len(err) == 2
     assert "no such results file" in err[0] and "--preset peers" in err[1]
-    append(tmp_path / "curves.jsonl", RECORDS[2])
+    write_records([RECORDS[2]], tmp_path / "curves.jsonl")
     main(["--time-to-quality", str(tmp_path / "curves.jsonl"), "--plot", str(tmp_path / "ttq.png")])
     assert (tmp_path / "ttq.png").stat().st_size > 0 and "faiss-knn" in capsys.readouterr().out

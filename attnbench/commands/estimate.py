@@ -116,11 +116,12 @@ def _g(value: Optional[float], digits: int = 3) -> str:
 
 def measure(rows: list[dict[str, Any]], args: argparse.Namespace, rate: float, console: Any) -> None:
     """Run the fitting rows as memory-suite cells (memory, FLOPs, time); add what was measured."""
+    import contextlib
     from dataclasses import replace
     from pathlib import Path
 
-    from .. import schema
     from ..executors import make_executor
+    from ..resultsfile import ResultsFile
     from ..suites import load
 
     fitting = [r for r in rows if r["status"] == "ok" and r["fits"]]
@@ -137,20 +138,28 @@ def measure(rows: list[dict[str, Any]], args: argparse.Namespace, rate: float, c
     by_key = {c.key: r for c, r in zip(cells, fitting)}
     console.print(f"measuring {len(cells)} cells of the memory suite (timeout {args.timeout:g} s each)...")
     executor = make_executor(args)
+    # the run's own results file: checked, locked, appended and fsynced as `attnbench run` does
+    results = ResultsFile.open(Path(args.out), suite="memory") if args.out else contextlib.nullcontext()
     try:
-        for record in executor.run_cells(cells):
-            if args.out:
-                schema.append(Path(args.out), record)
-            row = by_key.get(record["key"])
-            if row is None:
-                continue
-            m = record.get("metrics") or {}
-            row["measured"] = {"status": record["status"], "reason": record.get("reason", ""),
-                               "peak_memory_bytes": m.get("peak_memory_bytes"), "flops": m.get("flops"),
-                               "time_median_s": m.get("time_median_s"), "time_iqr_s": m.get("time_iqr_s")}
-            console.print(f"{record['status']:>11} {row['mechanism']}", markup=False, highlight=False)
+        with results:
+            _measured_rows(executor.run_cells(cells), results if args.out else None, by_key, console)
     finally:
         executor.close()
+
+
+def _measured_rows(records: Any, results: Any, by_key: dict[str, dict[str, Any]], console: Any) -> None:
+    """Each measured record into its row (and the results file, when one was asked for)."""
+    for record in records:
+        if results is not None:
+            results.append(record)
+        row = by_key.get(record["key"])
+        if row is None:
+            continue
+        m = record.get("metrics") or {}
+        row["measured"] = {"status": record["status"], "reason": record.get("reason", ""),
+                           "peak_memory_bytes": m.get("peak_memory_bytes"), "flops": m.get("flops"),
+                           "time_median_s": m.get("time_median_s"), "time_iqr_s": m.get("time_iqr_s")}
+        console.print(f"{record['status']:>11} {row['mechanism']}", markup=False, highlight=False)
 
 
 def run(args: argparse.Namespace) -> int:
