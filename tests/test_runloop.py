@@ -30,11 +30,6 @@ mechanisms = ["full"]
 sizes = [16]
 channels = 4
 patch_size = 3
-batch = 1
-modes = ["fwd"]
-dtype = "float32"
-device = "cpu"
-seed = 0
 timeout = 60
 [options]
 {options}

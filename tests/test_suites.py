@@ -19,11 +19,6 @@ mechanisms = ["full"]
 sizes = [8]
 channels = 2
 patch_size = 3
-batch = 1
-modes = ["fwd"]
-dtype = "float32"
-device = "cpu"
-seed = 0
 timeout = 60
 
 [options]
@@ -106,11 +101,6 @@ mechanisms = ["psal-1"]
 sizes = [16]
 channels = 3
 patch_size = 3
-batch = 1
-modes = ["fwd"]
-dtype = "float32"
-device = "cpu"
-seed = 0
 timeout = 60
 [options]
 iterations = [1]
