@@ -40,7 +40,9 @@ from ..interface import ProblemShape
 from ..measure.call import CallBudget, check_feasible, check_output, estimate_metrics, oom_as_outcome
 from ..options import ImageOptions, MeasureOptions
 from ..registry import mechanism
-from ..tasks.data import read_image, square_resize, stereo_pair, to_tensor, user_pairs
+from ..tasks.embedded import stereo_pair
+from ..tasks.images import read_image, square_resize, to_tensor
+from ..tasks.user_data import user_pairs
 
 #: two costs within this relative distance are a tie (recall counts a tie with the exact 1-NN as found)
 TIE_TOLERANCE = 1e-5
