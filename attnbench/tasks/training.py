@@ -289,6 +289,7 @@ class _TrainState:
 
 
 def _fresh_state(model: nn.Module, lr: float, probes: dict[str, Callable[[nn.Module], float]]) -> _TrainState:
+    """Step 0: a new Adam optimizer, no losses, no probe values."""
     return _TrainState(model, torch.optim.Adam(model.parameters(), lr=lr), [], {name: [] for name in probes})
 
 
