@@ -121,13 +121,13 @@ class ImageOptions(RunnerOptions):
     #: folder of the user's image pairs (set by ``--data``; README: "Your own images")
     data: Optional[str] = None
     #: camera-shift range [min, max] of the embedded motion pairs, fractions of the frame (None:
-    #: tasks.data.DEFAULT_MOTION); ignored with ``data``
+    #: tasks.embedded.DEFAULT_MOTION); ignored with ``data``
     motion: Optional[list[float]] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.motion is not None:
-            from .tasks.data import check_motion  # the one place the valid range is stated
+            from .tasks.embedded import check_motion  # the one place the valid range is stated
 
             check_motion(self.motion)
 

@@ -10,7 +10,7 @@ from skimage import io
 
 from attnbench import context
 from attnbench.errors import UserError
-from attnbench.tasks import data
+from attnbench.tasks import images, user_data
 
 
 def _write(path: Path, h: int, w: int, seed: int) -> Path:
@@ -21,27 +21,27 @@ def _write(path: Path, h: int, w: int, seed: int) -> Path:
 
 def test_cached_square_equals_the_direct_resize_and_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     image = _write(tmp_path / "big_a.png", 300, 400, 0)
-    direct = data.square_resize(data.read_image(image), 64)
+    direct = images.square_resize(images.read_image(image), 64)
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setattr(context, "_current", context.RunContext(resized_images=str(cache)))
-    first = data.read_square(image, 64)
+    first = images.read_square(image, 64)
     assert np.array_equal(first, direct)
     assert len(list(cache.glob("*.npy"))) == 1
 
     def no_decode(path: Path, size: object = None) -> np.ndarray:
         raise AssertionError(f"{path} decoded again")
 
-    monkeypatch.setattr(data, "read_image", no_decode)
-    assert np.array_equal(data.read_square(image, 64), direct)  # later cells: from the cache
+    monkeypatch.setattr(images, "read_image", no_decode)
+    assert np.array_equal(images.read_square(image, 64), direct)  # later cells: from the cache
     with pytest.raises(AssertionError, match="decoded again"):
-        data.read_square(image, 32)  # another size is another entry
+        images.read_square(image, 32)  # another size is another entry
 
 
 def test_without_a_run_cache_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(context, "_current", context.RunContext())
     image = _write(tmp_path / "x_a.png", 40, 50, 1)
-    assert data.read_square(image, 16).shape == (16, 16, 3)
+    assert images.read_square(image, 16).shape == (16, 16, 3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_a.png"]
 
 
@@ -49,7 +49,7 @@ def test_user_pairs_at_a_size_still_refuse_frames_of_different_sizes(tmp_path: P
     _write(tmp_path / "p_a.png", 40, 50, 2)
     _write(tmp_path / "p_b.png", 40, 60, 3)
     with pytest.raises(UserError, match="differ in size"):
-        data.user_pairs(tmp_path, 1, size=16)
+        user_data.user_pairs(tmp_path, 1, size=16)
     _write(tmp_path / "p_b.png", 40, 50, 3)
-    [pair] = data.user_pairs(tmp_path, 1, size=16)
+    [pair] = user_data.user_pairs(tmp_path, 1, size=16)
     assert pair.a.shape == pair.b.shape == (16, 16, 3)

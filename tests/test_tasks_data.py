@@ -9,13 +9,13 @@ from skimage import io
 from skimage.util import img_as_ubyte
 
 from attnbench.errors import UserError
-from attnbench.tasks import data
+from attnbench.tasks import data, embedded, images, pairs, user_data
 
 VIDEO_PAIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "video-pair"
 
 
 def test_embedded_pairs_are_deterministic_for_a_seed() -> None:
-    first, again, other = data.embedded_pairs(3, seed=0), data.embedded_pairs(3, seed=0), data.embedded_pairs(3, seed=1)
+    first, again, other = embedded.embedded_pairs(3, seed=0), embedded.embedded_pairs(3, seed=0), embedded.embedded_pairs(3, seed=1)
     assert [p.name for p in first] == ["motorcycle", "astronaut-m0", "coffee-m0"]
     for x, y in zip(first, again):
         assert np.array_equal(x.a, y.a) and np.array_equal(x.b, y.b)
@@ -24,11 +24,11 @@ def test_embedded_pairs_are_deterministic_for_a_seed() -> None:
 
 
 def test_motion_pair_frames_differ_by_a_far_camera_motion() -> None:
-    pair = data.embedded_pairs(2, seed=0)[1]
+    pair = embedded.embedded_pairs(2, seed=0)[1]
     assert pair.a.shape == pair.b.shape and pair.a.dtype == np.float32
     assert 0.0 <= pair.b.min() and pair.b.max() <= 1.0
     side = pair.a.shape[0]
-    motion = data.draw_motion(np.random.default_rng((0, 0, 0)), side)
+    motion = embedded.draw_motion(np.random.default_rng((0, 0, 0)), side)
     assert 0.06 * side <= np.hypot(*motion.shift_yx) <= 0.12 * side
     # frame B is not frame A: a zero-displacement copy would make the task trivial
     assert np.abs(pair.a - pair.b).mean() > 0.05
@@ -37,16 +37,16 @@ def test_motion_pair_frames_differ_by_a_far_camera_motion() -> None:
 def test_larger_motion_option_moves_the_camera_further_and_keys_the_cache() -> None:
     shift = (0.15, 0.30)
     rng = np.random.default_rng((0, 0, 0))
-    motions = [data.draw_motion(rng, 100, shift) for _ in range(50)]
+    motions = [embedded.draw_motion(rng, 100, shift) for _ in range(50)]
     assert all(15.0 <= np.hypot(*m.shift_yx) <= 30.0 for m in motions)
     default = data.task_pairs({}, 2, 0, "train")[0]
     moved = data.task_pairs({"motion": list(shift)}, 2, 0, "train")[0]
     assert default.name == moved.name and moved.a.shape == moved.b.shape
     # a smaller window of the same photo, so that frame B's moved window stays inside it
     assert moved.a.shape[0] < default.a.shape[0]
-    assert data.window_fraction(data.DEFAULT_MOTION) == 0.72
+    assert embedded.window_fraction(embedded.DEFAULT_MOTION) == 0.72
     assert data.data_identity({}) != data.data_identity({"motion": list(shift)})  # no stale cached weights
-    assert data.data_identity({}) == data.data_identity({"motion": list(data.DEFAULT_MOTION)})
+    assert data.data_identity({}) == data.data_identity({"motion": list(embedded.DEFAULT_MOTION)})
 
 
 @pytest.mark.parametrize("motion", [[0.3, 0.1], [0.1, 0.5], [-0.1, 0.2], ["a", 0.2], [0.1]])
@@ -59,32 +59,32 @@ def test_bad_motion_option_is_a_user_error_before_any_work(motion) -> None:
 
 def test_training_pairs_are_cut_at_varied_places_test_pairs_centred() -> None:
     shift = (0.15, 0.30)
-    train = data.embedded_split("train", 8, 0, shift)
+    train = embedded.embedded_split("train", 8, 0, shift)
     astronaut = [p for p in train if p.name.startswith("astronaut")]
     assert len(astronaut) == 2 and not np.array_equal(astronaut[0].a, astronaut[1].a)  # two scenes, not one
-    photo = data.load_photo("astronaut")
-    centred = int(data.window_fraction(shift) * min(photo.shape[:2]))
-    assert all(data.TRAIN_WINDOW_MIN * centred - 1 <= p.a.shape[0] <= centred for p in astronaut)
+    photo = embedded.load_photo("astronaut")
+    centred = int(embedded.window_fraction(shift) * min(photo.shape[:2]))
+    assert all(embedded.TRAIN_WINDOW_MIN * centred - 1 <= p.a.shape[0] <= centred for p in astronaut)
     for p in train:
         assert p.a.shape == p.b.shape and 0.0 <= p.b.min() and p.b.max() <= 1.0
-    again = data.embedded_split("train", 8, 0, shift)
+    again = embedded.embedded_split("train", 8, 0, shift)
     assert all(np.array_equal(x.a, y.a) and np.array_equal(x.b, y.b) for x, y in zip(train, again))
     # test frames A keep the centred window of their photo
-    coffee = next(p for p in data.embedded_split("test", 2, 0, shift) if p.name.startswith("coffee"))
-    image = data.load_photo("coffee")
-    side = int(data.window_fraction(shift) * min(image.shape[:2]))
+    coffee = next(p for p in embedded.embedded_split("test", 2, 0, shift) if p.name.startswith("coffee"))
+    image = embedded.load_photo("coffee")
+    side = int(embedded.window_fraction(shift) * min(image.shape[:2]))
     y0, x0 = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
     assert np.allclose(coffee.a, image[y0 : y0 + side, x0 : x0 + side])
 
 
 def test_embedded_train_and_test_splits_do_not_share_photos() -> None:
-    train = {p.name.split("-")[0] for p in data.embedded_split("train", 8)}
-    test = {p.name.split("-")[0] for p in data.embedded_split("test", 3)}
+    train = {p.name.split("-")[0] for p in embedded.embedded_split("train", 8)}
+    test = {p.name.split("-")[0] for p in embedded.embedded_split("test", 3)}
     assert train and test and not train & test
 
 
 def test_square_pair_resizes_both_frames() -> None:
-    pair = data.square_pair(data.embedded_pairs(1)[0], 24)
+    pair = pairs.square_pair(embedded.embedded_pairs(1)[0], 24)
     assert pair.a.shape == pair.b.shape == (24, 24, 3)
 
 
@@ -102,7 +102,7 @@ def test_folder_of_pairs_by_suffix_and_by_subfolder(tmp_path: Path) -> None:
     _save(tmp_path / "cat_b.png", _image(20, 30, 2))
     _save(tmp_path / "scene" / "0001.png", _image(16, 16, 3))
     _save(tmp_path / "scene" / "0002.png", _image(16, 16, 4))
-    pairs = data.user_pairs(tmp_path, 10)
+    pairs = user_data.user_pairs(tmp_path, 10)
     assert [p.name for p in pairs] == ["cat", "scene"]
     assert pairs[0].a.shape == (20, 30, 3)
     assert np.allclose(pairs[0].a, _image(20, 30, 1), atol=1 / 255)
@@ -112,7 +112,7 @@ def test_grey_images_become_rgb(tmp_path: Path) -> None:
     grey = (np.random.default_rng(0).random((12, 12)) * 255).astype(np.uint8)
     io.imsave(str(tmp_path / "g_a.png"), grey, check_contrast=False)
     io.imsave(str(tmp_path / "g_b.png"), grey, check_contrast=False)
-    (pair,) = data.user_pairs(tmp_path, 1)
+    (pair,) = user_data.user_pairs(tmp_path, 1)
     assert pair.a.shape == (12, 12, 3) and np.array_equal(pair.a[..., 0], pair.a[..., 2])
 
 
@@ -120,11 +120,11 @@ def test_davis_layout_pairs_frames_ten_apart(tmp_path: Path) -> None:
     for seq in ("bear", "car", "dog", "elk", "fox"):
         for t in range(12):
             _save(tmp_path / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", _image(8, 8, t))
-    entries = data.user_pair_paths(tmp_path)
+    entries = user_data.user_pair_paths(tmp_path)
     assert len(entries) == 5 * 1  # one pair (0, 10) per 12-frame sequence
     name, a, b = entries[0]
     assert (a.name, b.name) == ("00000.jpg", "00010.jpg") and name == "bear/00000"
-    train, test = data.user_pair_paths(tmp_path, "train"), data.user_pair_paths(tmp_path, "test")
+    train, test = user_data.user_pair_paths(tmp_path, "train"), user_data.user_pair_paths(tmp_path, "test")
     assert [n.split("/")[0] for n, *_ in test] == ["fox"]
     assert "fox" not in {n.split("/")[0] for n, *_ in train}
 
@@ -133,22 +133,22 @@ def test_unreadable_image_is_a_user_error_naming_the_file(tmp_path: Path) -> Non
     _save(tmp_path / "x_a.png", _image(8, 8))
     (tmp_path / "x_b.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match="x_b.png"):
-        data.user_pairs(tmp_path, 1)
+        user_data.user_pairs(tmp_path, 1)
 
 
 def test_mismatched_pair_is_a_user_error_naming_both_files(tmp_path: Path) -> None:
     _save(tmp_path / "x_a.png", _image(8, 8))
     _save(tmp_path / "x_b.png", _image(9, 8))
     with pytest.raises(UserError, match=r"x_a\.png.*x_b\.png"):
-        data.user_pairs(tmp_path, 1)
+        user_data.user_pairs(tmp_path, 1)
 
 
 def test_incomplete_or_empty_folders_say_what_is_expected(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="NAME_a"):
-        data.user_pairs(tmp_path, 1)
+        user_data.user_pairs(tmp_path, 1)
     _save(tmp_path / "lonely_a.png", _image(8, 8))
     with pytest.raises(UserError, match="lonely_b"):
-        data.user_pairs(tmp_path, 1)
+        user_data.user_pairs(tmp_path, 1)
 
 
 def test_task_pairs_uses_the_data_option(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_task_pairs_uses_the_data_option(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not (VIDEO_PAIR / "img1_512.png").exists(), reason="shared video pair not present")
 def test_real_video_pair_reads_as_a_pair(tmp_path: Path) -> None:
-    pair = data.load_pair("video", VIDEO_PAIR / "img1_512.png", VIDEO_PAIR / "img2_512.png")
+    pair = user_data.load_pair("video", VIDEO_PAIR / "img1_512.png", VIDEO_PAIR / "img2_512.png")
     assert pair.a.shape == pair.b.shape and pair.a.shape[2] == 3
     assert 0.0 < np.abs(pair.a - pair.b).mean() < 0.5
 
@@ -169,10 +169,10 @@ def test_folder_of_pairs_is_split_for_training(tmp_path: Path) -> None:
     for i in range(5):
         _save(tmp_path / f"p{i}_a.png", _image(8, 8, i))
         _save(tmp_path / f"p{i}_b.png", _image(8, 8, i + 10))
-    train = [n for n, *_ in data.user_pair_paths(tmp_path, "train")]
-    test = [n for n, *_ in data.user_pair_paths(tmp_path, "test")]
+    train = [n for n, *_ in user_data.user_pair_paths(tmp_path, "train")]
+    test = [n for n, *_ in user_data.user_pair_paths(tmp_path, "test")]
     assert train == ["p0", "p1", "p2", "p3"] and test == ["p4"]
-    assert len(data.user_pair_paths(tmp_path)) == 5
+    assert len(user_data.user_pair_paths(tmp_path)) == 5
 
 
 # ----------------------------------------------------------------------------- one decoding path, by mode
@@ -215,7 +215,7 @@ def test_every_container_and_mode_decodes_to_its_colours(tmp_path: Path, mode: s
     path = tmp_path / f"x{suffix}"
     image = _pil_image(mode)
     image.save(path, **({"quality": 100} if suffix == ".jpg" else {}))
-    rgb = data.read_image(path)
+    rgb = images.read_image(path)
     assert rgb.shape == (12, 16, 3) and rgb.dtype == np.float32
     expected = (0.5, 0.5, 0.5) if mode in ("LA", "I;16", "I", "F", "L") else RED
     assert np.allclose(rgb.reshape(-1, 3).mean(0), expected, atol=0.03), (mode, suffix, rgb[0, 0])
@@ -224,7 +224,7 @@ def test_every_container_and_mode_decodes_to_its_colours(tmp_path: Path, mode: s
 def test_a_cmyk_jpeg_of_pure_red_is_red_not_white(tmp_path: Path) -> None:
     _pil_image("CMYK").save(tmp_path / "r_a.jpg", quality=100)
     _pil_image("CMYK").save(tmp_path / "r_b.jpg", quality=100)
-    (pair,) = data.user_pairs(tmp_path, 1)
+    (pair,) = user_data.user_pairs(tmp_path, 1)
     assert np.allclose(pair.a[..., 0], 1.0, atol=0.02) and pair.a[..., 1:].max() < 0.02
 
 
@@ -232,7 +232,7 @@ def test_palette_transparency_is_composited_over_white(tmp_path: Path) -> None:
     image = _pil_image("P")
     image.info["transparency"] = 0  # the red entry is transparent
     image.save(tmp_path / "t.png")
-    assert np.allclose(data.read_image(tmp_path / "t.png"), 1.0)
+    assert np.allclose(images.read_image(tmp_path / "t.png"), 1.0)
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
@@ -243,10 +243,10 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif = image.getexif()
     exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
     image.save(tmp_path / "o.jpg", exif=exif, quality=100)
-    rgb = data.read_image(tmp_path / "o.jpg")
+    rgb = images.read_image(tmp_path / "o.jpg")
     assert rgb.shape == (16, 8, 3)
     assert rgb[2, 4, 2] > 0.9 and rgb[13, 4, 0] > 0.9  # blue on top after the rotation
-    assert data.read_image_shape(tmp_path / "o.jpg") == (8, 16)
+    assert images.read_image_shape(tmp_path / "o.jpg") == (8, 16)
 
 
 @pytest.mark.parametrize("mode", ["LAB", "I-wide", "F-wide"])
@@ -257,7 +257,7 @@ def test_a_mode_without_an_rgb_mapping_is_one_line_naming_file_and_mode(tmp_path
     {"LAB": lambda: Image.new("LAB", (8, 8), (50, 0, 0)), "I-wide": lambda: Image.new("I", (8, 8), 1 << 20),
      "F-wide": lambda: Image.new("F", (8, 8), 3.0)}[mode]().save(path)
     with pytest.raises(UserError, match=rf"odd\.tif.*mode {mode.split('-')[0]}") as info:
-        data.read_image(path)
+        images.read_image(path)
     assert "\n" not in str(info.value)
 
 
@@ -274,11 +274,11 @@ def test_a_symlink_loop_is_an_error_naming_it_not_dropped(tmp_path: Path) -> Non
     _save(tmp_path / "good_b.png", _image(8, 8))
     (tmp_path / "loop_a.png").symlink_to(tmp_path / "loop_a.png")
     with pytest.raises(UserError, match="loop_a.png"):
-        data.user_pair_paths(tmp_path)
+        user_data.user_pair_paths(tmp_path)
     (tmp_path / "loop_a.png").unlink()
     (tmp_path / "gone_a.png").symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(UserError, match="gone_a.png"):
-        data.user_pair_paths(tmp_path)
+        user_data.user_pair_paths(tmp_path)
 
 
 def test_an_image_smaller_than_the_cell_is_refused_not_upscaled(tmp_path: Path) -> None:
@@ -287,8 +287,8 @@ def test_an_image_smaller_than_the_cell_is_refused_not_upscaled(tmp_path: Path) 
     with pytest.raises(UserError, match=r"tiny_a\.png is 1x1.*64 px.*--sizes 1"):
         data.check_user_images(tmp_path, 1, size=64)
     with pytest.raises(UserError, match="does not upscale"):
-        data.user_pairs(tmp_path, 1, size=64)
-    assert data.user_pairs(tmp_path, 1, size=1)[0].a.shape == (1, 1, 3)
+        user_data.user_pairs(tmp_path, 1, size=64)
+    assert user_data.user_pairs(tmp_path, 1, size=1)[0].a.shape == (1, 1, 3)
 
 
 def test_a_huge_image_is_refused_from_its_header_with_the_limit_and_how_to_resize(tmp_path: Path) -> None:
@@ -300,15 +300,15 @@ def test_a_huge_image_is_refused_from_its_header_with_the_limit_and_how_to_resiz
     with pytest.raises(UserError, match=r"huge_a\.png is 12000x12000 \(144 megapixels\).*50 megapixels.*thumbnail"):
         data.check_user_images(tmp_path, 1, size=64)
     with pytest.raises(UserError, match="144 megapixels"):
-        data.read_image_shape(tmp_path / "huge_a.png")
+        images.read_image_shape(tmp_path / "huge_a.png")
 
 
 def test_a_large_jpeg_is_decoded_reduced_for_a_small_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
     Image.new("RGB", (800, 600), (255, 0, 0)).save(tmp_path / "big.jpg")
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 100_000)  # the full 480,000 pixels are over the limit
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100_000)  # the full 480,000 pixels are over the limit
     with pytest.raises(UserError, match="megapixels"):
-        data.read_image(tmp_path / "big.jpg")
-    reduced = data.read_image(tmp_path / "big.jpg", size=64)  # decoded at 1/8 scale: 100 x 75
+        images.read_image(tmp_path / "big.jpg")
+    reduced = images.read_image(tmp_path / "big.jpg", size=64)  # decoded at 1/8 scale: 100 x 75
     assert reduced.shape == (75, 100, 3) and np.allclose(reduced[..., 0], 1.0, atol=0.02)

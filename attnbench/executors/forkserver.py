@@ -185,11 +185,7 @@ def serve(modules: list[str]) -> int:
     from attnbench import proctree
 
     proctree.become_subreaper()  # a dead worker's orphans come here, and are killed below
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    wake_r, wake_w = _wake_pipe()
     sel = selectors.DefaultSelector()
     sel.register(0, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
@@ -199,43 +195,75 @@ def serve(modules: list[str]) -> int:
     while True:
         for key, _ in sel.select():
             if key.fd == wake_r:
-                try:
-                    while os.read(wake_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-            else:
-                data = os.read(0, 65536)
-                if not data:  # the client is gone: leave nothing running
-                    for pid in children:
-                        try:
-                            os.killpg(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
-                    return 0
-                pending += data
-                *lines, pending = pending.split(b"\n")
-                for line in filter(None, lines):
-                    req = json.loads(line)
-                    if thread_count() > allowed:
-                        _send({"id": req["id"], "error": "the fork server started a thread; forking now is unsafe"})
-                        continue
-                    pid = os.fork()
-                    if pid == 0:
-                        _child(req, [wake_r, wake_w])
-                    children.add(pid)
-                    _send({"id": req["id"], "pid": pid})
-        while True:  # reap every child that has exited (workers, and strays killed below)
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            if pid in children:  # not an orphan re-parented here
-                children.discard(pid)
-                _send({"pid": pid, "code": os.waitstatus_to_exitcode(status)})
+                _drain(wake_r)
+                continue
+            data = os.read(0, 65536)
+            if not data:  # the client is gone: leave nothing running
+                _kill_groups(children)
+                return 0
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in filter(None, lines):
+                _fork_request(json.loads(line), allowed, children, [wake_r, wake_w])
+        _reap(children)
         _kill_strays(children)
+
+
+def _wake_pipe() -> tuple[int, int]:
+    """A non-blocking pipe that signals write to (``signal.set_wakeup_fd``), so that a child's exit
+    (SIGCHLD) wakes the select loop as a request does."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    return wake_r, wake_w
+
+
+def _drain(fd: int) -> None:
+    """Empty the wake-up pipe: its bytes only say that a signal came."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _kill_groups(children: set[int]) -> None:
+    """SIGKILL each worker's process group (a worker leads its own)."""
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _fork_request(req: dict[str, Any], allowed: int, children: set[int], close_fds: list[int]) -> None:
+    """Fork one worker for ``req`` and tell the client its pid; refused once the server runs more
+    threads than after warm-up, since a fork copies no thread and may copy a held lock."""
+    if thread_count() > allowed:
+        _send({"id": req["id"], "error": "the fork server started a thread; forking now is unsafe"})
+        return
+    pid = os.fork()
+    if pid == 0:
+        _child(req, close_fds)
+    children.add(pid)
+    _send({"id": req["id"], "pid": pid})
+
+
+def _reap(children: set[int]) -> None:
+    """Reap every child that has exited (workers, and strays killed by _kill_strays) and report each
+    worker's exit code; an orphan re-parented here is reaped without a report."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        if pid in children:
+            children.discard(pid)
+            _send({"pid": pid, "code": os.waitstatus_to_exitcode(status)})
 
 
 def _kill_strays(workers: set[int]) -> None:

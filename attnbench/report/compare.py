@@ -52,26 +52,17 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
     if not a or not b:
         raise UserError("compare needs records on both sides")
     fa, fb = to_frame(a), to_frame(b)
-    present = set(fa.columns) | set(fb.columns)
-    chosen = [m for m in (metrics or DEFAULT_METRICS) if m in present]
-    unknown = [m for m in (metrics or []) if m not in present]
-    if unknown:
-        raise UserError(f"no metric {', '.join(unknown)} in either side; present: "
-                        f"{', '.join(sorted(c for c in present if c in catalogue.CATALOGUE))}")
+    chosen = _chosen_metrics(fa, fb, metrics)
     pairs = match_cells(fa, fb)
     matched_b = {j for _, j in pairs if j is not None}
     rows = []
     machines: list[tuple[dict[str, str], dict[str, str]]] = []
     definitions: list[str] = []
-
-    def cell_name(r: pd.Series) -> str:
-        return f"{r['suite']}: {row_label(r, [])} {int(r['size'])}px {r['mode']}"
-
     for i, j in pairs + [(None, j) for j in fb.index if j not in matched_b]:
         ra = fa.loc[i] if i is not None else None
         rb = fb.loc[j] if j is not None else None
         ref = ra if ra is not None else rb
-        row: dict[str, Any] = {"cell": cell_name(ref),
+        row: dict[str, Any] = {"cell": f"{ref['suite']}: {row_label(ref, [])} {int(ref['size'])}px {ref['mode']}",
                                "A status": ra["status"] if ra is not None else "absent",
                                "B status": rb["status"] if rb is not None else "absent"}
         apart = _machines_apart(ra, rb)
@@ -81,26 +72,54 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
         if other_definition:
             definitions.append(f"{row['cell']} ({other_definition})")
         for m in chosen:
-            metric = catalogue.get(m)
-            va = ra.get(m) if ra is not None and ra["status"] == "ok" else None
-            vb = rb.get(m) if rb is not None and rb["status"] == "ok" else None
-            row[f"{metric.label} A"], row[f"{metric.label} B"] = metric.format(va), metric.format(vb)
-            x, y = number(va), number(vb)
-            if x is None or y is None or x == 0:
-                row[f"{metric.label} B/A"] = "—"
-                continue
-            text = f"×{sig(y / x)}"
-            if metric.kind == "time":
-                noise, p = time_noise(ra, rb)
-                where = f"p={p:.2g}" if p is not None else "IQRs overlap"
-                text = f"within noise ({text}, {where})" if noise else (f"{text} (p={p:.2g})" if p is not None else text)
-                text = f"{text} [other machine]" if apart else text
-            row[f"{metric.label} B/A"] = f"{text} [other definition]" if other_definition else text
+            row.update(_metric_cells(catalogue.get(m), ra, rb, bool(apart), bool(other_definition)))
         rows.append(row)
     df = pd.DataFrame(rows).set_index("cell")
     names = [catalogue.get(m).label for m in chosen]
     empty = [m for m in names if (df[f"{m} A"] == "—").all() and (df[f"{m} B"] == "—").all()]
     df = df.drop(columns=[f"{m} {s}" for m in empty for s in ("A", "B", "B/A")])
+    _add_notes(df, machines, definitions)
+    return df
+
+
+def _chosen_metrics(fa: pd.DataFrame, fb: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    """The metrics to compare, those present on either side; naming one that neither side holds is a
+    UserError that lists what is there, as a typo would otherwise give an empty table."""
+    present = set(fa.columns) | set(fb.columns)
+    chosen = [m for m in (metrics or DEFAULT_METRICS) if m in present]
+    unknown = [m for m in (metrics or []) if m not in present]
+    if unknown:
+        raise UserError(f"no metric {', '.join(unknown)} in either side; present: "
+                        f"{', '.join(sorted(c for c in present if c in catalogue.CATALOGUE))}")
+    return chosen
+
+
+def _metric_cells(metric: catalogue.Metric, ra: pd.Series | None, rb: pd.Series | None, apart: bool,
+                  other_definition: bool) -> dict[str, str]:
+    """One metric's A, B and B/A columns of a row. A time ratio says whether it is within the noise
+    and is marked when the machines differ, any ratio when the definitions do: those ratios do not
+    measure the code."""
+    va = ra.get(metric.name) if ra is not None and ra["status"] == "ok" else None
+    vb = rb.get(metric.name) if rb is not None and rb["status"] == "ok" else None
+    out = {f"{metric.label} A": metric.format(va), f"{metric.label} B": metric.format(vb)}
+    x, y = number(va), number(vb)
+    if x is None or y is None or x == 0:
+        out[f"{metric.label} B/A"] = "—"
+        return out
+    text = f"×{sig(y / x)}"
+    if metric.kind == "time":
+        noise, p = time_noise(ra, rb)
+        where = f"p={p:.2g}" if p is not None else "IQRs overlap"
+        text = f"within noise ({text}, {where})" if noise else (f"{text} (p={p:.2g})" if p is not None else text)
+        text = f"{text} [other machine]" if apart else text
+    out[f"{metric.label} B/A"] = f"{text} [other definition]" if other_definition else text
+    return out
+
+
+def _add_notes(df: pd.DataFrame, machines: list[tuple[dict[str, str], dict[str, str]]],
+               definitions: list[str]) -> None:
+    """The table's notes and warnings (``df.attrs``): how noise is judged, and which ratios compare
+    machines or definitions rather than code."""
     df.attrs["notes"] = [f"time ratios are flagged \"within noise\" when a two-sided Mann-Whitney test on the timing "
                          f"samples gives p >= {ALPHA} (or, without samples, when median ± IQR/2 overlap); "
                          "other metrics are deterministic for a fixed seed"]
@@ -111,7 +130,6 @@ def compare(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]],
         df.attrs["warnings"].append(f"{len(definitions)} cells measured under another definition (ratios marked "
                                     "[other definition] measure the change of definition, not a regression): "
                                     + "; ".join(definitions[:3]) + (" ..." if len(definitions) > 3 else ""))
-    return df
 
 
 def _definitions_apart(a: pd.Series | None, b: pd.Series | None) -> str:

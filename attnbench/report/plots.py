@@ -149,58 +149,9 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
     handles: dict[str, Any] = {}
     for ax, mode in zip(axes[0], modes):
         sub = df[df["mode"] == mode]
-        drawn: dict[str, dict[float, float]] = {}
-        for label, rows in _series(sub):
-            mech, mark = str(rows["mechanism"].iloc[0]), marker(str(rows["label"].iloc[0]))
-            c, ls = colour(mech), data_style[rows["data"].iloc[0]]
-            n = rows["size"].to_numpy(dtype=float) ** 2
-            ok = (rows["status"] == "ok").to_numpy()
-            measured = _num(rows[axis.metric]) / axis.scale if axis.metric in rows else np.full(len(rows), np.nan)
-            keep = ok & np.isfinite(measured) & (measured > 0)
-            if keep.any():
-                exponent = fit_exponent(n[keep], measured[keep])
-                tag = f"{label} (n^{exponent:.2f})" if exponent is not None else label
-                points = dict(zip(n[keep], measured[keep]))
-                hidden = [other for other, pts in drawn.items() if set(points) <= set(pts)
-                          and all(abs(np.log(v / pts[x])) < 0.03 for x, v in points.items())]
-                drawn[label] = points
-                style = dict(marker=mark, color=c, ls=ls, lw=1.6, ms=6)
-                if hidden:  # on top of a curve already drawn: hollow and larger, and said in the legend
-                    tag += f" (≈ {hidden[0]})"
-                    style.update(ms=10, mfc="none", mew=1.5, lw=1.0)
-                if axis is TIME:
-                    h = ax.errorbar(n[keep], measured[keep], yerr=_time_spread(rows[keep], axis.scale), capsize=3,
-                                    elinewidth=1, **style)
-                else:
-                    (h,) = ax.plot(n[keep], measured[keep], **style)
-                handles.setdefault(tag, h)
-                shown.update(rows["key"][keep])
-                drew = True
-                outside = keep & _outside_torch(rows, axis)
-                if outside.any():  # the figure holds memory or FLOPs outside torch: ringed
-                    ax.scatter(n[outside], measured[outside], marker="o", s=140, facecolors="none",
-                               edgecolors=c, linewidths=1.2, zorder=4)
-            if axis.estimate and axis.estimate in rows:
-                est = _num(rows[axis.estimate]) / axis.scale
-                ekeep = np.isfinite(est) & (est > 0)
-                if ekeep.any():
-                    (h,) = ax.plot(n[ekeep], est[ekeep], ls="--", color=c, lw=1.0, alpha=0.8, marker=mark, ms=5,
-                                   mfc="none")
-                    if not keep.any():
-                        handles.setdefault(f"{label} (estimate only)", h)
-                    failed = ekeep & ~ok
-                    ax.scatter(n[failed], est[failed], marker="x", color=c, s=50, zorder=3)
-                    shown.update(rows["key"][ekeep])
-                    drew = True
+        drew = _scaling_panel(ax, sub, axis, data_style, handles, shown) or drew
         if axis is MEMORY:
-            for name, total in machine_memory:
-                ax.axhline(total / axis.scale, color="black", lw=1, ls=":")
-                ax.annotate(f"memory of {name}: {total / axis.scale:.0f} GiB", xy=(0.99, total / axis.scale),
-                            xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
-            if budget:
-                ax.axhline(budget / axis.scale, color="#b00020", lw=1.4, ls="--")
-                ax.annotate(f"budget {catalogue.sig(budget / axis.scale)} GiB", xy=(0.01, budget / axis.scale),
-                            xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=8, color="#b00020")
+            _memory_lines(ax, axis, machine_memory, budget)
         ax.set_xscale("log")
         ax.set_yscale("log")
         _size_ticks(ax, sub["size"].astype(int).tolist())
@@ -211,6 +162,90 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
         plt.close(fig)
         return None
     axes[0][0].set_ylabel(axis.label)
+    key = _scaling_key(df, axis)
+    fig.suptitle(f"{suite}: {axis.title.lower()} vs input size (log-log) — {caption(df)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.0, 1, 0.97))
+    fig.legend(list(handles.values()) + key, list(handles) + [h.get_label() for h in key], fontsize=8,
+               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, max(1, len(handles) + len(key))),
+               frameon=False)
+    _not_plotted(fig, df, shown, y=-0.04 - 0.035 * ((len(handles) + len(key) + 3) // 4))
+    return fig
+
+
+def _scaling_panel(ax: Any, sub: pd.DataFrame, axis: Axis, data_style: dict[Any, Any], handles: dict[str, Any],
+                   shown: set[str]) -> bool:
+    """One mode's curves, measured and estimated, one per series; True when it drew any. ``handles``
+    (legend entries) and ``shown`` (keys plotted) are shared by all panels, so each grows here."""
+    drew = False
+    drawn: dict[str, dict[float, float]] = {}
+    for label, rows in _series(sub):
+        mark = marker(str(rows["label"].iloc[0]))
+        c = colour(str(rows["mechanism"].iloc[0]))
+        n = rows["size"].to_numpy(dtype=float) ** 2
+        ok = (rows["status"] == "ok").to_numpy()
+        measured = _num(rows[axis.metric]) / axis.scale if axis.metric in rows else np.full(len(rows), np.nan)
+        keep = ok & np.isfinite(measured) & (measured > 0)
+        if keep.any():
+            style = dict(marker=mark, color=c, ls=data_style[rows["data"].iloc[0]], lw=1.6, ms=6)
+            _draw_measured(ax, rows, label, axis, n, measured, keep, style, drawn, handles)
+            shown.update(rows["key"][keep])
+            drew = True
+        if axis.estimate and axis.estimate in rows:
+            est = _num(rows[axis.estimate]) / axis.scale
+            ekeep = np.isfinite(est) & (est > 0)
+            if ekeep.any():
+                (h,) = ax.plot(n[ekeep], est[ekeep], ls="--", color=c, lw=1.0, alpha=0.8, marker=mark, ms=5,
+                               mfc="none")
+                if not keep.any():
+                    handles.setdefault(f"{label} (estimate only)", h)
+                failed = ekeep & ~ok
+                ax.scatter(n[failed], est[failed], marker="x", color=c, s=50, zorder=3)
+                shown.update(rows["key"][ekeep])
+                drew = True
+    return drew
+
+
+def _draw_measured(ax: Any, rows: pd.DataFrame, label: str, axis: Axis, n: np.ndarray, measured: np.ndarray,
+                   keep: np.ndarray, style: dict[str, Any], drawn: dict[str, dict[float, float]],
+                   handles: dict[str, Any]) -> None:
+    """One series' measured points with its fitted exponent in the legend. A curve lying on one already
+    in ``drawn`` is hollow and larger, and the legend says which, so that neither hides the other."""
+    exponent = fit_exponent(n[keep], measured[keep])
+    tag = f"{label} (n^{exponent:.2f})" if exponent is not None else label
+    points = dict(zip(n[keep], measured[keep]))
+    hidden = [other for other, pts in drawn.items() if set(points) <= set(pts)
+              and all(abs(np.log(v / pts[x])) < 0.03 for x, v in points.items())]
+    drawn[label] = points
+    if hidden:
+        tag += f" (≈ {hidden[0]})"
+        style.update(ms=10, mfc="none", mew=1.5, lw=1.0)
+    if axis is TIME:
+        h = ax.errorbar(n[keep], measured[keep], yerr=_time_spread(rows[keep], axis.scale), capsize=3,
+                        elinewidth=1, **style)
+    else:
+        (h,) = ax.plot(n[keep], measured[keep], **style)
+    handles.setdefault(tag, h)
+    outside = keep & _outside_torch(rows, axis)
+    if outside.any():  # the figure holds memory or FLOPs outside torch: ringed
+        ax.scatter(n[outside], measured[outside], marker="o", s=140, facecolors="none",
+                   edgecolors=style["color"], linewidths=1.2, zorder=4)
+
+
+def _memory_lines(ax: Any, axis: Axis, totals: Sequence[tuple[str, float]], budget: float | None) -> None:
+    """Each machine's memory and the run's budget as horizontal lines: where a curve crosses them, the
+    mechanism no longer fits."""
+    for name, total in totals:
+        ax.axhline(total / axis.scale, color="black", lw=1, ls=":")
+        ax.annotate(f"memory of {name}: {total / axis.scale:.0f} GiB", xy=(0.99, total / axis.scale),
+                    xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
+    if budget:
+        ax.axhline(budget / axis.scale, color="#b00020", lw=1.4, ls="--")
+        ax.annotate(f"budget {catalogue.sig(budget / axis.scale)} GiB", xy=(0.01, budget / axis.scale),
+                    xycoords=("axes fraction", "data"), ha="left", va="bottom", fontsize=8, color="#b00020")
+
+
+def _scaling_key(df: pd.DataFrame, axis: Axis) -> list[Line2D]:
+    """The legend's grey entries that explain the line styles and marks, not any one series."""
     key = [Line2D([], [], color="grey", lw=1.6, label="measured" + (" (bars: IQR)" if axis is TIME else "")),
            Line2D([], [], color="grey", lw=1.0, ls="--", marker="o", mfc="none", label="estimate")] \
         if axis.estimate else []
@@ -220,13 +255,7 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
         key.append(Line2D([], [], color="grey", ls="", marker="o", ms=11, mfc="none",
                           label="ringed: " + ("resident / device figure (memory outside torch)" if axis is MEMORY
                                               else "includes FLOPs declared outside torch")))
-    fig.suptitle(f"{suite}: {axis.title.lower()} vs input size (log-log) — {caption(df)}", fontsize=10)
-    fig.tight_layout(rect=(0, 0.0, 1, 0.97))
-    fig.legend(list(handles.values()) + key, list(handles) + [h.get_label() for h in key], fontsize=8,
-               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, max(1, len(handles) + len(key))),
-               frameon=False)
-    _not_plotted(fig, df, shown, y=-0.04 - 0.035 * ((len(handles) + len(key) + 3) // 4))
-    return fig
+    return key
 
 
 def _not_plotted(fig: Figure, df: pd.DataFrame, shown: set[str], y: float = -0.01) -> None:
@@ -305,7 +334,6 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
         return None
     fig, axes = plt.subplots(len(groups), len(panels), figsize=(6.4 * len(panels), 4.4 * len(groups)),
                              squeeze=False)
-    better = "higher" if metric in HIGHER_IS_BETTER else "lower"
     shown: set[str] = set()
     trained = (ok_all["trained_with"] != "").any()
     extra = [f for f in varying(ok_all, PLOT_FIELDS) if f not in ("data",)]
@@ -314,42 +342,9 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
         ok = ok_all[(ok_all["size"] == size) & (ok_all["data"] == data)]
         labels = [row_label(r, extra) + (f" ← {r['trained_with']}" if r.get("trained_with") else "")
                   for _, r in ok.iterrows()]
-        quality = _num(ok[metric])
         for ax, axis in zip(row_axes, panels):
-            cost = _num(ok[axis.metric]) / axis.scale
-            usable = np.isfinite(cost) & (cost > 0) & np.isfinite(quality)
-            xs, ys, texts, cols = [], [], [], []
-            for x, y, label, mech, full, key, good in zip(cost, quality, labels, ok["mechanism"], ok["label"],
-                                                         ok["key"], usable):
-                if good:
-                    shown.add(key)
-                    ax.scatter(x, y, color=colour(mech), marker=marker(full), s=60, zorder=3, edgecolor="black",
-                               linewidth=0.5)
-                    xs.append(x), ys.append(y), texts.append(label), cols.append(colour(mech))
-            score = -quality if metric in HIGHER_IS_BETTER else quality
-            front = pareto_front(np.where(usable, cost, np.nan), np.where(usable, score, np.nan))
-            if len(front) > 1:
-                ax.step(cost[front], quality[front], where="post", color="grey", ls="--", lw=1.2, zorder=2,
-                        label="Pareto front")
-            if front:
-                ax.scatter(cost[front], quality[front], s=170, facecolor="none", edgecolor="grey", zorder=2,
-                           label=None if len(front) > 1 else "Pareto front")
-            ax.set_xscale("log")
-            finite = quality[np.isfinite(quality) & (quality > 0)]
-            if finite.size and finite.max() > 10 * finite.min():
-                ax.set_yscale("log")  # quality spanning decades: keep the good ones apart
-            else:
-                fmt = ScalarFormatter(useOffset=False)
-                ax.yaxis.set_major_formatter(fmt)
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.margins(x=0.3, y=0.15)
-            ax.set_xlabel(axis.label)
-            ax.set_ylabel(f"{metric} ({better} is better)")
+            placements.append((ax, *_quality_panel(ax, ok, axis, metric, labels, shown)))
             ax.set_title(f"{size} px, data: {data}", fontsize=9)
-            ax.grid(True, alpha=0.3)
-            if front:
-                ax.legend(fontsize=8, loc="best")
-            placements.append((ax, xs, ys, texts, cols))
     legend = " — labels: tested ← trained with" if trained else ""
     fig.suptitle(f"{suite}: {metric} vs cost (as the paper's Figure 5) — {caption(ok_all)}{legend}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
@@ -357,6 +352,45 @@ def quality_plot(df: pd.DataFrame, suite: str, metric: str) -> Figure | None:
         place_labels(ax, xs, ys, texts, cols)
     _not_plotted(fig, df[df["size"].isin(sizes)], shown)
     return fig
+
+
+def _quality_panel(ax: Any, ok: pd.DataFrame, axis: Axis, metric: str, labels: list[str],
+                   shown: set[str]) -> tuple[list[float], list[float], list[str], list[str]]:
+    """One panel: each mechanism's quality vs one cost, and the Pareto front. Returns the points and
+    their labels, placed by the caller once the figure's layout is final (labels must not overlap)."""
+    quality = _num(ok[metric])
+    cost = _num(ok[axis.metric]) / axis.scale
+    usable = np.isfinite(cost) & (cost > 0) & np.isfinite(quality)
+    xs, ys, texts, cols = [], [], [], []
+    for x, y, label, mech, full, key, good in zip(cost, quality, labels, ok["mechanism"], ok["label"],
+                                                 ok["key"], usable):
+        if good:
+            shown.add(key)
+            ax.scatter(x, y, color=colour(mech), marker=marker(full), s=60, zorder=3, edgecolor="black",
+                       linewidth=0.5)
+            xs.append(x), ys.append(y), texts.append(label), cols.append(colour(mech))
+    score = -quality if metric in HIGHER_IS_BETTER else quality
+    front = pareto_front(np.where(usable, cost, np.nan), np.where(usable, score, np.nan))
+    if len(front) > 1:
+        ax.step(cost[front], quality[front], where="post", color="grey", ls="--", lw=1.2, zorder=2,
+                label="Pareto front")
+    if front:
+        ax.scatter(cost[front], quality[front], s=170, facecolor="none", edgecolor="grey", zorder=2,
+                   label=None if len(front) > 1 else "Pareto front")
+    ax.set_xscale("log")
+    finite = quality[np.isfinite(quality) & (quality > 0)]
+    if finite.size and finite.max() > 10 * finite.min():
+        ax.set_yscale("log")  # quality spanning decades: keep the good ones apart
+    else:
+        ax.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.3, y=0.15)
+    ax.set_xlabel(axis.label)
+    ax.set_ylabel(f"{metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better)")
+    ax.grid(True, alpha=0.3)
+    if front:
+        ax.legend(fontsize=8, loc="best")
+    return xs, ys, texts, cols
 
 
 def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | None = None) -> dict[str, Figure]:

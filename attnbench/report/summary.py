@@ -87,18 +87,31 @@ def _sentences(records: Sequence[dict[str, Any]], reference: str) -> list[str]:
     df = to_frame(records)
     if df.empty:
         return []
-    out = []
+    memory = _memory_sentence(df, records)
+    times = _time_sentences(df, reference)
+    quality = _quality_sentence(df)
+    return ([memory] if memory else []) + times + ([quality] if quality else [])
+
+
+def _memory_sentence(df: pd.DataFrame, records: Sequence[dict[str, Any]]) -> str | None:
+    """Least and most memory at the largest size, and how many mechanisms fit the machine there."""
     mem, size = memory_at_largest(df)
-    if size is not None and not mem.empty:
-        totals = machine_memory(records)
-        lo, hi = mem.iloc[0], mem.iloc[-1]
-        text = (f"Memory at {size} px ({mem.attrs['caption']}): {lo['label']} needs the least, "
-                f"{MEMORY.format(lo['bytes'])}{'' if lo['measured'] else ' (estimate)'}; {hi['label']} the most, "
-                f"{MEMORY.format(hi['bytes'])}{'' if hi['measured'] else ' (estimate: it did not run)'}.")
-        ran = int(mem["measured"].sum())
-        where = f" within the {MEMORY.format(totals[0][1])} of {totals[0][0]}" if totals else ""
-        text += f" {ran} of {len(mem)} mechanisms ran at this size{where}."
-        out.append(text)
+    if size is None or mem.empty:
+        return None
+    totals = machine_memory(records)
+    lo, hi = mem.iloc[0], mem.iloc[-1]
+    text = (f"Memory at {size} px ({mem.attrs['caption']}): {lo['label']} needs the least, "
+            f"{MEMORY.format(lo['bytes'])}{'' if lo['measured'] else ' (estimate)'}; {hi['label']} the most, "
+            f"{MEMORY.format(hi['bytes'])}{'' if hi['measured'] else ' (estimate: it did not run)'}.")
+    ran = int(mem["measured"].sum())
+    where = f" within the {MEMORY.format(totals[0][1])} of {totals[0][0]}" if totals else ""
+    return text + f" {ran} of {len(mem)} mechanisms ran at this size{where}."
+
+
+def _time_sentences(df: pd.DataFrame, reference: str) -> list[str]:
+    """Fastest and slowest at the size most mechanisms were timed at; cells timed on a loaded machine
+    are counted, never quoted, as their times say more about the load than the code."""
+    out = []
     ok = df[df["status"] == "ok"]
     timed_all = _pick(ok, "time_median_s", _TIME_SUITES)
     loaded = timed_all[loaded_rows(timed_all) & pd.to_numeric(timed_all.get("time_median_s"), errors="coerce").notna()] \
@@ -109,22 +122,29 @@ def _sentences(records: Sequence[dict[str, Any]], reference: str) -> list[str]:
                    f"{'were' if len(loaded) > 1 else 'was'} measured with a load average above the core count "
                    f"(up to {loaded['load_peak'].max():.1f} on {int(loaded['load_cpus'].max())} CPUs): "
                    "not quoted here; re-run them on a quiet machine.")
-    if not timed.empty:
-        timed = timed[pd.to_numeric(timed["time_median_s"], errors="coerce").notna()]
-        counts = timed.groupby("size")["label"].nunique()
-        tsize = int(max(s for s, c in counts.items() if c == counts.max()))
-        at = timed[timed["size"] == tsize].sort_values("time_median_s")
-        fast, slow = at.iloc[0], at.iloc[-1]
-        time = catalogue.get("time_median_s")
-        text = (f"Time at {tsize} px ({at['suite'].iloc[0]} suite, {caption(at, sizes=False)}): {fast['label']} is fastest "
-                f"({time.format(fast['time_median_s'])}), {slow['label']} slowest ({time.format(slow['time_median_s'])})")
-        ref = at[at["label"] == reference]
-        if not ref.empty and reference not in (fast["label"], slow["label"]):
-            text += f"; {reference} takes {time.format(ref['time_median_s'].iloc[0])}"
-        unknown = int(load_unknown(at).sum())
-        load = (f"load not recorded for {unknown} of {len(at)} cells" if unknown else
-                f"load average at most {at['load_peak'].max():.1f} on {int(at['load_cpus'].max())} CPUs")
-        out.append(text + f" (one run, {load}: ratios within it, not absolute times, carry over).")
+    if timed.empty:
+        return out
+    timed = timed[pd.to_numeric(timed["time_median_s"], errors="coerce").notna()]
+    counts = timed.groupby("size")["label"].nunique()
+    tsize = int(max(s for s, c in counts.items() if c == counts.max()))
+    at = timed[timed["size"] == tsize].sort_values("time_median_s")
+    fast, slow = at.iloc[0], at.iloc[-1]
+    time = catalogue.get("time_median_s")
+    text = (f"Time at {tsize} px ({at['suite'].iloc[0]} suite, {caption(at, sizes=False)}): {fast['label']} is fastest "
+            f"({time.format(fast['time_median_s'])}), {slow['label']} slowest ({time.format(slow['time_median_s'])})")
+    ref = at[at["label"] == reference]
+    if not ref.empty and reference not in (fast["label"], slow["label"]):
+        text += f"; {reference} takes {time.format(ref['time_median_s'].iloc[0])}"
+    unknown = int(load_unknown(at).sum())
+    load = (f"load not recorded for {unknown} of {len(at)} cells" if unknown else
+            f"load average at most {at['load_peak'].max():.1f} on {int(at['load_cpus'].max())} CPUs")
+    out.append(text + f" (one run, {load}: ratios within it, not absolute times, carry over).")
+    return out
+
+
+def _quality_sentence(df: pd.DataFrame) -> str | None:
+    """Best and worst quality of the first quality suite present, at one size and data source, as
+    qualities only compare there."""
     for suite in list(_QUALITY_SUITES) + sorted(set(df["suite"]) - set(_QUALITY_SUITES)):
         sub = df[(df["suite"] == suite) & (df["status"] == "ok")]
         metric = quality_metric(sub) if not sub.empty else None
@@ -141,10 +161,9 @@ def _sentences(records: Sequence[dict[str, Any]], reference: str) -> list[str]:
             continue
         best, worst = at.iloc[0], at.iloc[-1]
         fmt = catalogue.get(metric)
-        out.append(f"Quality ({suite} at {sizes[0]} px, {caption(at, sizes=False)}): best {metric} {fmt.format(best['_v'])} "
-                   f"with {best['label']}, worst {fmt.format(worst['_v'])} with {worst['label']}.")
-        break
-    return out
+        return (f"Quality ({suite} at {sizes[0]} px, {caption(at, sizes=False)}): best {metric} {fmt.format(best['_v'])} "
+                f"with {best['label']}, worst {fmt.format(worst['_v'])} with {worst['label']}.")
+    return None
 
 
 def headline_figure(records: Sequence[dict[str, Any]], budget: float | None = None) -> Figure | None:

@@ -29,7 +29,8 @@ from ..measure.memory import total_memory_bytes
 from ..measure.call import AttentionCall, CallBudget
 from ..options import ImageOptions, MeasureOptions
 from ..tasks.costs import build, measure_attention
-from ..tasks.data import square_resize, task_pairs
+from ..tasks.data import task_pairs
+from ..tasks.images import square_resize
 from ..tasks.examples import save_examples
 from ..tasks.inpainting import InpaintingCase, coarse_fill, full_attention_estimate, make_case, refine, upscaled_photo
 from ..tasks.metrics import all_metrics, l1, l2, mean_metrics, ssim, tv

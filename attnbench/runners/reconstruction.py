@@ -25,7 +25,9 @@ from ..interface import dtype_from_name
 from ..measure.call import AttentionCall, CallBudget
 from ..options import ImageOptions, MeasureOptions
 from ..tasks.costs import build, measure_attention
-from ..tasks.data import square_pair, task_pairs, to_tensor
+from ..tasks.data import task_pairs
+from ..tasks.images import to_tensor
+from ..tasks.pairs import square_pair
 from ..tasks.examples import save_examples
 from ..tasks.metrics import l2
 

@@ -38,7 +38,8 @@ from ..interface import AttentionMechanism, dtype_from_name
 from ..measure.call import AttentionCall, CallBudget
 from ..options import ImageOptions, MeasureOptions
 from .costs import build, measure_attention
-from .data import FramePair, data_identity, square_pair, task_pairs
+from .data import data_identity, task_pairs
+from .pairs import FramePair, square_pair
 from .examples import save_examples
 from .metrics import l2
 from .networks import BASELINES, ColorizationNet, grey3

@@ -131,7 +131,7 @@ def upscaled_photo(name: str, size: int) -> np.ndarray:
     """A skimage photo, square-cropped and upscaled (bicubic) to ``size``: the high-resolution test image."""
     from skimage.transform import resize
 
-    from .data import load_photo
+    from .embedded import load_photo
 
     photo = load_photo(name)
     h, w = photo.shape[:2]

@@ -250,66 +250,113 @@ def train_cached(
     directory = Path(directory) if directory is not None else cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
     lr_factor(schedule, 0, steps, warmup)  # an unknown schedule fails before any work
-    key = config_key({**config, "steps": steps, "lr": lr, "seed": seed, "schedule": schedule, "warmup": warmup,
-                      "probes": sorted(probes)})
+    settings = {"steps": steps, "lr": lr, "seed": seed, "schedule": schedule, "warmup": warmup}
+    key = config_key({**config, **settings, "probes": sorted(probes)})
     final, partial = directory / f"{key}.pt", directory / f"{key}.partial.pt"
-    torch.manual_seed(seed)
-    model = build()
 
-    if final.exists():
-        try:
-            saved = torch.load(final, map_location="cpu", weights_only=False)
-            model.load_state_dict(saved["model"])
-            return TrainResult(model, key, final, list(saved.get("losses", [])), cached=True,
-                               train_time_s=float(saved.get("train_time_s", 0.0)),
-                               probes=dict(saved.get("probes", {})), steps=steps)
-        except Exception:  # a damaged cache entry is only a missed cache hit
-            final.unlink(missing_ok=True)
+    def fresh() -> _TrainState:
+        torch.manual_seed(seed)
+        return _fresh_state(build(), lr, probes)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    losses: list[float] = []
-    probed: dict[str, list[list[float]]] = {name: [] for name in probes}
-    start_step, elapsed_before = 0, 0.0
-    if partial.exists():
-        try:
-            ckpt = torch.load(partial, map_location="cpu", weights_only=False)
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            losses, start_step = list(ckpt["losses"]), int(ckpt["step"])
-            probed = {name: list(ckpt.get("probes", {}).get(name, [])) for name in probes}
-            elapsed_before = float(ckpt.get("train_time_s", 0.0))
-        except Exception:
-            partial.unlink(missing_ok=True)
-            torch.manual_seed(seed)
-            model = build()
-            optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-            losses, start_step = [], 0
-            probed = {name: [] for name in probes}
-    (directory / f"{key}.json").write_text(json.dumps({**config, "steps": steps, "lr": lr, "seed": seed,
-                                                       "schedule": schedule, "warmup": warmup},
-                                                      sort_keys=True, indent=1, default=str))
+    state = fresh()
+    cached = _load_cached(final, state.model, key, steps)
+    if cached is not None:
+        return cached
+    state = _resume(partial, state, probes, fresh)
+    (directory / f"{key}.json").write_text(json.dumps({**config, **settings}, sort_keys=True, indent=1, default=str))
+    train_time = _train_steps(state, loss_at, steps, lambda step: lr * lr_factor(schedule, step, steps, warmup),
+                              seed, probes, partial, checkpoint_every_s, description)
+    model = state.model
+    _atomic_save({"model": model.state_dict(), "losses": state.losses, "probes": state.probed, "config": config,
+                  "train_time_s": train_time}, final)
+    partial.unlink(missing_ok=True)
+    return TrainResult(model, key, final, state.losses, cached=False, resumed_from=state.start_step,
+                       train_time_s=train_time, probes=state.probed, steps=steps)
 
+
+@dataclass
+class _TrainState:
+    """What a checkpoint holds, so that a run cut short resumes where it stopped, not from step 0."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    losses: list[float]
+    #: ``{probe name: [[step, value], ...]}``
+    probed: dict[str, list[list[float]]]
+    start_step: int = 0
+    #: training seconds spent before the resume, so that train_time_s counts the whole run
+    elapsed_before: float = 0.0
+
+
+def _fresh_state(model: nn.Module, lr: float, probes: dict[str, Callable[[nn.Module], float]]) -> _TrainState:
+    """Step 0: a new Adam optimizer, no losses, no probe values."""
+    return _TrainState(model, torch.optim.Adam(model.parameters(), lr=lr), [], {name: [] for name in probes})
+
+
+def _load_cached(final: Path, model: nn.Module, key: str, steps: int) -> Optional[TrainResult]:
+    """The finished run's weights loaded into ``model``, or None; a damaged cache entry is removed,
+    as it is only a missed cache hit."""
+    if not final.exists():
+        return None
+    try:
+        saved = torch.load(final, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        return TrainResult(model, key, final, list(saved.get("losses", [])), cached=True,
+                           train_time_s=float(saved.get("train_time_s", 0.0)),
+                           probes=dict(saved.get("probes", {})), steps=steps)
+    except Exception:
+        final.unlink(missing_ok=True)
+        return None
+
+
+def _resume(partial: Path, state: _TrainState, probes: dict[str, Callable[[nn.Module], float]],
+            fresh: Callable[[], _TrainState]) -> _TrainState:
+    """``state`` continued from the partial checkpoint, if any; a damaged one is removed and training
+    starts over from ``fresh()`` (a model half-loaded from it must not be trained on)."""
+    if not partial.exists():
+        return state
+    try:
+        ckpt = torch.load(partial, map_location="cpu", weights_only=False)
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.losses, state.start_step = list(ckpt["losses"]), int(ckpt["step"])
+        state.probed = {name: list(ckpt.get("probes", {}).get(name, [])) for name in probes}
+        state.elapsed_before = float(ckpt.get("train_time_s", 0.0))
+        return state
+    except Exception:
+        partial.unlink(missing_ok=True)
+        return fresh()
+
+
+def _run_probes(state: _TrainState, probes: dict[str, Callable[[nn.Module], float]], seed: int, done: int) -> None:
+    """Each probe once at step ``done``, in eval mode under ``no_grad``, with one fixed torch seed so
+    that stochastic layers make the same draw at every probe."""
+    model = state.model
+    model.eval()
+    with torch.no_grad():
+        for name, probe in probes.items():
+            if not any(s == done for s, _ in state.probed[name]):
+                torch.manual_seed(step_seed(seed, -1))
+                state.probed[name].append([done, round(float(probe(model)), 7)])
+    model.train()
+
+
+def _train_steps(state: _TrainState, loss_at: Callable[[nn.Module, int], torch.Tensor], steps: int,
+                 lr_at: Callable[[int], float], seed: int, probes: dict[str, Callable[[nn.Module], float]],
+                 partial: Path, checkpoint_every_s: float, description: str) -> float:
+    """Adam steps from ``state.start_step`` to ``steps``, probed at :func:`checkpoint_steps` and
+    checkpointed to ``partial`` every ``checkpoint_every_s``; returns the whole run's training seconds."""
+    model, optimizer, losses = state.model, state.optimizer, state.losses
     at_checkpoint = set(checkpoint_steps(steps))
-
-    def run_probes(done: int) -> None:
-        if done not in at_checkpoint:
-            return
-        model.eval()
-        with torch.no_grad():
-            for name, probe in probes.items():
-                if not any(s == done for s, _ in probed[name]):
-                    torch.manual_seed(step_seed(seed, -1))  # stochastic layers: the same draw at every probe
-                    probed[name].append([done, round(float(probe(model)), 7)])
-        model.train()
-
     t0 = last_save = time.perf_counter()
     model.train()
     with denormals_flushed(), _progress(steps, description) as bar:
-        task = bar.add_task(description, total=steps, completed=start_step, loss="-")
-        run_probes(start_step)
-        for step in range(start_step, steps):
+        task = bar.add_task(description, total=steps, completed=state.start_step, loss="-")
+        if state.start_step in at_checkpoint:
+            _run_probes(state, probes, seed, state.start_step)
+        for step in range(state.start_step, steps):
             for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(schedule, step, steps, warmup)
+                group["lr"] = lr_at(step)
             torch.manual_seed(step_seed(seed, step))
             optimizer.zero_grad(set_to_none=True)
             loss = loss_at(model, step)
@@ -317,16 +364,12 @@ def train_cached(
             optimizer.step()
             losses.append(float(loss.detach()))
             bar.update(task, advance=1, loss=f"{losses[-1]:.5f}")
-            run_probes(step + 1)
+            if step + 1 in at_checkpoint:
+                _run_probes(state, probes, seed, step + 1)
             if time.perf_counter() - last_save > checkpoint_every_s and step + 1 < steps:
                 _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "losses": losses,
-                              "probes": probed, "step": step + 1,
-                              "train_time_s": elapsed_before + time.perf_counter() - t0}, partial)
+                              "probes": state.probed, "step": step + 1,
+                              "train_time_s": state.elapsed_before + time.perf_counter() - t0}, partial)
                 last_save = time.perf_counter()
     model.eval()
-    train_time = elapsed_before + time.perf_counter() - t0
-    _atomic_save({"model": model.state_dict(), "losses": losses, "probes": probed, "config": config,
-                  "train_time_s": train_time}, final)
-    partial.unlink(missing_ok=True)
-    return TrainResult(model, key, final, losses, cached=False, resumed_from=start_step, train_time_s=train_time,
-                       probes=probed, steps=steps)
+    return state.elapsed_before + time.perf_counter() - t0
