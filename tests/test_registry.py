@@ -1,4 +1,6 @@
-"""Faults of input: results files, mechanism specs and plugins a hostile user could hand in.
+"""The mechanism registry (registry.py, specs.py, parameters.py) against what a hostile user could
+hand in: one name claimed twice, plugins that exit at import, bad specs and seeds; and, with the
+same fake distributions and records, what gate and the results readers do with bad input.
 
 Each test reproduces a case that used to pass silently, crash with a traceback or start workers,
 and asserts the behaviour now: a one-line error with exit 2 before any work, a gate that fails,

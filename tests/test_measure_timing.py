@@ -1,0 +1,36 @@
+"""The timing instrument (attnbench.measure.timing): repeats taken whatever the budget, the
+budget honoured for long calls, median and IQR of the samples, the two yardsticks positive.
+Behaviour only: no figure here is a speed claim."""
+from __future__ import annotations
+
+import pytest
+
+from attnbench.measure import timing
+from attnbench.options import MeasureOptions
+
+
+def test_min_repeats_are_honoured_even_past_the_budget() -> None:
+    calls = []
+    t = timing.time_call(lambda: calls.append(1) or sum(range(20000)), min_run_time=0.0, budget_s=0.0,
+                         min_repeats=4)
+    assert t.repeats >= 4 and len(t.samples_s) == t.repeats
+    assert len(calls) >= t.repeats + 1  # the warm-up call is not a sample
+
+
+def test_the_defaults_are_the_suites_measuring_options() -> None:
+    import inspect
+
+    params = inspect.signature(timing.time_call).parameters
+    assert params["min_run_time"].default == MeasureOptions.min_run_time
+    assert params["budget_s"].default == MeasureOptions.time_budget_s
+    assert params["min_repeats"].default == MeasureOptions.min_repeats
+
+
+@pytest.mark.parametrize("samples, median, iqr", [([1.0], 1.0, 0.0), ([1.0, 2.0, 3.0, 4.0, 5.0], 3.0, 3.0)])
+def test_median_and_iqr(samples: list[float], median: float, iqr: float) -> None:
+    assert timing.median_iqr(samples) == pytest.approx((median, iqr))
+
+
+def test_yardsticks_are_positive_rates() -> None:
+    assert timing.matmul_flops_per_s("cpu", n=128) > 0
+    assert timing.triad_bytes_per_s("cpu", n=1 << 18) > 0
