@@ -236,3 +236,17 @@ def parse_bytes(text: str) -> float:
         raise ValueError(f"{text!r} is {'not a finite number' if not math.isfinite(value) else 'too large'}: "
                          "a memory size is at most 1 EiB (write e.g. 4GiB, 512MiB, 8GB)")
     return value
+
+
+def parse_budget(text: str, flag: str = "--budget") -> float:
+    """A memory budget given on the command line: :func:`parse_bytes`, as a UserError naming the
+    flag when unreadable, not finite, too large or not positive (``estimate`` and ``report`` alike)."""
+    from .errors import UserError
+
+    try:
+        value = parse_bytes(text)
+    except ValueError as exc:
+        raise UserError(f"{flag}: {exc}") from None
+    if value <= 0:
+        raise UserError(f"{flag} {text!r} must be a positive size")
+    return value

@@ -108,9 +108,11 @@ class ResultsFile:
         for cell in cells:
             if cell.key not in self.done:
                 todo.append(cell)
-            elif difference(self.definitions.get(cell.key), of_cell(cell)):
+                continue
+            what = difference(self.definitions.get(cell.key), of_cell(cell))
+            if what:
                 todo.append(cell)
-                changed.append(f"{cell.label} ({difference(self.definitions.get(cell.key), of_cell(cell))})")
+                changed.append(f"{cell.label} ({what})")
         if changed:
             note(f"{len(changed)} finished cell(s) were measured under another definition and run again: "
                  + "; ".join(changed[:3]) + (" ..." if len(changed) > 3 else ""))

@@ -21,26 +21,17 @@ import math
 from typing import Any, Optional
 
 from ..cells import MODES
+from ..metrics import GIB, parse_budget
 from ..argtypes import int_option
 
 NAME = "estimate"
 HELP = "which mechanisms fit a memory budget at a size, and how fast: estimates in seconds (--measure confirms)"
-GiB = 2**30
+GiB = GIB  # the one gibibyte (attnbench.metrics)
 
 
 def parse_bytes(text: str) -> int:
-    """``"4GiB"`` -> 4294967296 (:func:`attnbench.metrics.parse_bytes`, the one reader of sizes), as
-    a UserError naming ``--budget`` when unreadable, not finite, too large or not positive."""
-    from ..errors import UserError
-    from ..metrics import parse_bytes as read_size
-
-    try:
-        value = read_size(text)
-    except ValueError as exc:
-        raise UserError(f"--budget: {exc}") from None
-    if value <= 0:
-        raise UserError(f"--budget {text!r} must be a positive size")
-    return int(value)
+    """``"4GiB"`` -> 4294967296: :func:`attnbench.metrics.parse_budget`, in whole bytes."""
+    return int(parse_budget(text))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

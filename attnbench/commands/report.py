@@ -35,18 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _budget(text: str | None) -> float | None:
-    from ..errors import UserError
-    from ..metrics import parse_bytes
+    from ..metrics import parse_budget
 
-    if text is None:
-        return None
-    try:
-        value = parse_bytes(text)
-    except ValueError as exc:
-        raise UserError(f"--budget: {exc}") from None
-    if value <= 0:
-        raise UserError(f"--budget must be positive, got {text!r}")
-    return value
+    return None if text is None else parse_budget(text)
 
 
 #: which mechanisms' example outputs a report shows first (exact, the cheap baselines, PSAL)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..measure.memory import GIB
+from ..metrics import GIB
 
 #: signals sent from outside (a user, a scheduler, the OOM killer): the cell was ``killed``
 KILL_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

@@ -33,7 +33,8 @@ from ..interface import AttentionMechanism, CostEstimate, ProblemShape
 from ..options import MeasureOptions
 from .flops import FlopCount, count_flops
 from .guard import InputGuard
-from .memory import GIB, MemoryPeak, available_memory_bytes, is_oom, measure_memory
+from ..metrics import GIB
+from .memory import MemoryPeak, available_memory_bytes, is_oom, measure_memory
 from .timing import Timing, time_call
 
 

@@ -20,12 +20,11 @@ from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
+from ..metrics import GIB  # noqa: F401 -- one gibibyte, declared with the metrics' units
 from .native_memory import device_peak, resident_peak
 
 T = TypeVar("T")
 
-#: one gibibyte; every memory figure attnbench prints is in GiB
-GIB = 1024**3
 #: the outside figure must exceed the allocator's by this share of it, and by OUTSIDE_MIN_BYTES,
 #: to count: below that, RSS noise (the profiler's own buffers, Python objects, thread stacks)
 OUTSIDE_TOLERANCE = 0.10
