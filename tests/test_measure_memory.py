@@ -123,7 +123,7 @@ def test_tables_plots_and_gate_show_the_native_figure_marked():
     from attnbench.report import gate, plots, tables
     from attnbench.report.frame import to_frame
     from attnbench.schema import make_record
-    from tests._report_records import ENV, spec
+    from _report_records import ENV, spec
 
     def record(source: str, peak: int, declared: int = 0):
         metrics = {"peak_memory_bytes": peak, "peak_memory_source": source, "peak_memory_allocator_bytes": 10 * MIB,

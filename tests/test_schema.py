@@ -34,7 +34,7 @@ def test_a_newer_schema_is_refused_naming_the_upgrade(tmp_path: Path) -> None:
 
 
 def _cell(size: int = 1) -> CellSpec:
-    return CellSpec(suite="t", runner="tests.cell_fixtures:run", mechanism="full", size=size)
+    return CellSpec(suite="t", runner="cell_fixtures:run", mechanism="full", size=size)
 
 
 def test_a_record_names_its_runner_and_mechanism_definition() -> None:
