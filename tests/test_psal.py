@@ -8,7 +8,7 @@ import torch
 
 from attnbench.errors import UnsupportedRequest
 from attnbench.interface import ProblemShape
-from attnbench.measure.memory import measure_peak
+from attnbench.measure.memory import OUTSIDE_MIN_BYTES, measure_memory
 from attnbench.patches import key_centre_values, query_patches, key_patches, similarity_matrix, usable_keys
 from attnbench.registry import mechanism
 from attnbench_plugins.psal import PSAL, KnnExact
@@ -227,9 +227,13 @@ def test_estimate_bounds_measured_peak(name, mode):
 
     run()  # as the harness does (measure.call.warm_up_memory): a process's first call maps libraries
     # and thread pools, resident memory no layer's cost, which the resident figure would count
-    _, peak = measure_peak(run)
+    _, peak = measure_memory(run)
     estimate = m.estimate(shape)
-    assert peak <= estimate.memory_bytes <= 2.5 * peak + (1 << 20)
+    # the estimate models the tensors a layer allocates: it bounds the allocator's exact peak...
+    assert peak.allocator_bytes <= estimate.memory_bytes <= 2.5 * peak.allocator_bytes + (1 << 20)
+    # ...and the headline within the resident figure's noise floor (a long-lived process's malloc
+    # arenas and thread stacks): these layers keep no working memory outside torch
+    assert peak.bytes <= estimate.memory_bytes + OUTSIDE_MIN_BYTES, peak
     assert estimate.flops > 0
 
 
@@ -439,12 +443,14 @@ def test_pyramid_estimate_bounds_measured_peak_and_stays_within_10_percent():
     # estimate, and the estimate within 10 % of init=random's, here and at 512 px (PSAL-3 forward)
     random_layer, pyramid_layer = mechanism("psal-3"), mechanism("psal-3[init=pyramid]")
     q, k, v = (_rand(1, 16, 96, 96, seed=s, dtype=torch.float32) for s in range(3))
-    _, peak_random = measure_peak(lambda: random_layer(q, k, v))
-    _, peak_pyramid = measure_peak(lambda: pyramid_layer(q, k, v))
+    random_layer(q, k, v), pyramid_layer(q, k, v)  # warmed up, as the harness does (see above)
+    _, peak_random = measure_memory(lambda: random_layer(q, k, v))
+    _, peak_pyramid = measure_memory(lambda: pyramid_layer(q, k, v))
     shape = ProblemShape.square(96, 16, 7)
     estimate = pyramid_layer.estimate(shape).memory_bytes
-    assert peak_pyramid <= estimate <= 2.5 * peak_pyramid + (1 << 20)
-    assert peak_pyramid <= 1.10 * peak_random
+    assert peak_pyramid.allocator_bytes <= estimate <= 2.5 * peak_pyramid.allocator_bytes + (1 << 20)
+    assert peak_pyramid.bytes <= estimate + OUTSIDE_MIN_BYTES, peak_pyramid
+    assert peak_pyramid.allocator_bytes <= 1.10 * peak_random.allocator_bytes
     if pyramid_layer.backend == "native":
         big = ProblemShape.square(512, 16, 7)
         assert pyramid_layer.estimate(big).memory_bytes <= 1.10 * random_layer.estimate(big).memory_bytes
