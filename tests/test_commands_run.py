@@ -11,47 +11,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-import torch
 
-from attnbench import registry, schema
+from attnbench import schema
 from attnbench.executors.outcome import Exit, classify
 from attnbench.errors import UserError
-from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 from attnbench.resultsfile import ResultsFile
 from attnbench.suites import load
 
 from conftest import TESTS, write_suite
 from helpers import one_line_exit_2 as _one_line_exit_2, run_cli, wait_until
 from cell_fixtures import CRASH, HANG, OK, RAISE, SELF_KILL
+from hostile import hostile, register
 
 
 # ----------------------------------------------------------------------------- 3: outputs checked
-class _Bad(AttentionMechanism):
-    similarities = ("l2", "dot")
-    devices = ("cpu",)
-    differentiable_wrt = ("q", "k", "v")
-    summary = "returns a wrong output on purpose"
-    complexity = "O(n)"
-    kind = "shape"
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Any = None) -> torch.Tensor:
-        if self.kind == "shape":
-            return torch.zeros(3)
-        if self.kind == "dtype":
-            return v.double()
-        if self.kind == "meta":
-            return torch.empty(v.shape[:2] + q.shape[2:], dtype=v.dtype, device="meta")
-        out = v.clone()
-        out[0, 0, 0, 0] = float("nan") if self.kind == "nan" else float("inf")
-        return out
-
-    def estimate(self, shape: ProblemShape) -> CostEstimate:
-        return CostEstimate(memory_bytes=1000, flops=1000)
-
-
 @pytest.mark.parametrize("kind, needle", [("shape", "output shape (3,), expected (1, 4, 16, 16)"),
                                           ("dtype", "output dtype float64, expected float32"),
                                           ("nan", "non-finite values (NaN)"), ("inf", "non-finite values (Inf)"),
@@ -59,9 +34,7 @@ class _Bad(AttentionMechanism):
 def test_a_wrong_output_is_an_error_saying_what_was_wrong(monkeypatch: pytest.MonkeyPatch, kind: str, needle: str) -> None:
     from attnbench.worker import execute
 
-    cls = type(f"Bad{kind}", (_Bad,), {"kind": kind, "name": "bad"})
-    table = {**registry.plugins(), "bad": registry.PluginInfo("bad", "tests:Bad", "tests", "0", cls)}
-    monkeypatch.setattr(registry, "plugins", lambda: table)
+    register(monkeypatch, hostile(kind, name="bad"))
     for metrics in (["memory", "flops"], ["time"]):
         (cell,) = load("memory").cells("ci", mechanisms=["bad"], sizes=[16], modes=["fwd"], channels=4, patch_size=3)
         cell = cell.__class__(**{**cell.to_dict(), "options": {"metrics": metrics, "min_run_time": 0.01}})

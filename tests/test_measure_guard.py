@@ -3,49 +3,19 @@ outputs that are the inputs and inputs changed in place are ``error``, in micro-
 task suites alike."""
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
 
-from attnbench import registry
 from attnbench.errors import InvalidOutput
-from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
+from attnbench.interface import AttentionMechanism
 from attnbench.options import MeasureOptions
 from attnbench.measure.call import AttentionCall, CallBudget, measure_call
 from attnbench.suites import load
-
-
-class _Cheat(AttentionMechanism):
-    """An 'attention' that cheats in one of the ways the harness must catch (``kind``)."""
-
-    similarities = ("l2", "dot")
-    devices = ("cpu",)
-    differentiable_wrt = ("q", "k", "v")
-    summary = "cheats on purpose"
-    complexity = "O(n)"
-    kind = "honest"
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Any = None) -> torch.Tensor:
-        if self.kind == "returns_q":
-            return q
-        if self.kind == "returns_view":
-            return q[:, : v.shape[1]]
-        if self.kind == "scales_q":
-            q.mul_(2.0)  # each call: the timed inputs grow to Inf
-        if self.kind == "scales_and_restores":
-            q.mul_(2.0)
-            q.div_(2.0)
-        if self.kind == "writes_data":
-            q.data.mul_(2.0)  # .data keeps no version counter: only the contents tell
-        return v.clone() + 0.0 * q.mean()
-
-    def estimate(self, shape: ProblemShape) -> CostEstimate:
-        return CostEstimate(memory_bytes=1000, flops=1000)
+from hostile import Hostile, hostile, register
 
 
 def _cheat(kind: str) -> AttentionMechanism:
-    return type(f"Cheat_{kind}", (_Cheat,), {"kind": kind})(patch_size=1)
+    return hostile(kind)(patch_size=1)
 
 
 def _call(kind: str, mode: str = "fwd") -> AttentionCall:
@@ -83,7 +53,7 @@ def test_an_output_aliasing_q_is_caught_and_an_honest_one_passes_at_no_memory_co
 def test_in_place_writes_during_the_timing_loop_alone_are_caught() -> None:
     """A call that behaves on its first run and writes from the second on: the loop's counters tell."""
 
-    class Later(_Cheat):
+    class Later(Hostile):
         calls = 0
 
         def attend(self, q, k, v, key_mask=None):  # type: ignore[override]
@@ -104,9 +74,7 @@ def test_suites_record_a_cheating_layer_as_error(monkeypatch: pytest.MonkeyPatch
     """Micro-benchmarks and task suites (tasks/costs.py) both go through the guarded path."""
     from attnbench.worker import execute
 
-    cls = type("CheatReturnsQ", (_Cheat,), {"kind": "returns_view", "name": "cheat"})
-    table = {**registry.plugins(), "cheat": registry.PluginInfo("cheat", "tests:Cheat", "tests", "0", cls)}
-    monkeypatch.setattr(registry, "plugins", lambda: table)
+    register(monkeypatch, hostile("returns_view", name="cheat"))
     cell = load(suite).cells(preset, mechanisms=["cheat"])[0]
     rec = execute(cell)
     assert rec["status"] == "error" and "shares memory with input q" in rec["reason"], rec["reason"]
