@@ -7,15 +7,17 @@ algorithm, each a version number its owner bumps when a change alters the figure
 would call the difference a regression.
 
 Runners declare ``DEFINITION_VERSION`` in their module (default 1); mechanisms declare
-``algorithm_version`` on their class (default 1).
+``algorithm_version`` on their class (default 1); the instruments every runner shares declare
+``attnbench.measure.DEFINITION_VERSION``.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any, Mapping
 
-#: what records written before definitions existed (schema 1) were measured under
-FIRST_DEFINITION: dict[str, int] = {"runner": 1, "mechanism": 1}
+#: what records written before definitions existed (schema 1) were measured under; a part a
+#: record's definition does not name was at this version (parts are added as they get versions)
+FIRST_DEFINITION: dict[str, int] = {"runner": 1, "mechanism": 1, "measure": 1}
 
 
 def runner_version(runner: str) -> int | None:
@@ -43,12 +45,15 @@ def mechanism_version(mechanism: str) -> int:
 
 def of_cell(spec: Any) -> dict[str, int | None]:
     """The definition a cell is measured under now."""
-    return {"runner": runner_version(spec.runner), "mechanism": mechanism_version(spec.mechanism)}
+    from .measure import DEFINITION_VERSION as measure_version
+
+    return {"runner": runner_version(spec.runner), "mechanism": mechanism_version(spec.mechanism),
+            "measure": measure_version}
 
 
 def difference(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> str:
     """"" when two definitions are the same, else what changed (``runner 1 -> 2``)."""
-    before, after = dict(before or FIRST_DEFINITION), dict(after or FIRST_DEFINITION)
+    before, after = {**FIRST_DEFINITION, **(before or {})}, {**FIRST_DEFINITION, **(after or {})}
     changed = [f"{part} {before.get(part)} -> {after.get(part)}" for part in sorted(set(before) | set(after))
                if before.get(part) != after.get(part)]
     return ", ".join(changed)

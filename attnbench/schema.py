@@ -32,7 +32,8 @@ Schema (version ``SCHEMA_VERSION``; bump it on any incompatible change)::
     load          dict      how loaded the machine was (attnbench.load): loadavg_1m_start/_end,
                             steal_pct over the cell, cpus; absent in records written before it existed
     definition    dict      what the figures were measured under: {"runner": version of the runner's
-                            measuring procedure, "mechanism": the mechanism's algorithm_version}
+                            measuring procedure, "mechanism": the mechanism's algorithm_version,
+                            "measure": the shared instruments' version}
                             (attnbench/definition.py); ``--resume`` re-runs cells whose definition changed
 
 Reading migrates every earlier version to this one (``MIGRATIONS``; tests/fixtures/ holds a file per

@@ -202,6 +202,25 @@ PSAL_HD uint8_t psal_born_stamp(int64_t it) { return (uint8_t)(it < 255 ? it : 2
 // Whether entry `born` of a neighbour's heap is propagated at iteration `it`: born >= it - 1.
 PSAL_HD bool psal_entry_fresh(uint8_t born, int64_t it) { return born == 255 || (int64_t)born + 1 >= it; }
 
+// The k-best list's insertion, one definition for the CPU and CUDA kernels (whose lists must agree
+// bit for bit): entry (cost, c, stamp now) goes after every entry whose cost is <= cost (ties keep
+// the earlier-inserted entry first); when the list already holds K entries the worst is dropped.
+// Precondition: size < K or cost < d[K - 1]. Returns the new size.
+template <typename T, typename Size>
+PSAL_HD Size psal_sorted_insert(T* d, int32_t* id, uint8_t* born, Size size, Size K, T cost, int32_t c, uint8_t now) {
+  Size e = size >= K ? K - 1 : size;
+  while (e > 0 && d[e - 1] > cost) {
+    d[e] = d[e - 1];
+    id[e] = id[e - 1];
+    born[e] = born[e - 1];
+    --e;
+  }
+  d[e] = cost;
+  id[e] = c;
+  born[e] = now;
+  return size < K ? size + 1 : size;
+}
+
 // Radii of the random search: max(Hk, Wk) >> level for level in [0, L).
 PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {
   int64_t m = hk > wk ? hk : wk, levels = 0;

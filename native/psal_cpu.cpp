@@ -369,17 +369,7 @@ struct Heap {
   inline bool contains(int32_t c) const { return find(c) >= 0; }
   inline void push(T cost, int32_t c) {
     if (n == K && !(cost < d[K - 1])) return;
-    int64_t pos = n == K ? K - 1 : n;
-    while (pos > 0 && d[pos - 1] > cost) {
-      d[pos] = d[pos - 1];
-      j[pos] = j[pos - 1];
-      born[pos] = born[pos - 1];
-      --pos;
-    }
-    d[pos] = cost;
-    j[pos] = c;
-    born[pos] = now;
-    if (n < K) ++n;
+    n = psal_sorted_insert(d, j, born, n, K, cost, c, now);
   }
 };
 

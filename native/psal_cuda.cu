@@ -171,18 +171,24 @@ struct KHeap {
   }
   // Insert after every entry with cost <= v; drop the worst when full. Precondition: !full() or
   // v < d[K - 1].
-  __device__ __forceinline__ void push(acc_t v, int32_t c) {
-    int e = full() ? K - 1 : size;
-    while (e > 0 && d[e - 1] > v) {
-      d[e] = d[e - 1];
-      id[e] = id[e - 1];
-      born[e] = born[e - 1];
-      --e;
+  __device__ __forceinline__ void push(acc_t v, int32_t c) { size = psal_sorted_insert(d, id, born, size, K, v, c, now); }
+  // Entries [0, K) from a global row (the previous iteration's heap), and back to one.
+  __device__ __forceinline__ void load(const acc_t* row_d, const int64_t* row_i, const uint8_t* row_born) {
+    for (int e = 0; e < K; ++e) {
+      d[e] = row_d[e];
+      id[e] = (int32_t)row_i[e];
+      born[e] = row_born[e];
     }
-    d[e] = v;
-    id[e] = c;
-    born[e] = now;
-    if (!full()) ++size;
+  }
+  // local: d and born live in local memory and are copied too (otherwise they are row_d / row_born).
+  __device__ __forceinline__ void store(acc_t* row_d, int64_t* row_i, uint8_t* row_born, bool local) const {
+    for (int e = 0; e < K; ++e) {
+      if (local) {
+        row_d[e] = d[e];
+        row_born[e] = born[e];
+      }
+      row_i[e] = id[e];
+    }
   }
 };
 
@@ -196,6 +202,17 @@ struct SearchCtx {
   int y, x;
   bool dot;
   int evals;
+
+  // Batch b's slices of q, k and valid, not yet placed at a query.
+  static __device__ __forceinline__ SearchCtx at_batch(const scalar_t* q, const scalar_t* k, const bool* valid,
+                                                       const Geom& g, int b, bool dot) {
+    return SearchCtx{q + (int64_t)b * g.nq() * g.C, k + (int64_t)b * g.nk() * g.C, valid + (int64_t)b * g.nk(),
+                     g, 0, 0, dot, 0};
+  }
+  __device__ __forceinline__ void place(int64_t i) {
+    y = (int)(i / g.Wq);
+    x = (int)(i % g.Wq);
+  }
 
   __device__ __forceinline__ bool matchable(int cy, int cx) const {
     return g.in_border(cy, cx) && vb[(int64_t)cy * g.Wk + cx];
@@ -327,11 +344,9 @@ __global__ void __launch_bounds__(kSearchThreads)
   const int64_t nq = g.nq();
   for (int b = blockIdx.y; b < g.B; b += gridDim.y) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    SearchCtx<scalar_t, acc_t> ctx{q + (int64_t)b * nq * g.C, k + (int64_t)b * g.nk() * g.C, valid + (int64_t)b * g.nk(),
-                                   g, 0, 0, dot, 0};
+    auto ctx = SearchCtx<scalar_t, acc_t>::at_batch(q, k, valid, g, b, dot);
     if (i < nq) {
-      ctx.y = (int)(i / g.Wq);
-      ctx.x = (int)(i % g.Wq);
+      ctx.place(i);
       const int64_t row = ((int64_t)b * nq + i) * K;
       acc_t ld[CAP > 0 ? CAP : 1];
       int32_t li[CAP > 0 ? CAP : 1];
@@ -359,13 +374,7 @@ __global__ void __launch_bounds__(kSearchThreads)
           ctx.insert(h, c / g.Wk, c % g.Wk);
         }
       }
-      for (int e = 0; e < K; ++e) {
-        if (CAP > 0) {  // local heap (k > 32: d and born already live in out_d / out_born)
-          out_d[row + e] = h.d[e];
-          out_born[row + e] = h.born[e];
-        }
-        out_i[row + e] = h.id[e];
-      }
+      h.store(out_d + row, out_i + row, out_born + row, CAP > 0);  // k > 32: d and born live there already
     }
     add_count(n_evals + b, (unsigned long long)ctx.evals);
   }
@@ -428,6 +437,13 @@ __device__ __forceinline__ void iterate_query(SearchCtx<scalar_t, acc_t>& ctx, K
   }
 }
 
+// The query that thread (or group) t of a launch updates, -1 for none: Jacobi (diag < 0) query t;
+// wavefront the t-th query of the anti-diagonal y + x = diag, from row diag_y0 (diag_n queries).
+__device__ __forceinline__ int64_t scheduled_query(const Geom& g, int64_t t, int diag, int diag_y0, int diag_n) {
+  if (diag < 0) return t < g.nq() ? t : -1;
+  return t < diag_n ? (int64_t)(diag_y0 + t) * g.Wq + (diag - (diag_y0 + t)) : -1;
+}
+
 // The thread variant: one thread per query.
 template <typename scalar_t, typename acc_t, int CAP>
 __global__ void __launch_bounds__(kSearchThreads)
@@ -438,14 +454,11 @@ __global__ void __launch_bounds__(kSearchThreads)
                         int32_t* __restrict__ scratch_snap, unsigned long long* __restrict__ n_evals) {
   const int64_t nq = g.nq();
   for (int b = blockIdx.y; b < g.B; b += gridDim.y) {
-    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const bool active = diag < 0 ? t < nq : t < diag_n;
-    const int64_t i = diag < 0 ? t : (int64_t)(diag_y0 + t) * g.Wq + (diag - (diag_y0 + t));
-    SearchCtx<scalar_t, acc_t> ctx{q + (int64_t)b * nq * g.C, k + (int64_t)b * g.nk() * g.C, valid + (int64_t)b * g.nk(),
-                                   g, 0, 0, dot, 0};
+    const int64_t i = scheduled_query(g, (int64_t)blockIdx.x * blockDim.x + threadIdx.x, diag, diag_y0, diag_n);
+    const bool active = i >= 0;
+    auto ctx = SearchCtx<scalar_t, acc_t>::at_batch(q, k, valid, g, b, dot);
     if (active) {
-      ctx.y = (int)(i / g.Wq);
-      ctx.x = (int)(i % g.Wq);
+      ctx.place(i);
       const int64_t row = ((int64_t)b * nq + i) * K;
       acc_t ld[CAP > 0 ? CAP : 1];
       int32_t li[CAP > 0 ? CAP : 1];
@@ -454,19 +467,9 @@ __global__ void __launch_bounds__(kSearchThreads)
       KHeap<acc_t> h{CAP > 0 ? ld : next_d + row, CAP > 0 ? li : scratch_i + row, CAP > 0 ? lb : next_born + row, K, K,
                      psal_born_stamp(it)};
       int32_t* snap = CAP > 0 ? lsnap : scratch_snap + row;
-      for (int e = 0; e < K; ++e) {
-        h.d[e] = prev_d[row + e];
-        h.id[e] = (int32_t)prev_i[row + e];
-        h.born[e] = prev_born[row + e];
-      }
+      h.load(prev_d + row, prev_i + row, prev_born + row);
       iterate_query(ctx, h, snap, ctx, K, seed, it, b, i, prev_i, prev_born);
-      for (int e = 0; e < K; ++e) {
-        if (CAP > 0) {  // local heap (k > 32: d and born already live in next_d / next_born)
-          next_d[row + e] = h.d[e];
-          next_born[row + e] = h.born[e];
-        }
-        next_i[row + e] = h.id[e];
-      }
+      h.store(next_d + row, next_i + row, next_born + row, CAP > 0);  // k > 32: d and born live there already
     }
     add_count(n_evals + b, (unsigned long long)ctx.evals);
   }
@@ -490,25 +493,18 @@ __global__ void __launch_bounds__(kSearchThreads)
   const int lane = (int)(threadIdx.x % G);
   acc_t* qs = shared + (int64_t)(threadIdx.x / G) * g.p * J * G;
   for (int b = blockIdx.y; b < g.B; b += gridDim.y) {
-    const int64_t t = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / G;
-    const bool active = diag < 0 ? t < nq : t < diag_n;
-    const int64_t i = diag < 0 ? t : (int64_t)(diag_y0 + t) * g.Wq + (diag - (diag_y0 + t));
-    SearchCtx<scalar_t, acc_t> ctx{q + (int64_t)b * nq * g.C, k + (int64_t)b * g.nk() * g.C, valid + (int64_t)b * g.nk(),
-                                   g, 0, 0, dot, 0};
+    const int64_t i = scheduled_query(g, ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / G, diag, diag_y0, diag_n);
+    const bool active = i >= 0;
+    auto ctx = SearchCtx<scalar_t, acc_t>::at_batch(q, k, valid, g, b, dot);
     if (active) {
-      ctx.y = (int)(i / g.Wq);
-      ctx.x = (int)(i % g.Wq);
+      ctx.place(i);
       const int64_t row = ((int64_t)b * nq + i) * K;
       acc_t ld[CAP];
       int32_t li[CAP];
       uint8_t lb[CAP];
       int32_t snap[CAP];
       KHeap<acc_t> h{ld, li, lb, K, K, psal_born_stamp(it)};
-      for (int e = 0; e < K; ++e) {
-        h.d[e] = prev_d[row + e];
-        h.id[e] = (int32_t)prev_i[row + e];
-        h.born[e] = prev_born[row + e];
-      }
+      h.load(prev_d + row, prev_i + row, prev_born + row);
       load_query_slices<scalar_t, acc_t, G>(qs, ctx.qb, g, ctx.y, ctx.x, lane, J);
       const GroupCost<scalar_t, acc_t, G> cost{ctx.kb, qs, g, lane, J, dot};
       iterate_query(ctx, h, snap, cost, K, seed, it, b, i, prev_i, prev_born);
@@ -516,12 +512,7 @@ __global__ void __launch_bounds__(kSearchThreads)
       // every lane has read its heap row (wavefront: the row lane 0 now overwrites in place)
       __syncwarp(G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x & 31u) & ~(unsigned)(G - 1))));
 #endif
-      if (lane == 0)
-        for (int e = 0; e < K; ++e) {
-          next_d[row + e] = h.d[e];
-          next_born[row + e] = h.born[e];
-          next_i[row + e] = h.id[e];
-        }
+      if (lane == 0) h.store(next_d + row, next_i + row, next_born + row, true);
     }
     add_count(n_evals + b, lane == 0 ? (unsigned long long)ctx.evals : 0ull);
   }

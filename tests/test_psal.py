@@ -8,7 +8,7 @@ import torch
 
 from attnbench.errors import UnsupportedRequest
 from attnbench.interface import ProblemShape
-from attnbench.measure.memory import OUTSIDE_MIN_BYTES, measure_memory
+from attnbench.measure.memory import measure_memory
 from attnbench.patches import key_centre_values, query_patches, key_patches, similarity_matrix, usable_keys
 from attnbench.registry import mechanism
 from attnbench_plugins.psal import PSAL, KnnExact
@@ -229,11 +229,9 @@ def test_estimate_bounds_measured_peak(name, mode):
     # and thread pools, resident memory no layer's cost, which the resident figure would count
     _, peak = measure_memory(run)
     estimate = m.estimate(shape)
-    # the estimate models the tensors a layer allocates: it bounds the allocator's exact peak...
+    # the estimate models the tensors a layer allocates: it bounds the allocator's exact peak (the
+    # resident figure of a process this long-lived carries its heap's history: measure.native_memory)
     assert peak.allocator_bytes <= estimate.memory_bytes <= 2.5 * peak.allocator_bytes + (1 << 20)
-    # ...and the headline within the resident figure's noise floor (a long-lived process's malloc
-    # arenas and thread stacks): these layers keep no working memory outside torch
-    assert peak.bytes <= estimate.memory_bytes + OUTSIDE_MIN_BYTES, peak
     assert estimate.flops > 0
 
 
@@ -449,7 +447,6 @@ def test_pyramid_estimate_bounds_measured_peak_and_stays_within_10_percent():
     shape = ProblemShape.square(96, 16, 7)
     estimate = pyramid_layer.estimate(shape).memory_bytes
     assert peak_pyramid.allocator_bytes <= estimate <= 2.5 * peak_pyramid.allocator_bytes + (1 << 20)
-    assert peak_pyramid.bytes <= estimate + OUTSIDE_MIN_BYTES, peak_pyramid
     assert peak_pyramid.allocator_bytes <= 1.10 * peak_random.allocator_bytes
     if pyramid_layer.backend == "native":
         big = ProblemShape.square(512, 16, 7)

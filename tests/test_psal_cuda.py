@@ -252,12 +252,22 @@ SEARCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
-@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: f"B{c[0]}p{c[6]}k{c[7]}it{c[8]}{'dot' if c[9] else 'l2'}{'-hole' if c[10] else ''}")
-def test_search_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
+#: every search case, on both schedules
+SEARCH_GRID = pytest.mark.parametrize("case, schedule", [(c, s) for c in SEARCH_CASES for s in (0, 1)], ids=[
+    f"{'jacobi' if s == 0 else 'wavefront'}-B{c[0]}p{c[6]}k{c[7]}it{c[8]}{'dot' if c[9] else 'l2'}{'-hole' if c[10] else ''}"
+    for c in SEARCH_CASES for s in (0, 1)])
+
+
+def _search_case(case: tuple) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+    """A search case's query and key images and valid-key mask, and the (B, hq, wq, p, K, iters, dot) they need."""
     B, C, hq, wq, hk, wk, p, K, iters, dot, hole = case
     q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
-    valid = _valid(B, hk, wk, p, hole)
+    return q, k, _valid(B, hk, wk, p, hole), (B, hq, wq, p, K, iters, dot)
+
+
+@SEARCH_GRID
+def test_search_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
+    q, k, valid, (B, hq, wq, p, K, iters, dot) = _search_case(case)
     idx_c, ev_c = kern.mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule)
     idx_g, ev_g = kern.search(q, k, valid, p, K, iters, dot, 1234, schedule)
     assert idx_g.dtype == torch.long and idx_g.shape == (B, hq, wq, K)
@@ -270,16 +280,13 @@ def test_search_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
     assert not torch.equal(idx_1, idx_2)
 
 
-@pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
-@pytest.mark.parametrize("case", SEARCH_CASES, ids=lambda c: f"B{c[0]}p{c[6]}k{c[7]}it{c[8]}{'dot' if c[9] else 'l2'}{'-hole' if c[10] else ''}")
+@SEARCH_GRID
 def test_search_from_a_given_field_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
     # psal.h's init field: the given entries first (negative, off-border, repeated ones skipped,
     # uncounted), then the random fill; int64 and int32 fields, more and fewer entries than K
     from attnbench_plugins.psal_checks import _given_field
 
-    B, C, hq, wq, hk, wk, p, K, iters, dot, hole = case
-    q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
-    valid = _valid(B, hk, wk, p, hole)
+    q, k, valid, (_, _, _, p, K, iters, dot) = _search_case(case)
     start, _ = kern.mod.psal_search_cpu(q, k, valid, p, K, 1, dot, 5, schedule)
     for k0, dtype in ((K + 2, torch.long), (max(K - 1, 1), torch.int32)):
         init = _given_field(start, k0, seed=K).to(dtype)

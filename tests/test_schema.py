@@ -37,9 +37,14 @@ def _cell(size: int = 1) -> CellSpec:
     return CellSpec(suite="t", runner="cell_fixtures:run", mechanism="full", size=size)
 
 
-def test_a_record_names_its_runner_and_mechanism_definition() -> None:
+def test_a_record_names_its_runner_mechanism_and_instrument_definition() -> None:
+    from attnbench.measure import DEFINITION_VERSION
+
     rec = schema.make_record(_cell(), "ok")
-    assert rec["definition"] == {"runner": 1, "mechanism": 1}
+    assert rec["definition"] == {"runner": 1, "mechanism": 1, "measure": DEFINITION_VERSION}
+    # a definition written before the instruments had a version reads as their first one
+    assert definition.difference({"runner": 1, "mechanism": 1}, dict(definition.FIRST_DEFINITION)) == ""
+    assert definition.difference({"runner": 1, "mechanism": 1}, rec["definition"]) == f"measure 1 -> {DEFINITION_VERSION}"
     assert schema.check_record(rec) == ""
 
 

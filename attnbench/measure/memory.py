@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional, TypeVar
 import torch
 
 from ..metrics import GIB  # noqa: F401 -- one gibibyte, declared with the metrics' units
-from .native_memory import device_peak, resident_peak
+from .native_memory import device_peak, fresh_large_blocks, resident_peak
 
 T = TypeVar("T")
 
@@ -110,17 +110,23 @@ def _warm_profiler() -> None:
 
 
 def measure_memory(fn: Callable[[], T], device: str | torch.device = "cpu") -> tuple[T, MemoryPeak]:
-    """Run ``fn()`` once and return ``(result, its peak memory by allocator and by OS / device)``.
+    """Run ``fn()`` and return ``(result, its peak memory by allocator and by OS / device)``.
 
     The result is kept alive, so output tensors count towards the peak (they are part of what the
-    layer costs); anything allocated before the call (the inputs) does not.
+    layer costs); anything allocated before the call (the inputs) does not. On CPU ``fn`` runs
+    twice (:mod:`.native_memory` says why): first without the profiler for the resident figure,
+    then profiled for the allocator's, whose result is returned.
     """
     device = torch.device(device)
     gc.collect()
     if device.type == "cuda":
         return _cuda_peak(fn, device)
-    _warm_profiler()
-    (result, allocated), native = resident_peak(lambda: _cpu_peak(fn))
+    with fresh_large_blocks():
+        unprofiled, native = resident_peak(fn)
+        del unprofiled  # not the profiled call's baseline
+        gc.collect()
+        _warm_profiler()
+        result, allocated = _cpu_peak(fn)
     if native is None:
         return result, MemoryPeak(allocated)
     return result, MemoryPeak(allocated, native.peak_bytes, native.instrument, "rss")

@@ -8,12 +8,19 @@ restart, and still miss ``mmap``). Its limits, and what we do about them:
 
 * it counts torch's pages too: the figure is compared with the allocator's exact peak, and only
   the excess is memory outside torch;
-* pages freed before the call and still held by malloc are reused without raising RSS:
-  ``malloc_trim(0)`` first gives them back to the kernel (glibc), so the call's pages are fresh;
-* malloc keeps freed blocks resident and fragments its heap (glibc's mmap threshold grows to
-  32 MiB), so RSS would exceed the live bytes: during the call the thresholds are pinned at
-  ``MMAP_THRESHOLD`` (every block that large is its own mapping, unmapped on free), then set to
-  glibc's ceiling, which its dynamic rule reaches after the first large free anyway;
+* malloc serves a request from a free block it holds before it maps new memory, so freed pages
+  reused would not raise RSS, and it fragments its heap (glibc's mmap threshold grows to 32 MiB),
+  so RSS could exceed the live bytes: while memory is measured (:func:`fresh_large_blocks`) the
+  thresholds are pinned at ``MMAP_THRESHOLD`` (every block that large is its own mapping,
+  unmapped on free) and ``malloc_trim(0)`` first gives the free pages malloc held back to the
+  kernel, so the call faults its pages in as a fresh process would; afterwards the thresholds go
+  to glibc's ceiling, which its dynamic rule reaches after the first large free anyway;
+* the profiler's own event buffers (kilobytes an op: some 150 MB for a layer of thousands of
+  small ops) are resident too: the resident figure comes from a call without the profiler;
+* a trimmed small block that a call takes again is faulted in again, a page for a few bytes: in
+  a process with a long history (many profiler sessions have fragmented its heap) the figure can
+  exceed the live bytes by tens of MB. The harness measures each cell in a fresh process (its
+  fork server runs no torch op), where this does not arise;
 * pages allocated but never written are not resident (a ``torch.empty`` reads 0): which is why
   the allocator's figure stays the headline unless the resident one is larger;
 * file-backed pages (a shared library loaded by the call) are resident too: the growth of
@@ -27,13 +34,14 @@ get the memory outside torch. A peak shorter than the sampling period can be mis
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 import torch
 
@@ -99,22 +107,30 @@ def resident_available() -> bool:
         return False
 
 
-def resident_peak(fn: Callable[[], T]) -> tuple[T, Optional[NativePeak]]:
-    """Run ``fn()``; its result and the resident high-water growth (None where /proc cannot say)."""
-    if not resident_available():
-        return fn(), None
+@contextlib.contextmanager
+def fresh_large_blocks() -> Iterator[None]:
+    """Within: every malloc block of ``MMAP_THRESHOLD`` or more is its own mapping, and the free
+    pages malloc held on entry are given back to the kernel (see the module's docstring)."""
     libc = _libc()
     _pin_thresholds(MMAP_THRESHOLD)
     if libc is not None:
         libc.malloc_trim(0)
+    try:
+        yield
+    finally:
+        _pin_thresholds(MMAP_THRESHOLD_MAX)
+
+
+def resident_peak(fn: Callable[[], T]) -> tuple[T, Optional[NativePeak]]:
+    """Run ``fn()``; its result and the resident high-water growth (None where /proc cannot say).
+    Call it inside :func:`fresh_large_blocks`."""
+    if not resident_available():
+        return fn(), None
     before = _status_kib("VmRSS", "RssFile")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
-    try:
-        result = fn()
-        after = _status_kib("VmHWM", "RssFile")
-    finally:
-        _pin_thresholds(MMAP_THRESHOLD_MAX)
+    result = fn()
+    after = _status_kib("VmHWM", "RssFile")
     file_growth = max(0, after.get("RssFile", 0) - before.get("RssFile", 0))
     peak = max(0, after["VmHWM"] - before["VmRSS"] - file_growth) * 1024
     return result, NativePeak(peak, CPU_INSTRUMENT)
