@@ -195,3 +195,32 @@ def test_a_cell_measured_under_another_definition_is_not_called_a_regression() -
     assert result.passed, [f for f in result.offenders]
     notes = [f for f in result.findings if f.metric == "definition"]
     assert notes and all(f.kind == "not judged" and "another definition (mechanism 1 -> 2)" in f.detail for f in notes)
+
+
+def _resident(records: list[dict], allocator_factor: float = 1.0, resident_factor: float = 1.0) -> list[dict]:
+    """psal-3's memory cells with a resident headline (memory outside torch) above their allocator figure."""
+    out = copy.deepcopy(records)
+    for rec in out:
+        m = rec["metrics"]
+        if rec["mechanism"] == "psal-3" and "peak_memory_bytes" in m:
+            allocator = m["peak_memory_bytes"] * allocator_factor
+            m.update(peak_memory_allocator_bytes=allocator, peak_memory_source="rss",
+                     peak_memory_bytes=m["peak_memory_bytes"] * 1.2 * resident_factor)
+    return out
+
+
+def test_a_resident_peak_gets_the_resident_tolerance_and_its_allocator_figure_the_peaks() -> None:
+    from attnbench.metrics import RESIDENT_TOLERANCE
+
+    base = _resident(baseline())
+    # the resident figure moved by less than its tolerance (more than the peak's 5 %): not a regression
+    assert gate(_resident(baseline(), resident_factor=1 + RESIDENT_TOLERANCE * 0.8), base).passed
+    # ...beyond it: a regression of the headline
+    result = gate(_resident(baseline(), resident_factor=1 + RESIDENT_TOLERANCE * 1.5), base)
+    assert {f.metric for f in result.offenders} == {"peak_memory_bytes"}
+    # torch's own figure grew by 10 % under an unchanged resident headline: the exact figure fails at 5 %
+    result = gate(_resident(baseline(), allocator_factor=1.10), base)
+    assert {f.metric for f in result.offenders} == {"peak_memory_allocator_bytes"}
+    # a cell that flips from its allocator figure to a resident one 12 % larger passes
+    flipped = _resident(baseline(), resident_factor=1.12 / 1.2)
+    assert gate(flipped, baseline()).passed
