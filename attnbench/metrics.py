@@ -140,10 +140,13 @@ HIGHER_IS_BETTER: frozenset[str] = frozenset(m.name for m in _CATALOGUE if m.hig
 #: metrics that are costs, times or bookkeeping, not a quality
 NOT_QUALITY: frozenset[str] = frozenset(m.name for m in _CATALOGUE if m.kind != "quality")
 #: the gate's tolerance for a peak that is a resident figure on either side (memory outside torch:
-#: measure.memory): that figure moves by a few % between runs, and a cell near the outside-torch
-#: threshold (10 %) flips between its two figures; such a cell's allocator figure, exact, is also
-#: judged, at the peak's own tolerance
-RESIDENT_TOLERANCE = 0.15
+#: measure.memory). The resident high-water mark of a multi-threaded call depends on how its
+#: threads' buffers happen to overlap: Performer 64 px fwd+bwd (allocator 483 MB, exact) read
+#: 494-615 MB over four calls in one process and 499-599 MB over five fresh processes; Local 64 px
+#: fwd+bwd (199 MB) 199-241 MB. A cell near the outside-torch threshold (10 %) also flips between its
+#: two figures. Such a cell's allocator figure, exact, is judged too, at the peak's own tolerance:
+#: a regression of torch's memory is caught at that tolerance, one outside torch beyond this one
+RESIDENT_TOLERANCE = 0.35
 #: the gate's defaults: relative change allowed per metric
 DEFAULT_TOLERANCES: dict[str, float] = {m.name: m.tolerance for m in _CATALOGUE if m.tolerance is not None}
 #: times and bookkeeping, never gated on their own (time is judged as TIME_RATIO); a quality metric without
