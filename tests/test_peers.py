@@ -160,6 +160,22 @@ def test_natten_refuses_patch_vectors_its_cpu_backend_cannot_take():
         mechanism("natten", window=8)
 
 
+def test_natten_cpu_estimate_holds_its_measured_peak():
+    # the estimate decides `infeasible` before a cell runs: at 256 px the CPU path needs ~110 GB,
+    # and an estimate of the scores alone (17 GB) let the cell start and run out of memory
+    _available("natten")
+    from attnbench.measure.call import AttentionCall
+    from attnbench.measure.memory import measure_memory
+
+    q, k, v = _qkv(size=48, c=16)
+    module = mechanism("natten", patch_size=5)
+    with torch.no_grad():
+        module(q, k, v)
+        _, peak = measure_memory(lambda: module(q, k, v))
+    estimate = module.estimate(AttentionCall(module, q, k, v).shape()).memory_bytes
+    assert peak.allocator_bytes <= estimate <= 1.3 * peak.allocator_bytes, (peak.allocator_bytes, estimate)
+
+
 # ---------------------------------------------------------------------------- search suite
 def test_search_suite_sweeps_each_peer_parameter(tmp_path):
     _available("faiss-knn")

@@ -239,12 +239,12 @@ def warm_up_memory(call: AttentionCall) -> None:
         pass
 
 
-def memory_apart(call: AttentionCall, device: str) -> MemoryPeak:
-    """Peak memory of the call's own path, without the FLOP instrument (under which FlexAttention
-    can only run eager, materialising every score): one untimed call first (a compiled kernel is
+def call_apart(call: AttentionCall, device: str) -> tuple[torch.Tensor, MemoryPeak]:
+    """Output and peak memory of the call's own path, without the FLOP instrument (which counts
+    FlexAttention by formula without running it): one untimed call first (a compiled kernel is
     built for this shape), then the measured one."""
     call()
-    return measure_memory(call, device)[1]
+    return measure_memory(call, device)
 
 
 def flops_outside_torch(flops: FlopCount, call: AttentionCall, prefix: str = "",
@@ -316,7 +316,7 @@ def measure_call(call: AttentionCall, budget: CallBudget, prefix: str = "", know
 def _measure_memory_and_flops(call: AttentionCall, budget: CallBudget, checks: _Checks, metrics: dict[str, Any],
                               prefix: str, known: Optional[dict[str, Any]]) -> tuple[torch.Tensor, float]:
     """One call under both instruments (after a smaller warm-up call when memory is measured); the
-    call's own path apart when the FLOP counter forced an operator eager. Returns the output and
+    call's own path apart when the FLOP counter answered an operator by its shape only. Returns the output and
     the call's wall time (under both instruments: more than the call alone)."""
     wanted = budget.metrics
     if "memory" in wanted:
@@ -324,11 +324,12 @@ def _measure_memory_and_flops(call: AttentionCall, budget: CallBudget, checks: _
     t0 = time.perf_counter()
     (out, flops), peak = measure_memory(lambda: count_flops(call), budget.device)
     call_s = time.perf_counter() - t0
+    if flops.shape_only_operators:  # the counted call's output holds no values: the call's own path apart
+        out, peak = call_apart(call, budget.device)
+        if "memory" in wanted:
+            metrics[f"{prefix}peak_memory_note"] = (f"measured apart from the FLOP count, which counts "
+                                                    f"{', '.join(flops.shape_only_operators)} by formula")
     checks.after(out)  # after the measurement: the check's own tensors are not the layer's cost
-    if "memory" in wanted and flops.eager_operators:
-        peak = memory_apart(call, budget.device)
-        metrics[f"{prefix}peak_memory_note"] = (f"measured apart from the FLOP count, which runs "
-                                                f"{', '.join(flops.eager_operators)} eager")
     if "memory" in wanted:
         metrics.update(peak.metrics(prefix))
     if "flops" in wanted:

@@ -8,8 +8,11 @@ copies, unfold, gather...) costs no FLOPs and is not listed.
 
 FlexAttention (a higher-order operator) is counted by :func:`flex_attention_flops`: the dense
 SDPA count times the density of the block mask (the blocks it keeps), as attention-gym's
-benchmark counts it; the operator runs below the instrument's modes (its eager path, which no
-dispatch mode can trace through torch.compile).
+benchmark counts it. Under a dispatch mode the operator could only run its eager path, which
+materialises every score (flex-local at 256 px: 33 GB where its compiled kernel needs 0.4 GB);
+a count needs shapes, not values, so the instrument gives it empty outputs of the right shapes
+(FlexAttention's own fake implementation) and the call's own path runs apart for the output
+and the memory (``FlopCount.shape_only_operators``).
 
 Work done outside torch (faiss, numpy, a plugin's C++) is invisible to any dispatch mode: a
 plugin states it with :func:`declare_flops`, recorded as *declared*, never as counted.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, TypeVar
@@ -150,9 +154,10 @@ class FlopCount:
     #: what -> FLOPs the plugin declared for work outside torch (:func:`declare_flops`)
     declared: dict[str, int] = field(default_factory=dict)
 
-    #: higher-order operators (FlexAttention) the instrument ran on their eager path, whatever path
-    #: the call would take without it (a compiled kernel): its memory must be measured apart
-    eager_operators: tuple[str, ...] = ()
+    #: higher-order operators (FlexAttention) the instrument counted by formula and did not run (it
+    #: gave them empty outputs of their shapes): the call's output holds no values, and its output
+    #: and memory must come from a call apart
+    shape_only_operators: tuple[str, ...] = ()
 
     @property
     def counted(self) -> int:
@@ -162,7 +167,8 @@ class FlopCount:
 
 class _UncountedRecorder(TorchDispatchMode):
     """Notes ops that FlopCounterMode cannot count and that are not pure data movement; counts the
-    higher-order operators it has a formula for (``hop_flops``) and runs them below the modes."""
+    higher-order operators it has a formula for (``hop_flops``) and answers them with empty
+    outputs of their shapes (their fake implementation), without running them."""
 
     supports_higher_order_operators = True
 
@@ -178,7 +184,7 @@ class _UncountedRecorder(TorchDispatchMode):
                 return NotImplemented
             self.hop_flops[counted[0]] += counted[1]
             with _disable_current_modes():
-                return func(*args, **(kwargs or {}))
+                return _shape_only(func)(*args, **(kwargs or {}))
         out = func(*args, **(kwargs or {}))
         packet = func.overloadpacket
         if packet not in fc.flop_registry and packet.__name__.rstrip("_") not in _MOVEMENT and packet.__name__ not in _MOVEMENT:
@@ -188,21 +194,42 @@ class _UncountedRecorder(TorchDispatchMode):
         return out
 
 
+def _shape_only(func: Any) -> Callable[..., Any]:
+    """The fake implementation of a higher-order operator (empty outputs of the right shapes and
+    strides; it takes real tensors too)."""
+    import importlib
+
+    hop = importlib.import_module("torch._higher_order_ops.flex_attention")  # the module, not its operator
+    fakes = {"flex_attention": hop.flex_attention_fake_impl,
+             "flex_attention_backward": hop.flex_attention_backward_fake_tensor_mode}
+    return fakes[getattr(func, "_name", str(func))]
+
+
 @contextlib.contextmanager
-def _flex_eager_under_modes() -> Iterator[None]:
-    """FlexAttention's eager path wraps its operator in ``torch.compile(fullgraph=True)``, which
-    refuses to run under a dispatch mode; its debug switch calls the operator directly instead."""
+def _flex_under_modes() -> Iterator[None]:
+    """FlexAttention under the instrument's modes. (1) Its Python entry point wraps the operator in
+    ``torch.compile(fullgraph=True)``, which refuses to run under a dispatch mode: its debug switch
+    calls the operator directly (the recorder then answers it by shape). (2) ``create_block_mask``
+    builds index tables, no FLOPs, but under a mode dynamo skips its compiled path and the eager
+    one evaluates the mask on every (query, key) pair (~10 bytes each: 43 GB at 256 px): it runs
+    outside the modes, on the path the call takes without them."""
     try:
         from torch.nn.attention import flex_attention as flex
     except ImportError:
         yield
         return
-    before = flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG
-    flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = True
+    debug, create = flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG, flex.create_block_mask
+
+    @functools.wraps(create)
+    def create_outside_modes(*args: Any, **kwargs: Any) -> Any:
+        with _disable_current_modes():
+            return create(*args, **kwargs)
+
+    flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG, flex.create_block_mask = True, create_outside_modes
     try:
         yield
     finally:
-        flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG = before
+        flex._FLEX_ATTENTION_DISABLE_COMPILE_DEBUG, flex.create_block_mask = debug, create
 
 
 def count_flops(fn: Callable[[], T]) -> tuple[T, FlopCount]:
@@ -211,7 +238,7 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, FlopCount]:
     register_missing_formulas()
     counter = fc.FlopCounterMode(display=False)
     recorder = _UncountedRecorder()
-    with _declaring() as declared, _flex_eager_under_modes(), counter, recorder:
+    with _declaring() as declared, _flex_under_modes(), counter, recorder:
         result = fn()
     if recorder.hop_flops:
         # dynamo cached the frames it skipped under the modes: clear them, so that the call's own
@@ -221,4 +248,4 @@ def count_flops(fn: Callable[[], T]) -> tuple[T, FlopCount]:
     by_op.update({f"higher_order.{name}": n for name, n in recorder.hop_flops.items()})
     total = int(counter.get_total_flops()) + sum(recorder.hop_flops.values()) + sum(declared.values())
     return result, FlopCount(total=total, by_op=by_op, uncounted=dict(recorder.seen), declared=dict(declared),
-                             eager_operators=tuple(recorder.hop_flops))
+                             shape_only_operators=tuple(recorder.hop_flops))
