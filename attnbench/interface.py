@@ -133,6 +133,10 @@ class CostEstimate:
     ``formula`` is the human-readable complexity (the paper's column), e.g. ``"O(n^2)"``.
     ``bytes_moved``: bytes the call reads and writes in memory (the achieved-bandwidth figure
     divides it by the time); None: the harness uses :meth:`AttentionMechanism.estimate_bytes_moved`.
+    ``matmul_share``: the share of the machine's float32 matmul rate the call reaches, for a
+    mechanism measured to be far below it (a generated kernel, a graph search): the harness's
+    "too slow" check divides by it, so that such a cell is skipped up front instead of timing
+    out; None: the matmul rate itself (an optimistic bound).
     """
 
     memory_bytes: int
@@ -140,6 +144,11 @@ class CostEstimate:
     formula: str = ""
     notes: str = ""
     bytes_moved: Optional[int] = None
+    matmul_share: Optional[float] = None
+
+    def seconds_at(self, flops_per_s: float) -> float:
+        """Expected seconds of the call on a machine whose matmul yardstick reads ``flops_per_s``."""
+        return self.flops / (flops_per_s * (self.matmul_share or 1.0))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -107,3 +107,27 @@ def test_bytes_moved_default_is_inputs_plus_the_working_set_written_and_read() -
     est = module.estimate(shape)
     assert module.estimate_bytes_moved(shape, est) == shape.input_bytes + 2 * est.memory_bytes
     assert shape.input_bytes == 3 * 4 * 32 * 32 * 4
+
+
+def test_a_mechanism_far_below_the_matmul_rate_is_too_slow_up_front_not_a_timeout() -> None:
+    # flex-local's compiled CPU kernel reaches ~20 % of the matmul yardstick: its 512 px cell was
+    # let start at the matmul rate and timed out at 900 s; with its measured share it is skipped
+    from dataclasses import replace
+
+    from attnbench.errors import Infeasible
+    from attnbench.interface import CostEstimate
+    from attnbench.measure.call import check_feasible
+
+    module = mechanism("full", patch_size=3)
+    gen = torch.Generator().manual_seed(0)
+    shape = AttentionCall(module, *(torch.randn(1, 4, 16, 16, generator=gen) for _ in range(3))).shape()
+    est = CostEstimate(memory_bytes=1, flops=10**12)
+    budget = CallBudget(metrics=frozenset({"memory"}), timeout_s=100.0, flops_per_s=1e11,
+                        options=MeasureOptions(time_margin=0.25))
+    check_feasible(module, shape, budget, {"estimated_memory_bytes": 1, "estimated_flops": 10**12})  # 10 s < 25 s
+    slow = {"estimated_memory_bytes": 1, "estimated_flops": 10**12, "estimated_matmul_share": 0.2}
+    with pytest.raises(Infeasible, match=r"estimated 50 s at 20 GFLOP/s \(20% of the matmul yardstick"):
+        check_feasible(module, shape, budget, slow)
+    assert replace(est, matmul_share=0.2).seconds_at(1e11) == pytest.approx(50.0)
+    known = estimate_metrics(mechanism("flex-local", patch_size=3), shape)
+    assert known["estimated_matmul_share"] == pytest.approx(0.15)

@@ -298,3 +298,38 @@ def test_the_speed_table_shows_achieved_rates_and_the_kernels_that_ran() -> None
     # published records carry none of it: the tables stay as they were
     assert [t.attrs["name"] for t in suite_tables(speed_records(), "speed")] == ["speed"]
     assert "backend" not in suite_table(speed_records(), "speed").columns
+
+
+def test_presets_at_other_settings_get_their_own_figures_and_headline() -> None:
+    # p = 5 (peers) and p = 7 (table1) measure different problems: never one curve, one legend, or
+    # one bar chart; presets that differ only in options (ci, table1) share their figures
+    import copy
+
+    import matplotlib.pyplot as plt
+
+    from attnbench.report.plots import suite_plots
+    from attnbench.report.summary import headline_figure, sentences
+
+    table1 = memory_records()
+    for r in table1:
+        r["preset"] = "table1"
+    ci = copy.deepcopy([r for r in memory_records((64, 128)) if r["mechanism"] in ("full", "flash")])
+    for r in ci:
+        r["preset"] = "ci"
+        r["key"] += "-ci"
+    peers = copy.deepcopy([r for r in memory_records() if r["mechanism"] in ("flash", "psal-3", "local")])
+    for r in peers:
+        r.update(preset="peers", patch_size=5, key=r["key"] + "-p5")
+    figures = suite_plots(table1 + ci + peers, "memory")
+    assert {"memory-table1-ci", "memory-peers", "flops-table1-ci", "flops-peers"} <= set(figures) and "memory" not in figures
+    legend = [t.get_text() for t in figures["memory-peers"].legends[0].get_texts()]
+    assert "psal-3" in " ".join(legend) and not any("full" in t or "p=" in t for t in legend)
+    assert "p=5" in figures["memory-peers"].texts[0].get_text() and "(peers)" in figures["memory-peers"].texts[0].get_text()
+    assert list(suite_plots(table1 + ci, "memory"))[:2] == ["memory", "flops"]  # one setting: plain names
+    fig = headline_figure(table1 + peers)
+    title = fig.axes[0].get_title()
+    assert "p=7" in title and "table1 preset" in title and "p=5" not in title  # the setting with more mechanisms
+    (memory_line,) = [s for s in sentences(table1 + peers) if s.startswith("Memory at")]
+    assert "table1 preset" in memory_line
+    for f in [*figures.values(), fig]:
+        plt.close(f)

@@ -92,7 +92,7 @@ def estimate_rows(specs: list[str], shape: Any, budget: int, rate: float) -> lis
                 memory_bytes=int(est.memory_bytes), input_bytes=input_bytes, needed_bytes=needed,
                 memory_gib=est.memory_bytes / GiB, needed_gib=needed / GiB,
                 flops=int(est.flops), gflop=est.flops / 1e9,
-                expected_time_s=est.flops / rate if rate > 0 else None,
+                expected_time_s=est.seconds_at(rate) if rate > 0 else None,
                 fits=needed <= budget,
             )
         rows.append(row)
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         measure(rows, args, rate, err)
 
     time_note = (f"expected time = estimated FLOPs / {rate / 1e9:.3g} GFLOP/s, this machine's measured float32 "
-                 f"matmul rate (a yardstick, not a measurement)")
+                 f"matmul rate (a yardstick, not a measurement), times the share of it a plugin states it reaches")
     if args.json:
         settings = {"size": args.size, "channels": args.channels, "patch_size": args.patch_size, "batch": args.batch,
                     "mode": args.mode, "dtype": args.dtype, "device": args.device}

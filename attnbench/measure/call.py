@@ -149,6 +149,8 @@ def estimate_metrics(module: AttentionMechanism, shape: ProblemShape, prefix: st
         f"{prefix}resolved_params": module.params(),
         f"{prefix}estimated_bytes_moved": int(module.estimate_bytes_moved(shape, est)),
     }
+    if est.matmul_share:
+        metrics[f"{prefix}estimated_matmul_share"] = float(est.matmul_share)
     if getattr(module, "backend", None):
         metrics[f"{prefix}backend"] = module.backend
     if getattr(module, "backend_note", None):  # a fallback backend, and why
@@ -176,9 +178,10 @@ def check_feasible(module: AttentionMechanism, shape: ProblemShape, budget: Call
         raise Infeasible(f"estimated {est.memory_bytes / GIB:.2f} GiB > {max(available, 0) / GIB:.2f} GiB available "
                          f"({budget.options.memory_fraction:g} of free memory, inputs subtracted)", metrics)
     rate, margin = budget.flops_per_s, budget.options.time_margin
-    if rate and margin is not None and est.flops / rate > margin * budget.timeout_s:
-        raise Infeasible(f"estimated {est.flops / rate:.0f} s at {rate / 1e9:.0f} GFLOP/s > "
-                         f"{margin:g} x timeout {budget.timeout_s:g} s (too slow)", metrics)
+    if rate and margin is not None and est.seconds_at(rate) > margin * budget.timeout_s:
+        share = f" ({est.matmul_share:.0%} of the matmul yardstick, the plugin's measured share)" if est.matmul_share else ""
+        raise Infeasible(f"estimated {est.seconds_at(rate):.0f} s at {rate * (est.matmul_share or 1) / 1e9:.0f} GFLOP/s"
+                         f"{share} > {margin:g} x timeout {budget.timeout_s:g} s (too slow)", metrics)
 
 
 def _estimate(module: AttentionMechanism, shape: ProblemShape, known: Optional[dict[str, Any]],
@@ -186,7 +189,7 @@ def _estimate(module: AttentionMechanism, shape: ProblemShape, known: Optional[d
     known = known or {}
     memory, flops = known.get(f"{prefix}estimated_memory_bytes"), known.get(f"{prefix}estimated_flops")
     if isinstance(memory, int) and isinstance(flops, int):
-        return CostEstimate(memory_bytes=memory, flops=flops)
+        return CostEstimate(memory_bytes=memory, flops=flops, matmul_share=known.get(f"{prefix}estimated_matmul_share"))
     return module.estimate(shape)
 
 

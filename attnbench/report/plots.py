@@ -393,6 +393,17 @@ def _quality_panel(ax: Any, ok: pd.DataFrame, axis: Axis, metric: str, labels: l
     return xs, ys, texts, cols
 
 
+def setting_groups(df: pd.DataFrame) -> list[tuple[tuple[str, ...], pd.DataFrame]]:
+    """Rows grouped by the setting their preset measured (the caption's C, p, dtype, data...),
+    presets of one setting together (they differ in options only), largest group first."""
+    presets = df["preset"].fillna("").astype(str) if "preset" in df.columns else pd.Series("", index=df.index)
+    by_setting: dict[str, list[str]] = {}
+    for preset in dict.fromkeys(presets):
+        by_setting.setdefault(caption(df[presets == preset], sizes=False), []).append(preset)
+    groups = [(tuple(p or "default" for p in names), df[presets.isin(names)]) for names in by_setting.values()]
+    return sorted(groups, key=lambda g: -len(g[1]))
+
+
 def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | None = None) -> dict[str, Figure]:
     """All plots that a suite's records support, by a short name (``memory``, ``flops``, ``time``,
     ``quality``, and ``time-to-quality`` where records carry convergence curves: the search suite)."""
@@ -401,19 +412,23 @@ def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | N
     if df.empty:
         return {}
     out: dict[str, Figure | None] = {}
-    # one set of cost plots per kind of device: a CPU curve never shares axes (or its machine's
-    # memory line) with a GPU one; the first device keeps the plain names
+    # one set of cost plots per kind of device (a CPU curve never shares axes, or its machine's
+    # memory line, with a GPU one) and per setting (presets at another p or C measure other
+    # problems: one figure each, named by its presets); the first device keeps the plain names
     kind = df["device"].astype(str).str.split(":").str[0]
     devices = sorted(set(kind), key=lambda d: (d != "cpu", d))
     for device in devices:
-        sub = df[kind == device]
-        if sub["size"].nunique() <= 1:
-            continue
-        tail = "" if device == devices[0] else f"-{device}"
+        groups = setting_groups(df[kind == device])
         on_device = [r for r in mine if str(r.get("device", "cpu")).split(":")[0] == device]
-        out[f"memory{tail}"] = scaling_plot(sub, MEMORY, suite, machine_memory(on_device), budget)
-        out[f"flops{tail}"] = scaling_plot(sub, FLOPS, suite)
-        out[f"time{tail}"] = scaling_plot(sub, TIME, suite)
+        for presets, sub in groups:
+            if sub["size"].nunique() <= 1:
+                continue
+            alone = len(groups) == 1
+            tail = ("" if alone else "-" + "-".join(presets)) + ("" if device == devices[0] else f"-{device}")
+            title = suite if alone else f"{suite} ({', '.join(presets)})"
+            out[f"memory{tail}"] = scaling_plot(sub, MEMORY, title, machine_memory(on_device), budget)
+            out[f"flops{tail}"] = scaling_plot(sub, FLOPS, title)
+            out[f"time{tail}"] = scaling_plot(sub, TIME, title)
     metric = quality_metric(df)
     if metric:
         out["quality"] = quality_plot(df, suite, metric)

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from .. import metrics as catalogue
 from ..metrics import HIGHER_IS_BETTER
 from .frame import caption, load_unknown, loaded_rows, number, to_frame
-from .plots import comparable_sizes, machine_memory, quality_metric
+from .plots import comparable_sizes, machine_memory, quality_metric, setting_groups
 from .style import colour, order_key
 
 #: suites a headline prefers for each question, in order (any suite with the metric otherwise)
@@ -27,16 +27,34 @@ MEMORY = catalogue.get("peak_memory_bytes")
 
 
 def _pick(df: pd.DataFrame, metric: str, prefer: Sequence[str]) -> pd.DataFrame:
-    """The rows of the first preferred suite (then any suite) that has ``metric`` for two mechanisms or more."""
+    """The rows of the first preferred suite (then any suite) that has ``metric`` for two mechanisms
+    or more, of one setting only (presets at another p or C measure other problems: the setting
+    with the most mechanisms at its largest size, its presets named in ``attrs["presets"]``)."""
     if metric not in df.columns:
         return df.iloc[0:0]
     have = df[pd.to_numeric(df[metric], errors="coerce").notna()]
     suites = list(prefer) + sorted(set(have["suite"]) - set(prefer))
     for suite in suites:
         sub = have[have["suite"] == suite]
-        if sub["label"].nunique() >= 2:
-            return df[df["suite"] == suite]
+        if sub["label"].nunique() < 2:
+            continue
+        groups = [(presets, rows) for presets, rows in setting_groups(df[df["suite"] == suite])
+                  if rows.index.isin(sub.index).any()]
+        presets, rows = max(groups, key=lambda g: _breadth(g[1][g[1].index.isin(sub.index)]))
+        rows = rows.copy()
+        rows.attrs["presets"] = presets
+        return rows
     return df.iloc[0:0]
+
+
+def _presets_text(presets: Sequence[str]) -> str:
+    return f" ({', '.join(presets)} preset{'s' if len(presets) > 1 else ''})" if presets else ""
+
+
+def _breadth(rows: pd.DataFrame) -> tuple[int, int]:
+    """(largest size, mechanisms there): how much of the question a setting's rows answer."""
+    size = int(rows["size"].max())
+    return size, rows[rows["size"] == size]["label"].nunique()
 
 
 def memory_at_largest(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
@@ -45,9 +63,16 @@ def memory_at_largest(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
                 _MEMORY_SUITES)
     if mem.empty:
         return mem, None
+    presets = mem.attrs.get("presets", ())
     mode = "fwd" if "fwd" in set(mem["mode"]) else sorted(set(mem["mode"]))[0]
     mem = mem[mem["mode"] == mode]
-    size = int(mem["size"].max())
+    valued = pd.Series(False, index=mem.index)
+    for column in (MEMORY.name, MEMORY.estimate):
+        if column in mem.columns:
+            valued |= pd.to_numeric(mem[column], errors="coerce").notna()
+    if not valued.any():
+        return mem.iloc[0:0], None
+    size = int(mem[valued]["size"].max())  # a lone cell that left no figure (a timeout) is no size to show
     rows = []
     for _, r in mem[mem["size"] == size].iterrows():
         measured = number(r.get(MEMORY.name)) if r["status"] == "ok" else None
@@ -59,7 +84,7 @@ def memory_at_largest(df: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     out = pd.DataFrame(rows)
     if not out.empty:
         out = out.drop_duplicates("label", keep="last").sort_values("bytes").reset_index(drop=True)
-    out.attrs["caption"] = caption(mem[mem["size"] == size], sizes=False)
+    out.attrs["caption"] = caption(mem[mem["size"] == size], sizes=False) + _presets_text(presets)
     return out, size
 
 
@@ -124,13 +149,15 @@ def _time_sentences(df: pd.DataFrame, reference: str) -> list[str]:
                    "not quoted here; re-run them on a quiet machine.")
     if timed.empty:
         return out
+    presets = timed.attrs.get("presets", ())
     timed = timed[pd.to_numeric(timed["time_median_s"], errors="coerce").notna()]
     counts = timed.groupby("size")["label"].nunique()
     tsize = int(max(s for s, c in counts.items() if c == counts.max()))
     at = timed[timed["size"] == tsize].sort_values("time_median_s")
     fast, slow = at.iloc[0], at.iloc[-1]
     time = catalogue.get("time_median_s")
-    text = (f"Time at {tsize} px ({at['suite'].iloc[0]} suite, {caption(at, sizes=False)}): {fast['label']} is fastest "
+    text = (f"Time at {tsize} px ({at['suite'].iloc[0]} suite, {caption(at, sizes=False)}{_presets_text(presets)}): "
+            f"{fast['label']} is fastest "
             f"({time.format(fast['time_median_s'])}), {slow['label']} slowest ({time.format(slow['time_median_s'])})")
     ref = at[at["label"] == reference]
     if not ref.empty and reference not in (fast["label"], slow["label"]):

@@ -66,7 +66,8 @@ def run(spec: CellSpec) -> dict[str, Any]:
         call = make_call(module, spec, spec.size)
         warmup = None
         rate = budget.flops_per_s
-        if "time" in opts.metrics and rate and metrics["estimated_flops"] / rate > 5.0 and spec.size >= 32:
+        seconds = rate and metrics["estimated_flops"] / (rate * metrics.get("estimated_matmul_share", 1.0))
+        if "time" in opts.metrics and seconds and seconds > 5.0 and spec.size >= 32:
             warmup = make_call(module, spec, spec.size // 2)  # same code path, a quarter of the work
     _, measured = measure_call(call, budget, known=metrics, warmup=warmup)
     metrics.update(measured)
