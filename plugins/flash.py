@@ -234,6 +234,12 @@ class SDPABackendAttention(FlashAttention):
                             formula="O(n^2)", notes=f"{shape.n_queries} x {shape.n_valid_keys} scores held")
 
 
+#: share of the matmul yardstick a fused kernel's forward + backward reaches, measured on CPU
+#: (`speed --preset peers`, p = 5, C = 16): 22 % at 64 px, 21 % at 128 px of a median
+#: yardstick, ~16 % of the best-of one; the forward alone reaches 75-82 % (no share stated)
+BACKWARD_MATMUL_SHARE = 0.15
+
+
 def dense_kernel_estimate(shape: ProblemShape, similarity: str) -> CostEstimate:
     """Peak memory and FLOPs of a fused exact-attention kernel over patch vectors (see FlashAttention)."""
     b, nq, nk, cv = shape.batch, shape.n_queries, shape.n_valid_keys, shape.value_channels
@@ -251,6 +257,7 @@ def dense_kernel_estimate(shape: ProblemShape, similarity: str) -> CostEstimate:
         flops=int(flops),
         formula="O(n d)",
         notes=f"patch vectors of width {width}; no {nq} x {nk} matrix is stored",
+        matmul_share=BACKWARD_MATMUL_SHARE if shape.backward else None,
     )
 
 

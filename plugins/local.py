@@ -19,6 +19,12 @@ from attnbench.patches import usable_keys, valid_key_grid
 from attnbench_plugins.full import centre_on_keys, masked_softmax_attend, needs_grad, patch_scores
 
 
+#: share of the matmul yardstick the tiled windows reach, measured on CPU (`speed --preset peers`,
+#: p = 5, C = 16, of a median yardstick; ~0.8x that of the best-of one): forward 13 % at 64 px,
+#: 16 % at 128 px; forward + backward 2.9 % and 4.7 % (small matmuls, masks, autograd)
+MATMUL_SHARE = {"fwd": 0.1, "fwd+bwd": 0.025}
+
+
 def window_bounds(n_query: int, n_key: int, window: int, patch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query row (or column): the half-open range of valid-key grid indices in its window.
 
@@ -155,6 +161,7 @@ class LocalAttention(AttentionMechanism):
         return CostEstimate(
             memory_bytes=int(memory),
             flops=int(flops),
+            matmul_share=MATMUL_SHARE["fwd+bwd" if shape.backward else "fwd"],
             formula="O(w^2 n)",
             notes=f"{plan.n_tx * len(plan.strips)} tiles of {plan.tile}x{plan.tile} queries, key regions up to "
             f"{max(k1 - k0 for _, _, k0, k1 in plan.strips)}x{plan.reg_w} (w={self.window})",

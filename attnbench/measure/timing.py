@@ -88,11 +88,14 @@ def median_iqr(samples: Sequence[float]) -> tuple[float, float]:
 
 
 def matmul_flops_per_s(device: str | torch.device = "cpu", n: int = 1024) -> float:
-    """Sustained float32 matmul throughput: a yardstick for predicting how long a cell would take."""
+    """Sustained float32 matmul throughput: a yardstick for predicting how long a cell would take,
+    best of the timed blocks (STREAM's rule, as the triad): on a shared VM a median of 0.3 s read
+    95 GFLOP/s where the machine's flash call itself ran at 206, which made cells "too slow" and
+    rates read > 100 % of it."""
     device = torch.device(device)
     a = torch.randn(n, n, device=device)
-    m = Timer(stmt="a @ a", globals={"a": a}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=0.3)
-    return 2 * n**3 / m.median
+    m = Timer(stmt="a @ a", globals={"a": a}, num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=1.0)
+    return 2 * n**3 / min(m.times)
 
 
 #: elements of each triad array by device: 128 MiB (CPU) and 512 MiB (GPU) of float32 each, far
