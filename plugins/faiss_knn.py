@@ -76,6 +76,11 @@ def _positive(name: str, value: Any, minimum: int = 1) -> int:
     return value
 
 
+#: share of the matmul yardstick a call reaches on CPU, build included (`speed --preset peers`,
+#: p = 5, C = 16): IVF 11-12 % at 64-256 px (256 px: 21.5 s for 629 GFLOP), HNSW 4-5 % (graph walks)
+MATMUL_SHARE = {"ivf": 0.1, "hnsw": 0.04}
+
+
 class FaissKnn(AttentionMechanism):
     """k-NN attention over patch vectors with neighbours from a FAISS index built per call.
 
@@ -262,4 +267,5 @@ class FaissKnn(AttentionMechanism):
         flops = int(B * distances * contract.FLOPS_PER_ELEMENT * d)
         flops += contract.matched_attention_flops(shape, K, False, with_similarity)
         return CostEstimate(memory_bytes=int(memory), flops=int(flops), formula=self.complexity,
+                            matmul_share=MATMUL_SHARE[self.index],
                             notes=f"{self.index} index built per call over {n} key patches of {d} floats")

@@ -301,6 +301,9 @@ class KnnExact(AttentionMechanism):
 
     #: scores held at once (queries per chunk x keys)
     chunk_elements = 1 << 23
+    #: share of the matmul yardstick the chunked addmm + top-k reaches on CPU: its 256 px memory
+    #: cell (p = 5, C = 16, ~4.5 calls) took 80 s for 3.3 TFLOP a call, ~185 GFLOP/s of 309 (60 %)
+    MATMUL_SHARE = 0.5
 
     def __init__(self, k: int = 1, patch_size: int = 7, similarity: str = "l2", temperature: float = 1.0, **params: Any):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
@@ -368,4 +371,5 @@ class KnnExact(AttentionMechanism):
                          + contract.matched_attention_backward_memory(shape, K, K > 1))
         flops = contract.FLOPS_PER_ELEMENT * B * nq * n_grid * d
         flops += contract.matched_attention_flops(shape, K, False, K > 1)
-        return CostEstimate(memory_bytes=int(memory), flops=int(flops), formula=self.complexity)
+        return CostEstimate(memory_bytes=int(memory), flops=int(flops), formula=self.complexity,
+                            matmul_share=self.MATMUL_SHARE)

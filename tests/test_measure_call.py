@@ -126,7 +126,7 @@ def test_a_mechanism_far_below_the_matmul_rate_is_too_slow_up_front_not_a_timeou
                         options=MeasureOptions(time_margin=0.25))
     check_feasible(module, shape, budget, {"estimated_memory_bytes": 1, "estimated_flops": 10**12})  # 10 s < 25 s
     slow = {"estimated_memory_bytes": 1, "estimated_flops": 10**12, "estimated_matmul_share": 0.2}
-    with pytest.raises(Infeasible, match=r"estimated 50 s at 20 GFLOP/s \(20% of the matmul yardstick"):
+    with pytest.raises(Infeasible, match=r"estimated 50 s at 20 GFLOP/s \(20 % of the matmul yardstick"):
         check_feasible(module, shape, budget, slow)
     assert replace(est, matmul_share=0.2).seconds_at(1e11) == pytest.approx(50.0)
     known = estimate_metrics(mechanism("flex-local", patch_size=3), shape)

@@ -324,6 +324,8 @@ def test_presets_at_other_settings_get_their_own_figures_and_headline() -> None:
     assert {"memory-table1-ci", "memory-peers", "flops-table1-ci", "flops-peers"} <= set(figures) and "memory" not in figures
     legend = [t.get_text() for t in figures["memory-peers"].legends[0].get_texts()]
     assert "psal-3" in " ".join(legend) and not any("full" in t or "p=" in t for t in legend)
+    (flash,) = [t for t in legend if t.startswith("flash")]  # one entry per mechanism, both panels' fits
+    assert " fwd, " in flash and " fwd+bwd)" in flash, flash
     assert "p=5" in figures["memory-peers"].texts[0].get_text() and "(peers)" in figures["memory-peers"].texts[0].get_text()
     assert list(suite_plots(table1 + ci, "memory"))[:2] == ["memory", "flops"]  # one setting: plain names
     fig = headline_figure(table1 + peers)

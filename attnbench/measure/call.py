@@ -179,8 +179,8 @@ def check_feasible(module: AttentionMechanism, shape: ProblemShape, budget: Call
                          f"({budget.options.memory_fraction:g} of free memory, inputs subtracted)", metrics)
     rate, margin = budget.flops_per_s, budget.options.time_margin
     if rate and margin is not None and est.seconds_at(rate) > margin * budget.timeout_s:
-        share = f" ({est.matmul_share:.0%} of the matmul yardstick, the plugin's measured share)" if est.matmul_share else ""
-        raise Infeasible(f"estimated {est.seconds_at(rate):.0f} s at {rate * (est.matmul_share or 1) / 1e9:.0f} GFLOP/s"
+        share = f" ({100 * est.matmul_share:.3g} % of the matmul yardstick, the plugin's measured share)" if est.matmul_share else ""
+        raise Infeasible(f"estimated {est.seconds_at(rate):.0f} s at {rate * (est.matmul_share or 1) / 1e9:.3g} GFLOP/s"
                          f"{share} > {margin:g} x timeout {budget.timeout_s:g} s (too slow)", metrics)
 
 

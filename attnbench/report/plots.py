@@ -165,7 +165,9 @@ def scaling_plot(df: pd.DataFrame, axis: Axis, suite: str, machine_memory: Seque
     key = _scaling_key(df, axis)
     fig.suptitle(f"{suite}: {axis.title.lower()} vs input size (log-log) — {caption(df)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.0, 1, 0.97))
-    fig.legend(list(handles.values()) + key, list(handles) + [h.get_label() for h in key], fontsize=8,
+    # one entry per series: its fitted exponent in each panel, named by mode when there are several
+    texts = [_legend_text(name, fits, len(modes) > 1) for name, (_, fits) in handles.items()]
+    fig.legend([h for h, _ in handles.values()] + key, texts + [h.get_label() for h in key], fontsize=8,
                loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, max(1, len(handles) + len(key))),
                frameon=False)
     _not_plotted(fig, df, shown, y=-0.04 - 0.035 * ((len(handles) + len(key) + 3) // 4))
@@ -196,13 +198,21 @@ def _scaling_panel(ax: Any, sub: pd.DataFrame, axis: Axis, data_style: dict[Any,
             if ekeep.any():
                 (h,) = ax.plot(n[ekeep], est[ekeep], ls="--", color=c, lw=1.0, alpha=0.8, marker=mark, ms=5,
                                mfc="none")
-                if not keep.any():
-                    handles.setdefault(f"{label} (estimate only)", h)
+                if not keep.any() and label not in handles:
+                    handles.setdefault(f"{label} (estimate only)", (h, {}))
                 failed = ekeep & ~ok
                 ax.scatter(n[failed], est[failed], marker="x", color=c, s=50, zorder=3)
                 shown.update(rows["key"][ekeep])
                 drew = True
     return drew
+
+
+def _legend_text(name: str, fits: dict[str, float], by_mode: bool) -> str:
+    """``flash (n^0.99 fwd, n^1.01 fwd+bwd)``: a series' fitted exponents, one per panel."""
+    if not fits:
+        return name
+    parts = [f"n^{e:.2f}" + (f" {mode}" if by_mode else "") for mode, e in fits.items()]
+    return f"{name} ({', '.join(parts)})"
 
 
 def _draw_measured(ax: Any, rows: pd.DataFrame, label: str, axis: Axis, n: np.ndarray, measured: np.ndarray,
@@ -211,7 +221,7 @@ def _draw_measured(ax: Any, rows: pd.DataFrame, label: str, axis: Axis, n: np.nd
     """One series' measured points with its fitted exponent in the legend. A curve lying on one already
     in ``drawn`` is hollow and larger, and the legend says which, so that neither hides the other."""
     exponent = fit_exponent(n[keep], measured[keep])
-    tag = f"{label} (n^{exponent:.2f})" if exponent is not None else label
+    tag = label
     points = dict(zip(n[keep], measured[keep]))
     hidden = [other for other, pts in drawn.items() if set(points) <= set(pts)
               and all(abs(np.log(v / pts[x])) < 0.03 for x, v in points.items())]
@@ -224,7 +234,10 @@ def _draw_measured(ax: Any, rows: pd.DataFrame, label: str, axis: Axis, n: np.nd
                         elinewidth=1, **style)
     else:
         (h,) = ax.plot(n[keep], measured[keep], **style)
-    handles.setdefault(tag, h)
+    handles.pop(f"{label} (estimate only)", None)  # measured in another panel
+    _, fits = handles.setdefault(tag, (h, {}))
+    if exponent is not None:
+        fits[str(rows["mode"].iloc[0])] = exponent
     outside = keep & _outside_torch(rows, axis)
     if outside.any():  # the figure holds memory or FLOPs outside torch: ringed
         ax.scatter(n[outside], measured[outside], marker="o", s=140, facecolors="none",
