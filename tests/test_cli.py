@@ -118,8 +118,9 @@ def test_estimate_json_fits_the_budget_it_was_given(capsys: pytest.CaptureFixtur
     assert set(rows) == expected
     rate = wide["yardstick_flops_per_s"]
     for r in rows.values():
-        assert r["expected_time_s"] == pytest.approx(r["flops"] / rate)
+        assert r["expected_time_s"] == pytest.approx(r["flops"] / (rate * (r["matmul_share"] or 1.0)))
         assert r["memory_gib"] == pytest.approx(r["memory_bytes"] / 2**30)
+    assert rows["local"]["matmul_share"] == pytest.approx(0.015) and rows["full"]["matmul_share"] is None  # fwd+bwd
     # a budget between psal-3's and full's needs: psal-3 fits, full does not
     budget = (rows["psal-3"]["needed_bytes"] + rows["full"]["needed_bytes"]) // 2
     assert main([*args, "--budget", str(budget)]) == 0

@@ -92,7 +92,7 @@ def estimate_rows(specs: list[str], shape: Any, budget: int, rate: float) -> lis
                 memory_bytes=int(est.memory_bytes), input_bytes=input_bytes, needed_bytes=needed,
                 memory_gib=est.memory_bytes / GiB, needed_gib=needed / GiB,
                 flops=int(est.flops), gflop=est.flops / 1e9,
-                expected_time_s=est.seconds_at(rate) if rate > 0 else None,
+                expected_time_s=est.seconds_at(rate) if rate > 0 else None, matmul_share=est.matmul_share,
                 fits=needed <= budget,
             )
         rows.append(row)
