@@ -170,7 +170,7 @@ def check_feasible(module: AttentionMechanism, shape: ProblemShape, budget: Call
     """Raise Infeasible (keeping ``known``, the estimates) when the call cannot fit or cannot finish.
     The estimate is the one :func:`estimate_metrics` put in ``known`` (a plugin's estimate runs once
     per call); without it, the plugin is asked."""
-    est = _estimate(module, shape, known, prefix)
+    est = known_estimate(module, shape, known, prefix)
     metrics = {**(known or {}), f"{prefix}estimated_memory_bytes": int(est.memory_bytes),
                f"{prefix}estimated_flops": int(est.flops)}
     available = available_memory_bytes(budget.device) * budget.options.memory_fraction - input_bytes(shape)
@@ -178,14 +178,16 @@ def check_feasible(module: AttentionMechanism, shape: ProblemShape, budget: Call
         raise Infeasible(f"estimated {est.memory_bytes / GIB:.2f} GiB > {max(available, 0) / GIB:.2f} GiB available "
                          f"({budget.options.memory_fraction:g} of free memory, inputs subtracted)", metrics)
     rate, margin = budget.flops_per_s, budget.options.time_margin
-    if rate and margin is not None and est.seconds_at(rate) > margin * budget.timeout_s:
+    seconds = est.seconds_at(rate) if rate else 0.0
+    if margin is not None and seconds > margin * budget.timeout_s:
         share = f" ({100 * est.matmul_share:.3g} % of the matmul yardstick, the plugin's measured share)" if est.matmul_share else ""
-        raise Infeasible(f"estimated {est.seconds_at(rate):.0f} s at {rate * (est.matmul_share or 1) / 1e9:.3g} GFLOP/s"
+        raise Infeasible(f"estimated {seconds:.0f} s at {rate * (est.matmul_share or 1) / 1e9:.3g} GFLOP/s"
                          f"{share} > {margin:g} x timeout {budget.timeout_s:g} s (too slow)", metrics)
 
 
-def _estimate(module: AttentionMechanism, shape: ProblemShape, known: Optional[dict[str, Any]],
-              prefix: str) -> CostEstimate:
+def known_estimate(module: AttentionMechanism, shape: ProblemShape, known: Optional[dict[str, Any]],
+                   prefix: str = "") -> CostEstimate:
+    """The estimate :func:`estimate_metrics` put in ``known`` (else the plugin's, asked again)."""
     known = known or {}
     memory, flops = known.get(f"{prefix}estimated_memory_bytes"), known.get(f"{prefix}estimated_flops")
     if isinstance(memory, int) and isinstance(flops, int):
@@ -260,7 +262,7 @@ def flops_outside_torch(flops: FlopCount, call: AttentionCall, prefix: str = "",
     if flops.declared:
         out[f"{prefix}flops_declared"] = int(sum(flops.declared.values()))
         out[f"{prefix}flops_declared_by"] = dict(flops.declared)
-    estimated = int(_estimate(call.module, call.shape(), known, prefix).flops)
+    estimated = int(known_estimate(call.module, call.shape(), known, prefix).flops)
     if estimated > OUTSIDE_TORCH_MIN_FLOPS and flops.total < OUTSIDE_TORCH_SHORTFALL * estimated:
         key = (f"outside torch (estimate {estimated / 1e9:.3g} GFLOP, counted + declared "
                f"{flops.total / 1e9:.3g} GFLOP)")

@@ -18,7 +18,8 @@ import torch
 from ..cells import CellSpec
 from ..errors import Unsupported, UserError
 from ..interface import AttentionMechanism, ProblemShape, dtype_from_name
-from ..measure.call import AttentionCall, CallBudget, check_feasible, estimate_metrics, measure_call, oom_as_outcome
+from ..measure.call import (AttentionCall, CallBudget, check_feasible, estimate_metrics, known_estimate, measure_call,
+                            oom_as_outcome)
 from ..options import MEASURABLE, MeasureOptions
 from ..registry import mechanism
 
@@ -66,8 +67,8 @@ def run(spec: CellSpec) -> dict[str, Any]:
         call = make_call(module, spec, spec.size)
         warmup = None
         rate = budget.flops_per_s
-        seconds = rate and metrics["estimated_flops"] / (rate * metrics.get("estimated_matmul_share", 1.0))
-        if "time" in opts.metrics and seconds and seconds > 5.0 and spec.size >= 32:
+        if "time" in opts.metrics and rate and known_estimate(module, shape, metrics).seconds_at(rate) > 5.0 \
+                and spec.size >= 32:
             warmup = make_call(module, spec, spec.size // 2)  # same code path, a quarter of the work
     _, measured = measure_call(call, budget, known=metrics, warmup=warmup)
     metrics.update(measured)
