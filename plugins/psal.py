@@ -25,7 +25,7 @@ from attnbench.interface import AttentionMechanism, CostEstimate, ProblemShape
 from . import psal_contract as contract
 from . import psal_ops
 from . import psal_pyramid as pyramid
-from .psal_cost import expected_evaluations, expected_pyramid_evaluations
+from .psal_cost import expected_evaluations, expected_pyramid_evaluations, expected_pyramid_flops
 
 #: Matches the search keeps per query when ``search_k`` is not given: ``max(k, DEFAULT_SEARCH_K)``.
 #: A one-entry heap converges slowly on large images. PSAL-1 reconstructing the 512^2 video pair
@@ -36,18 +36,23 @@ from .psal_cost import expected_evaluations, expected_pyramid_evaluations
 #: ``attnbench run search --preset video-pair [--seed N]`` re-measures it.
 DEFAULT_SEARCH_K = 2
 
-#: init=pyramid defaults: coarse levels searched before the full size, and the pooling factor per level.
-#: What they give (MSE ratio to the exact 1-NN, PSAL-1, video pair, queries img2; rows every 8th at
-#: 512 px; deterministic, one run each, 2026-12-06): a large shift is found at once
-#: (tests/test_psal_kernel.py: 100 % vs 8 % right after 2 iterations), and the first iterations
-#: gain (256 px, search_k 2, 2 iterations: 1.21 vs 1.81; 512 px, search_k 4, 3 iterations: 1.24
-#: vs 1.44), but from 5 iterations on the field stays above the random start's (256 px search_k 4,
-#: 10 iterations: 1.039 vs 1.022; 512 px: 1.097 vs 1.061; 3 levels: 1.092; search_k 6: 1.104 vs
-#: 1.054 at 7), at about the same evaluations per query. The embedded stereo pair, 256 px, search_k
-#: 4: 1.099 vs 1.693 at 3 iterations, 1.074 vs 1.041 at 5, 1.044 vs 1.021 at 10. So init stays
-#: "random" by default.
-DEFAULT_PYRAMID_LEVELS = 2
+#: init=pyramid defaults: coarse levels searched before the full size, the pooling factor per
+#: level, the coarse heap's width per full-size heap entry and the coarse iterations. Measured
+#: (MSE ratio to the exact 1-NN, PSAL-1 search_k 4 then 4 full-size iterations, video pair, queries
+#: img2, rows every 8th at 512 px; one run each, 2026-12-07): one level with a coarse 3 x 3 patch,
+#: a coarse heap of 8 and 10 coarse iterations reaches 1.051 (572 evaluations per query); 5 coarse
+#: iterations 1.065, a heap of 4 1.095, of 12 1.040 (714), two levels (128 then 256 px) 1.078; the
+#: coarse patch p = 7 instead of 3 1.18 after 3 iterations against 1.11. Random start, search_k 4:
+#: 1.061 after 10 iterations (673 evaluations), 1.052 after 15 (869). The coarse heap's entries all
+#: seed the full-size heap: passing its best 4 of 8 gave 1.058 against 1.051.
+DEFAULT_PYRAMID_LEVELS = 1
 DEFAULT_PYRAMID_SCALE = 2
+DEFAULT_PYRAMID_WIDTH_FACTOR = 2
+DEFAULT_PYRAMID_ITERATIONS = 10
+#: a coarse heap's best search_k + PYRAMID_SEED_EXTRA entries seed the finer heap: the seed field
+#: is held during the full-size search, and all 2 x 3 of PSAL-3's would put its peak at 512 px 11 %
+#: above the random start's (the best 6 of 8 gave 1.051 above, as all 8)
+PYRAMID_SEED_EXTRA = 2
 
 
 def _check_positive_int(name: str, value: Any, minimum: int) -> int:
@@ -137,6 +142,8 @@ class PSAL(AttentionMechanism):
         init: str = pyramid.INIT_RANDOM,
         pyramid_levels: int = DEFAULT_PYRAMID_LEVELS,
         pyramid_scale: int = DEFAULT_PYRAMID_SCALE,
+        pyramid_search_k: Optional[int] = None,
+        pyramid_iterations: int = DEFAULT_PYRAMID_ITERATIONS,
         **params: Any,
     ):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
@@ -164,6 +171,10 @@ class PSAL(AttentionMechanism):
         #: init=pyramid: coarse levels (pooled by pyramid_scale ** level) searched before the full size
         self.pyramid_levels = _check_positive_int("pyramid_levels", pyramid_levels, 1)
         self.pyramid_scale = _check_positive_int("pyramid_scale", pyramid_scale, 2)
+        #: init=pyramid: the coarse levels' heap (every entry seeds the finer heap) and iterations
+        self.pyramid_search_k = (DEFAULT_PYRAMID_WIDTH_FACTOR * self.search_k if pyramid_search_k is None
+                                 else _check_positive_int("pyramid_search_k", pyramid_search_k, 1))
+        self.pyramid_iterations = _check_positive_int("pyramid_iterations", pyramid_iterations, 0)
         # PSAL-1 without aggregation has one weight of 1 per query: no gradient reaches q or k.
         self.differentiable_wrt = ("v",) if (self.k_nn == 1 and not aggregation) else ("q", "k", "v")
         #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
@@ -202,7 +213,8 @@ class PSAL(AttentionMechanism):
             "schedule": self.schedule,
             "search_k": self.search_k,
             "init": self.init,
-            **({"pyramid_levels": self.pyramid_levels, "pyramid_scale": self.pyramid_scale}
+            **({"pyramid_levels": self.pyramid_levels, "pyramid_scale": self.pyramid_scale,
+                "pyramid_search_k": self.pyramid_search_k, "pyramid_iterations": self.pyramid_iterations}
                if self.init == pyramid.INIT_PYRAMID else {}),
             "backend": self.backend,
         }
@@ -232,17 +244,23 @@ class PSAL(AttentionMechanism):
         q, k = q.detach(), k.detach()
         if self.init == pyramid.INIT_PYRAMID:
             idx, evaluations = pyramid.coarse_to_fine(self._search_op, q, k, key_mask, valid, self.patch_size, width,
-                                                      self.pyramid_levels, self.pyramid_scale)
+                                                      self.iterations, self.pyramid_plan)
         else:
-            idx, evaluations = self._search_op(q, k, valid, width, init_nnf)
+            idx, evaluations = self._search_op(q, k, valid, self.patch_size, width, self.iterations, init_nnf)
         self.last_evaluations = evaluations
         return idx if width == self.k_nn else idx[..., : self.k_nn].contiguous()
 
-    def _search_op(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, width: int,
-                   init: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def pyramid_plan(self) -> pyramid.Pyramid:
+        """The coarse levels of init=pyramid (psal_pyramid)."""
+        return pyramid.Pyramid(self.pyramid_levels, self.pyramid_scale, self.pyramid_search_k, self.pyramid_iterations,
+                               min(self.pyramid_search_k, self.search_k + PYRAMID_SEED_EXTRA))
+
+    def _search_op(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, patch_size: int, width: int,
+                   iterations: int, init: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One call of the search op with this layer's settings (every pyramid level is one)."""
         return torch.ops.attnbench.psal_search(
-            q, k, valid, self.patch_size, width, self.iterations, self.similarity == "dot", self.seed,
+            q, k, valid, patch_size, width, iterations, self.similarity == "dot", self.seed,
             contract.SCHEDULES[self.schedule], self.backend == contract.BACKEND_REFERENCE, init,
         )
 
@@ -274,15 +292,19 @@ class PSAL(AttentionMechanism):
             memory = contract.native_memory(shape, self.k_nn, width, self.iterations, contract.SCHEDULES[self.schedule],
                                             self.with_similarity)
         if self.init == pyramid.INIT_PYRAMID:
+            plan = self.pyramid_plan
             evals = expected_pyramid_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width,
-                                                 self.iterations, self.pyramid_levels, self.pyramid_scale)
+                                                 self.iterations, plan)
+            flops = expected_pyramid_flops(shape.batch, shape.query_hw, shape.key_hw, shape.channels,
+                                           shape.patch_size, width, self.iterations, plan)
             if self.backend != contract.BACKEND_REFERENCE:
-                memory = max(memory, contract.native_pyramid_memory(shape, self.k_nn, width, self.iterations,
-                                                                    contract.SCHEDULES[self.schedule],
-                                                                    self.with_similarity, self.pyramid_scale))
+                memory = max(memory, contract.native_pyramid_memory(
+                    shape, self.k_nn, width, self.iterations, contract.SCHEDULES[self.schedule], self.with_similarity,
+                    plan.scale, plan.coarse_width, plan.coarse_iterations, plan.seed_width,
+                    pyramid.level_patch_size(shape.patch_size, plan.scale)))
         else:
             evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
-        flops = contract.search_flops(shape.batch * evals, shape.channels, shape.patch_size)
+            flops = contract.search_flops(shape.batch * evals, shape.channels, shape.patch_size)
         flops += contract.matched_attention_flops(shape, self.k_nn, self.aggregation, self.with_similarity)
         return CostEstimate(
             memory_bytes=int(memory),

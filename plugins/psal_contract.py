@@ -188,24 +188,27 @@ FIELD_BYTES = 4
 
 
 def native_pyramid_memory(shape: ProblemShape, k_nn: int, width: int, iterations: int, schedule: int,
-                          with_similarity: bool, scale: int) -> int:
+                          with_similarity: bool, scale: int, coarse_width: int, coarse_iterations: int,
+                          seed_width: int, coarse_patch: int) -> int:
     """Peak bytes of an init=pyramid call on the native kernels (psal_pyramid.coarse_to_fine).
 
-    The full-size search holds the int32 initial field (and the coarse levels' evaluation
-    counts) besides its own memory; building that
-    field from the first coarse level holds about four field-sized int32 temporaries (gathered
-    offsets, centres, the index copy of the matchable test); the first coarse level's search
-    holds its pooled inputs. Coarser levels are smaller still."""
-    field = shape.batch * shape.n_queries * width * FIELD_BYTES
+    The full-size search holds the int32 initial field (``seed_width`` entries per query, and
+    the coarse levels' evaluation counts) besides its own memory; building that field from the
+    first coarse level holds about four field-sized int32 temporaries (gathered offsets, centres,
+    the index copy of the matchable test); the first coarse level's search (``coarse_patch``,
+    ``coarse_width``) holds its pooled inputs and the field of the level below. Coarser levels
+    are smaller still."""
+    field = shape.batch * shape.n_queries * seed_width * FIELD_BYTES
     full = native_memory(shape, k_nn, width, iterations, schedule, with_similarity)
     search = native_search_memory(shape, width, iterations, schedule) + field + 2 * shape.batch * 8
     upsample = 4 * field + shape.batch * shape.n_keys
     coarse_shape = ProblemShape(shape.batch, shape.channels, shape.value_channels,
                                 (shape.query_hw[0] // scale, shape.query_hw[1] // scale),
-                                (shape.key_hw[0] // scale, shape.key_hw[1] // scale), shape.patch_size,
+                                (shape.key_hw[0] // scale, shape.key_hw[1] // scale), coarse_patch,
                                 shape.dtype_bytes, shape.mode)
     pooled = shape.batch * shape.channels * (coarse_shape.n_queries + coarse_shape.n_keys) * shape.dtype_bytes
-    coarse = native_search_memory(coarse_shape, width, iterations, schedule) + pooled + coarse_shape.batch * coarse_shape.n_queries * width * FIELD_BYTES
+    coarse = (native_search_memory(coarse_shape, coarse_width, coarse_iterations, schedule) + pooled
+              + coarse_shape.batch * coarse_shape.n_queries * seed_width * FIELD_BYTES)
     return max(full, search, upsample, coarse)
 
 

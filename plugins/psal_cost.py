@@ -17,6 +17,7 @@ inputs, Jacobi +6-8 %; the wavefront schedule, whose entries of this iteration a
 from __future__ import annotations
 
 from .psal_contract import PROPAGATION_STEPS, search_flops, search_levels
+from .psal_pyramid import Pyramid, coarse_levels
 
 
 def expected_evaluations(
@@ -55,19 +56,35 @@ def search_flops_estimate(batch: int, query_hw: tuple[int, int], key_hw: tuple[i
     return search_flops(batch * evals, channels, patch_size)
 
 
-def expected_pyramid_evaluations(
-    query_hw: tuple[int, int], key_hw: tuple[int, int], patch_size: int, k_nn: int, iterations: int, levels: int,
-    scale: int,
-) -> float:
-    """Expected evaluations of an init=pyramid search (psal_pyramid): every coarse level's search,
-    each started from the coarser level's field (k entries per query), plus the full-size one."""
-    from .psal_pyramid import coarse_levels
-
-    plan = coarse_levels(query_hw, key_hw, patch_size, levels, scale)
-    total, given = 0.0, 0
+def expected_pyramid_levels(
+    query_hw: tuple[int, int], key_hw: tuple[int, int], patch_size: int, k_nn: int, iterations: int,
+    pyramid: Pyramid,
+) -> list[tuple[int, float]]:
+    """(patch size, expected evaluations) of every search of an init=pyramid call (psal_pyramid),
+    coarsest first: each coarse level's search with the pyramid's width and iterations, started
+    from the coarser level's seed field (``seed_width`` entries per query), then the full-size one."""
+    plan = coarse_levels(query_hw, key_hw, patch_size, pyramid.levels, pyramid.scale)
+    out, given = [], 0
     for level in reversed(plan):
-        grid = (level.key_hw[0] - patch_size + 1) * (level.key_hw[1] - patch_size + 1)
-        width = min(k_nn, grid)
-        total += expected_evaluations(level.query_hw, level.key_hw, patch_size, width, iterations, given)
-        given = width
-    return total + expected_evaluations(query_hw, key_hw, patch_size, k_nn, iterations, given)
+        grid = (level.key_hw[0] - level.patch_size + 1) * (level.key_hw[1] - level.patch_size + 1)
+        width = min(pyramid.coarse_width, grid)
+        out.append((level.patch_size, expected_evaluations(level.query_hw, level.key_hw, level.patch_size, width,
+                                                           pyramid.coarse_iterations, given)))
+        given = min(width, pyramid.seed_width)
+    out.append((patch_size, expected_evaluations(query_hw, key_hw, patch_size, k_nn, iterations, given)))
+    return out
+
+
+def expected_pyramid_evaluations(
+    query_hw: tuple[int, int], key_hw: tuple[int, int], patch_size: int, k_nn: int, iterations: int,
+    pyramid: Pyramid,
+) -> float:
+    """Expected evaluations of an init=pyramid search, every level's (what the kernels count)."""
+    return sum(evals for _, evals in expected_pyramid_levels(query_hw, key_hw, patch_size, k_nn, iterations, pyramid))
+
+
+def expected_pyramid_flops(batch: int, query_hw: tuple[int, int], key_hw: tuple[int, int], channels: int,
+                           patch_size: int, k_nn: int, iterations: int, pyramid: Pyramid) -> int:
+    """FLOPs of an init=pyramid search: each level's evaluations at its own patch size."""
+    return sum(search_flops(batch * evals, channels, p)
+               for p, evals in expected_pyramid_levels(query_hw, key_hw, patch_size, k_nn, iterations, pyramid))

@@ -2,10 +2,17 @@
 
 Why: a random initial field propagates slowly across large displacements (a good match travels
 at most 15 px per Jacobi iteration), so on large images the full-size search needs many
-iterations. Searching the query and key images average-pooled by ``scale ** level`` first (the
-same patch size on the small maps), and starting each finer level from the coarser level's
-matches (offsets scaled, clamped to the key border), gives the full-size search a field that is
-already roughly right; the usual iterations then refine it.
+iterations. Searching the query and key images average-pooled by ``scale ** level`` first, and
+starting each finer level from the coarser level's matches (offsets scaled, clamped to the key
+border), gives the full-size search a field that is already roughly right; the usual iterations
+then refine it.
+
+What makes the coarse levels pay (measured on the video pair and the embedded stereo pair,
+docs/results.md): a coarse level searches patches of about the same image area as the full-size
+patch (:func:`level_patch_size`: 3 x 3 on maps pooled by 2 for p = 7; p itself on the pooled maps
+matched 4x the area and its field stalled above the random start's), keeps a wider heap than the
+full size (``coarse_width``: the finer level starts from every entry, so it sees more hypotheses)
+and runs its own iteration count; an iteration there costs a quarter of a full-size one.
 
 Why here, in Python: every level is one call of the ``psal_search`` op with its ``init`` field
 (psal.h "it = 0"), so the native CPU kernel, the CUDA kernels and the PyTorch reference share this
@@ -27,32 +34,59 @@ INIT_RANDOM = "random"
 INIT_PYRAMID = "pyramid"
 INITS = (INIT_RANDOM, INIT_PYRAMID)
 
-#: a search at one level: (q, k, valid, width, init or None) -> (idx (B, H, W, width) int64, n_evals (B,))
-SearchAt = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, Optional[torch.Tensor]],
+#: a search at one level: (q, k, valid, patch_size, width, iterations, init or None)
+#: -> (idx (B, H, W, width) int64, n_evals (B,))
+SearchAt = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int, Optional[torch.Tensor]],
                     tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class Level:
-    """One coarse level: pooling factor and the pooled query and key sizes."""
+    """One level: pooling factor, the pooled query and key sizes and the patch searched there."""
 
     factor: int
     query_hw: tuple[int, int]
     key_hw: tuple[int, int]
+    patch_size: int
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """What the coarse levels do: how many, the pooling factor per level, their heap width, their
+    iteration count (the full-size search keeps the layer's own) and how many of a coarse heap's
+    best entries seed each finer query (the seed field is what the finer search holds besides its
+    own memory)."""
+
+    levels: int
+    scale: int
+    coarse_width: int
+    coarse_iterations: int
+    seed_width: int
+
+
+def level_patch_size(patch_size: int, factor: int) -> int:
+    """The patch searched on maps pooled by ``factor``: the largest odd size covering at most the
+    full-size patch's area (patch_size / factor), at least 3 (patch_size itself when smaller), so
+    that a coarse cost ranks what the full-size cost ranks, blurred."""
+    if factor == 1 or patch_size <= 3:
+        return patch_size
+    fits = patch_size // factor
+    return max(3, fits if fits % 2 == 1 else fits - 1)
 
 
 def coarse_levels(query_hw: tuple[int, int], key_hw: tuple[int, int], patch_size: int, levels: int,
                   scale: int) -> list[Level]:
     """The coarse levels searched, finest first: factor scale**l for l = 1..levels, stopping before
-    a level whose key image is smaller than a patch or whose query image is empty (such a level
+    a level whose key image is smaller than its patch or whose query image is empty (such a level
     has nothing to match, so fewer levels run; the full-size search always runs)."""
     out = []
     for level in range(1, levels + 1):
         f = scale**level
+        p = level_patch_size(patch_size, f)
         q_hw, k_hw = (query_hw[0] // f, query_hw[1] // f), (key_hw[0] // f, key_hw[1] // f)
-        if min(q_hw) < 1 or min(k_hw) < patch_size:
+        if min(q_hw) < 1 or min(k_hw) < p:
             break
-        out.append(Level(f, q_hw, k_hw))
+        out.append(Level(f, q_hw, k_hw, p))
     return out
 
 
@@ -75,8 +109,9 @@ def upsample_field(idx: torch.Tensor, coarse_key_w: int, query_hw: tuple[int, in
 
     Query (y, x) takes the matches of its coarse parent (y // scale, x // scale) (the last coarse
     row/column for the rows/columns pooling dropped), each offset scaled: centre
-    (y + scale * (jy - yc), x + scale * (jx - xc)), clamped into the key border; a centre that is
-    not matchable (the hole) becomes -1, which the search skips (psal.h: no entry)."""
+    (y + scale * (jy - yc), x + scale * (jx - xc)), clamped into the finer level's key border
+    (``patch_size``: that level's patch); a centre that is not matchable (the hole) becomes -1,
+    which the search skips (psal.h: no entry)."""
     B, hc, wc, K = idx.shape
     hq, wq = query_hw
     hk, wk = key_hw
@@ -99,27 +134,31 @@ def upsample_field(idx: torch.Tensor, coarse_key_w: int, query_hw: tuple[int, in
 
 
 def coarse_to_fine(search: SearchAt, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
-                   valid: torch.Tensor, patch_size: int, width: int, levels: int,
-                   scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   valid: torch.Tensor, patch_size: int, width: int, iterations: int,
+                   pyramid: Pyramid) -> tuple[torch.Tensor, torch.Tensor]:
     """The full-size search started from the coarse levels' matches -> (idx, n_evals summed over
-    every level's search: each evaluation costs one p x p x C patch, at any level)."""
+    every level's search; a coarse evaluation costs one patch of that level's size, see
+    ``psal_cost.expected_pyramid_flops``)."""
     B = q.shape[0]
-    plan = coarse_levels(tuple(q.shape[2:]), tuple(k.shape[2:]), patch_size, levels, scale)
+    full = Level(1, tuple(q.shape[2:]), tuple(k.shape[2:]), patch_size)
+    plan = coarse_levels(full.query_hw, full.key_hw, patch_size, pyramid.levels, pyramid.scale)
     init: Optional[torch.Tensor] = None
     total = torch.zeros(B, dtype=torch.long, device=q.device)
     for depth in range(len(plan) - 1, -1, -1):  # coarsest first
         level = plan[depth]
-        valid_l = matchable_map(level.key_hw, patch_size, pool_mask(key_mask, level.factor), B, q.device)
+        valid_l = matchable_map(level.key_hw, level.patch_size, pool_mask(key_mask, level.factor), B, q.device)
         fewest = int(valid_l.flatten(1).sum(1).min())
         if fewest < 1:  # the hole covers this level: start the next one from random
             init = None
             continue
-        idx, evals = search(pool(q, level.factor), pool(k, level.factor), valid_l, min(width, fewest), init)
+        idx, evals = search(pool(q, level.factor), pool(k, level.factor), valid_l, level.patch_size,
+                            min(pyramid.coarse_width, fewest), pyramid.coarse_iterations, init)
         total += evals
-        finer = plan[depth - 1] if depth > 0 else Level(1, tuple(q.shape[2:]), tuple(k.shape[2:]))
-        finer_valid = valid if depth == 0 else matchable_map(finer.key_hw, patch_size,
+        finer = plan[depth - 1] if depth > 0 else full
+        finer_valid = valid if depth == 0 else matchable_map(finer.key_hw, finer.patch_size,
                                                              pool_mask(key_mask, finer.factor), B, q.device)
-        init = upsample_field(idx, level.key_hw[1], finer.query_hw, finer.key_hw, scale, patch_size, finer_valid)
+        init = upsample_field(idx[..., : pyramid.seed_width], level.key_hw[1], finer.query_hw, finer.key_hw, pyramid.scale, finer.patch_size,
+                              finer_valid)
         del idx, valid_l, finer_valid  # only the field stays alive during the finer search
-    idx, evals = search(q, k, valid, width, init)
+    idx, evals = search(q, k, valid, patch_size, width, iterations, init)
     return idx, total + evals

@@ -299,6 +299,17 @@ def test_search_from_a_given_field_matches_cpu_exactly(kern: Kernels, case, sche
     assert not torch.equal(plain, idx_g)  # the field was read
 
 
+def test_pyramid_search_matches_cpu_exactly(kern: Kernels) -> None:
+    # init=pyramid is shared Python over the search op: each level (its own patch, heap width and
+    # iterations, seeded by the coarser level's best entries) on the CUDA kernels = on the CPU one
+    from attnbench_plugins.psal_checks import PYRAMID_CASES, _same_pyramids
+
+    def cuda_search(q, k, valid, p, K, iters, dot, seed, schedule, init):  # type: ignore[no-untyped-def]
+        return kern.search(q, k, valid, p, K, iters, dot, seed, schedule, init)
+
+    assert _same_pyramids(kern.mod.psal_search_cpu, cuda_search).startswith(f"{len(PYRAMID_CASES)} cases")
+
+
 @pytest.mark.parametrize("p", list(range(1, 24, 2)))
 def test_every_odd_patch_size(kern: Kernels, p: int) -> None:
     """p = 1..23 all run (the original CUDA code silently did nothing for p = 13)."""

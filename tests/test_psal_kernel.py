@@ -320,7 +320,7 @@ def test_pyramid_native_equals_reference_exactly(ext, monkeypatch, case):
     q, k = (t * scale ** (2 * levels) for t in _int_images(B, C, *q_hw, *k_hw, seed=sum(q_hw), dtype=torch.float64))
     mask = _check_hole(B, *k_hw) if masked else None
     kw = dict(patch_size=p, search_k=width, iterations=iters, init="pyramid", pyramid_levels=levels,
-              pyramid_scale=scale, schedule=schedule, seed=3)
+              pyramid_scale=scale, pyramid_iterations=iters + 1, schedule=schedule, seed=3)
     idx_n, ev_n, idx_r, ev_r = _pyramid_pair(kw, q, k, mask, monkeypatch)
     assert torch.equal(idx_n, idx_r) and torch.equal(ev_n, ev_r)
     flat = reference.matchable_map(k_hw, p, mask, B, q.device).flatten(1)
@@ -333,7 +333,8 @@ def test_pyramid_native_equals_reference_exactly(ext, monkeypatch, case):
 
 def test_pyramid_finds_a_large_shift_in_fewer_iterations(ext):
     # A 40 px shift on a 160 px image: a random start with two iterations leaves most queries far
-    # off (8 % right); the coarse levels bring the field there first (100 %), for fewer evaluations.
+    # off (8 % right); the coarse levels (as many iterations, as wide a heap) bring the field there
+    # first (100 %), for fewer evaluations.
     from attnbench.registry import mechanism
 
     g = torch.Generator().manual_seed(0)
@@ -343,7 +344,8 @@ def test_pyramid_finds_a_large_shift_in_fewer_iterations(ext):
     inside = (ys >= 43) & (xs >= 39) & (ys < 157) & (xs < 157)
 
     def correct(init):
-        layer = mechanism("psal-1", init=init, iterations=2, patch_size=5, search_k=2)
+        coarse = dict(pyramid_levels=2, pyramid_iterations=2, pyramid_search_k=2) if init == "pyramid" else {}
+        layer = mechanism("psal-1", init=init, iterations=2, patch_size=5, search_k=2, **coarse)
         idx = layer.search(q, k)[0, ..., 0]
         return ((idx // 160 == ys - 40) & (idx % 160 == xs - 36))[inside].float().mean().item(), layer.last_evaluations
 
@@ -360,8 +362,37 @@ def test_evaluation_model_covers_the_pyramid(ext):
         q, k = torch.rand(1, 4, size, size, generator=g), torch.rand(1, 4, size, size, generator=g)
         layer = mechanism(f"psal-{k_nn}", search_k=k_nn, init="pyramid", pyramid_levels=2)
         layer.search(q, k)
-        model = expected_pyramid_evaluations((size, size), (size, size), 7, k_nn, 5, 2, 2)
+        model = expected_pyramid_evaluations((size, size), (size, size), 7, k_nn, 5, layer.pyramid_plan)
         assert abs(int(layer.last_evaluations) / model - 1) < 0.10
+
+
+def test_coarse_levels_search_patches_of_the_full_patch_area():
+    from attnbench_plugins.psal_pyramid import coarse_levels, level_patch_size
+
+    # 7 px on maps pooled by 2 covers 14 px: 3 x 3 there covers 6 (never more than the full patch)
+    assert [level_patch_size(7, f) for f in (1, 2, 4)] == [7, 3, 3]
+    assert [level_patch_size(p, 2) for p in (1, 3, 5, 9, 11, 15)] == [1, 3, 3, 3, 5, 7]
+    # a level is dropped once its key map is smaller than its own patch
+    assert [(lv.factor, lv.patch_size) for lv in coarse_levels((40, 40), (40, 40), 7, 5, 2)] == [(2, 3), (4, 3), (8, 3)]
+
+
+def test_pyramid_flops_count_each_level_at_its_own_patch(ext):
+    # the FLOP counter counts every level's op call with that call's patch, and the estimate
+    # (expected_pyramid_flops) does the same: both below the evaluations priced at the full patch
+    from attnbench.registry import mechanism
+    from attnbench_plugins.psal_contract import search_flops
+    from attnbench_plugins.psal_cost import expected_pyramid_flops
+
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.rand(1, 4, 96, 96, generator=g), torch.rand(1, 4, 96, 96, generator=g)
+    layer = mechanism("psal-1", search_k=2, init="pyramid", iterations=5)
+    with FlopCounterMode(display=False) as counter:
+        layer.search(q, k)
+    counted = counter.get_total_flops()
+    at_full_patch = search_flops(int(layer.last_evaluations), 4, 7)
+    estimated = expected_pyramid_flops(1, (96, 96), (96, 96), 4, 7, 2, 5, layer.pyramid_plan)
+    assert counted < 0.9 * at_full_patch
+    assert abs(estimated / counted - 1) < 0.15
 
 
 def test_fake_flop_formula_counts_the_given_entries():
