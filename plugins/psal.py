@@ -44,7 +44,10 @@ DEFAULT_SEARCH_K = 2
 #: iterations 1.065, a heap of 4 1.095, of 12 1.040 (714), two levels (128 then 256 px) 1.078; the
 #: coarse patch p = 7 instead of 3 1.18 after 3 iterations against 1.11. Random start, search_k 4:
 #: 1.061 after 10 iterations (673 evaluations), 1.052 after 15 (869). The coarse heap's entries all
-#: seed the full-size heap: passing its best 4 of 8 gave 1.058 against 1.051.
+#: seed the full-size heap: passing its best 4 of 8 gave 1.058 against 1.051. The coarse level runs
+#: Jacobi (``pyramid_schedule``): the wavefront there gave 1.061 (both levels) against 1.051; the
+#: full size may run either (``schedule``): after 15 coarse iterations the wavefront reaches 1.044
+#: in 3 full-size iterations (613 evaluations per query), Jacobi 1.046 in 4 (663).
 DEFAULT_PYRAMID_LEVELS = 1
 DEFAULT_PYRAMID_SCALE = 2
 DEFAULT_PYRAMID_WIDTH_FACTOR = 2
@@ -144,6 +147,7 @@ class PSAL(AttentionMechanism):
         pyramid_scale: int = DEFAULT_PYRAMID_SCALE,
         pyramid_search_k: Optional[int] = None,
         pyramid_iterations: int = DEFAULT_PYRAMID_ITERATIONS,
+        pyramid_schedule: Optional[str] = None,
         **params: Any,
     ):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
@@ -175,6 +179,13 @@ class PSAL(AttentionMechanism):
         self.pyramid_search_k = (DEFAULT_PYRAMID_WIDTH_FACTOR * self.search_k if pyramid_search_k is None
                                  else _check_positive_int("pyramid_search_k", pyramid_search_k, 1))
         self.pyramid_iterations = _check_positive_int("pyramid_iterations", pyramid_iterations, 0)
+        if pyramid_schedule is None:
+            pyramid_schedule = contract.schedule_name(contract.SCHEDULE_DEFAULT)
+        if pyramid_schedule not in contract.SCHEDULES:
+            raise UnsupportedRequest(f"pyramid_schedule must be one of {', '.join(contract.SCHEDULES)}, "
+                                     f"got {pyramid_schedule!r}")
+        #: init=pyramid: the coarse levels' schedule (the full size runs ``schedule``)
+        self.pyramid_schedule = pyramid_schedule
         # PSAL-1 without aggregation has one weight of 1 per query: no gradient reaches q or k.
         self.differentiable_wrt = ("v",) if (self.k_nn == 1 and not aggregation) else ("q", "k", "v")
         #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
@@ -214,7 +225,8 @@ class PSAL(AttentionMechanism):
             "search_k": self.search_k,
             "init": self.init,
             **({"pyramid_levels": self.pyramid_levels, "pyramid_scale": self.pyramid_scale,
-                "pyramid_search_k": self.pyramid_search_k, "pyramid_iterations": self.pyramid_iterations}
+                "pyramid_search_k": self.pyramid_search_k, "pyramid_iterations": self.pyramid_iterations,
+                "pyramid_schedule": self.pyramid_schedule}
                if self.init == pyramid.INIT_PYRAMID else {}),
             "backend": self.backend,
         }
@@ -244,9 +256,11 @@ class PSAL(AttentionMechanism):
         q, k = q.detach(), k.detach()
         if self.init == pyramid.INIT_PYRAMID:
             idx, evaluations = pyramid.coarse_to_fine(self._search_op, q, k, key_mask, valid, self.patch_size, width,
-                                                      self.iterations, self.pyramid_plan)
+                                                      self.iterations, contract.SCHEDULES[self.schedule],
+                                                      self.pyramid_plan)
         else:
-            idx, evaluations = self._search_op(q, k, valid, self.patch_size, width, self.iterations, init_nnf)
+            idx, evaluations = self._search_op(q, k, valid, self.patch_size, width, self.iterations,
+                                               contract.SCHEDULES[self.schedule], init_nnf)
         self.last_evaluations = evaluations
         return idx if width == self.k_nn else idx[..., : self.k_nn].contiguous()
 
@@ -254,14 +268,15 @@ class PSAL(AttentionMechanism):
     def pyramid_plan(self) -> pyramid.Pyramid:
         """The coarse levels of init=pyramid (psal_pyramid)."""
         return pyramid.Pyramid(self.pyramid_levels, self.pyramid_scale, self.pyramid_search_k, self.pyramid_iterations,
-                               min(self.pyramid_search_k, self.search_k + PYRAMID_SEED_EXTRA))
+                               min(self.pyramid_search_k, self.search_k + PYRAMID_SEED_EXTRA),
+                               contract.SCHEDULES[self.pyramid_schedule])
 
     def _search_op(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, patch_size: int, width: int,
-                   iterations: int, init: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                   iterations: int, schedule: int, init: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """One call of the search op with this layer's settings (every pyramid level is one)."""
         return torch.ops.attnbench.psal_search(
             q, k, valid, patch_size, width, iterations, self.similarity == "dot", self.seed,
-            contract.SCHEDULES[self.schedule], self.backend == contract.BACKEND_REFERENCE, init,
+            schedule, self.backend == contract.BACKEND_REFERENCE, init,
         )
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
@@ -300,7 +315,7 @@ class PSAL(AttentionMechanism):
             if self.backend != contract.BACKEND_REFERENCE:
                 memory = max(memory, contract.native_pyramid_memory(
                     shape, self.k_nn, width, self.iterations, contract.SCHEDULES[self.schedule], self.with_similarity,
-                    plan.scale, plan.coarse_width, plan.coarse_iterations, plan.seed_width,
+                    plan.scale, plan.coarse_width, plan.coarse_iterations, plan.coarse_schedule, plan.seed_width,
                     pyramid.level_patch_size(shape.patch_size, plan.scale)))
         else:
             evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)

@@ -79,12 +79,14 @@ def _same_pyramids(first: SearchFn, second: SearchFn) -> str:
         valid = psal_contract.matchable_map((hk, wk), p, mask, B, q.device)
         results = []
         for fn in (first, second):
-            def at_level(qq, kk, vv, patch, width, its, init, fn=fn):  # type: ignore[no-untyped-def]
-                return fn(qq, kk, vv, patch, width, its, False, 1234, 0, init)
+            def at_level(qq, kk, vv, patch, width, its, schedule, init, fn=fn):  # type: ignore[no-untyped-def]
+                return fn(qq, kk, vv, patch, width, its, False, 1234, schedule, init)
 
-            # a coarse heap twice as wide, its best K + 1 seeding the finer one, one more coarse iteration
-            plan = psal_pyramid.Pyramid(levels, scale, 2 * K, iters + 1, K + 1)
-            results.append([t.cpu() for t in psal_pyramid.coarse_to_fine(at_level, q, k, mask, valid, p, K, iters, plan)])
+            # a coarse heap twice as wide, its best K + 1 seeding the finer one, one more coarse
+            # iteration; Jacobi on the coarse levels, the wavefront at full size
+            plan = psal_pyramid.Pyramid(levels, scale, 2 * K, iters + 1, K + 1, psal_contract.SCHEDULE_JACOBI)
+            results.append([t.cpu() for t in psal_pyramid.coarse_to_fine(
+                at_level, q, k, mask, valid, p, K, iters, psal_contract.SCHEDULE_WAVEFRONT, plan)])
         (idx_a, ev_a), (idx_b, ev_b) = results
         if not (torch.equal(idx_a, idx_b) and torch.equal(ev_a, ev_b)):
             raise AssertionError(f"p={p} K={K} levels {levels} scale {scale}: {(idx_a != idx_b).sum().item()} matches "

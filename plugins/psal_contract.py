@@ -189,7 +189,7 @@ FIELD_BYTES = 4
 
 def native_pyramid_memory(shape: ProblemShape, k_nn: int, width: int, iterations: int, schedule: int,
                           with_similarity: bool, scale: int, coarse_width: int, coarse_iterations: int,
-                          seed_width: int, coarse_patch: int) -> int:
+                          coarse_schedule: int, seed_width: int, coarse_patch: int) -> int:
     """Peak bytes of an init=pyramid call on the native kernels (psal_pyramid.coarse_to_fine).
 
     The full-size search holds the int32 initial field (``seed_width`` entries per query, and
@@ -207,7 +207,7 @@ def native_pyramid_memory(shape: ProblemShape, k_nn: int, width: int, iterations
                                 (shape.key_hw[0] // scale, shape.key_hw[1] // scale), coarse_patch,
                                 shape.dtype_bytes, shape.mode)
     pooled = shape.batch * shape.channels * (coarse_shape.n_queries + coarse_shape.n_keys) * shape.dtype_bytes
-    coarse = (native_search_memory(coarse_shape, coarse_width, coarse_iterations, schedule) + pooled
+    coarse = (native_search_memory(coarse_shape, coarse_width, coarse_iterations, coarse_schedule) + pooled
               + coarse_shape.batch * coarse_shape.n_queries * seed_width * FIELD_BYTES)
     return max(full, search, upsample, coarse)
 

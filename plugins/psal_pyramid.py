@@ -34,9 +34,9 @@ INIT_RANDOM = "random"
 INIT_PYRAMID = "pyramid"
 INITS = (INIT_RANDOM, INIT_PYRAMID)
 
-#: a search at one level: (q, k, valid, patch_size, width, iterations, init or None)
+#: a search at one level: (q, k, valid, patch_size, width, iterations, schedule (psal.h code), init or None)
 #: -> (idx (B, H, W, width) int64, n_evals (B,))
-SearchAt = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int, Optional[torch.Tensor]],
+SearchAt = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int, int, int, int, Optional[torch.Tensor]],
                     tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -53,15 +53,16 @@ class Level:
 @dataclass(frozen=True)
 class Pyramid:
     """What the coarse levels do: how many, the pooling factor per level, their heap width, their
-    iteration count (the full-size search keeps the layer's own) and how many of a coarse heap's
-    best entries seed each finer query (the seed field is what the finer search holds besides its
-    own memory)."""
+    iteration count and schedule (psal.h code; the full-size search keeps the layer's own) and
+    how many of a coarse heap's best entries seed each finer query (the seed field is what the
+    finer search holds besides its own memory)."""
 
     levels: int
     scale: int
     coarse_width: int
     coarse_iterations: int
     seed_width: int
+    coarse_schedule: int
 
 
 def level_patch_size(patch_size: int, factor: int) -> int:
@@ -134,7 +135,7 @@ def upsample_field(idx: torch.Tensor, coarse_key_w: int, query_hw: tuple[int, in
 
 
 def coarse_to_fine(search: SearchAt, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
-                   valid: torch.Tensor, patch_size: int, width: int, iterations: int,
+                   valid: torch.Tensor, patch_size: int, width: int, iterations: int, schedule: int,
                    pyramid: Pyramid) -> tuple[torch.Tensor, torch.Tensor]:
     """The full-size search started from the coarse levels' matches -> (idx, n_evals summed over
     every level's search; a coarse evaluation costs one patch of that level's size, see
@@ -152,7 +153,7 @@ def coarse_to_fine(search: SearchAt, q: torch.Tensor, k: torch.Tensor, key_mask:
             init = None
             continue
         idx, evals = search(pool(q, level.factor), pool(k, level.factor), valid_l, level.patch_size,
-                            min(pyramid.coarse_width, fewest), pyramid.coarse_iterations, init)
+                            min(pyramid.coarse_width, fewest), pyramid.coarse_iterations, pyramid.coarse_schedule, init)
         total += evals
         finer = plan[depth - 1] if depth > 0 else full
         finer_valid = valid if depth == 0 else matchable_map(finer.key_hw, finer.patch_size,
@@ -160,5 +161,5 @@ def coarse_to_fine(search: SearchAt, q: torch.Tensor, k: torch.Tensor, key_mask:
         init = upsample_field(idx[..., : pyramid.seed_width], level.key_hw[1], finer.query_hw, finer.key_hw, pyramid.scale, finer.patch_size,
                               finer_valid)
         del idx, valid_l, finer_valid  # only the field stays alive during the finer search
-    idx, evals = search(q, k, valid, patch_size, width, iterations, init)
+    idx, evals = search(q, k, valid, patch_size, width, iterations, schedule, init)
     return idx, total + evals

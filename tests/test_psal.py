@@ -388,10 +388,11 @@ def test_init_settings_are_validated():
     assert mechanism("psal-3[init=pyramid,pyramid_levels=3]").params()["pyramid_levels"] == 3
     coarse = mechanism("psal-3[init=pyramid]")
     assert (coarse.params()["pyramid_search_k"], coarse.params()["pyramid_iterations"]) == (6, 10)
+    assert coarse.params()["pyramid_schedule"] == "jacobi"
     assert coarse.pyramid_plan.seed_width == 5  # the best search_k + 2 of the coarse heap seed the full size
     for bad in ({"init": "coarse"}, {"init": "pyramid", "pyramid_levels": 0}, {"init": "pyramid", "pyramid_scale": 1},
                 {"init": "pyramid", "pyramid_search_k": 0}, {"init": "pyramid", "pyramid_iterations": -1},
-                {"init": "pyramid", "pyramid_iterations": 2.5}):
+                {"init": "pyramid", "pyramid_iterations": 2.5}, {"init": "pyramid", "pyramid_schedule": "sweep"}):
         with pytest.raises(UnsupportedRequest):
             mechanism("psal-3", **bad)
 

@@ -320,7 +320,7 @@ def test_pyramid_native_equals_reference_exactly(ext, monkeypatch, case):
     q, k = (t * scale ** (2 * levels) for t in _int_images(B, C, *q_hw, *k_hw, seed=sum(q_hw), dtype=torch.float64))
     mask = _check_hole(B, *k_hw) if masked else None
     kw = dict(patch_size=p, search_k=width, iterations=iters, init="pyramid", pyramid_levels=levels,
-              pyramid_scale=scale, pyramid_iterations=iters + 1, schedule=schedule, seed=3)
+              pyramid_scale=scale, pyramid_iterations=iters + 1, schedule=schedule, pyramid_schedule=schedule, seed=3)
     idx_n, ev_n, idx_r, ev_r = _pyramid_pair(kw, q, k, mask, monkeypatch)
     assert torch.equal(idx_n, idx_r) and torch.equal(ev_n, ev_r)
     flat = reference.matchable_map(k_hw, p, mask, B, q.device).flatten(1)
