@@ -20,7 +20,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
-from .style import colour  # noqa: E402
+from .style import colour, marker  # noqa: E402
 
 #: MSE ratio (to the exact 1-NN's) a method must reach to count as "as good as exact"
 QUALITY_BAR = 1.05
@@ -78,27 +78,37 @@ def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "sea
     points = points.assign(mechanism=points["mechanism"].where(~seeded, points["mechanism"] + " seed " + points["seed"].astype(str)))
     sizes = sorted(points["size"].unique())
     names = list(dict.fromkeys(points["mechanism"]))
-    colours = {name: colour(name) if "[" not in name else f"C{index}" for index, name in enumerate(names)}
-    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2), squeeze=False)
+    # variants of one mechanism need colours of their own (tab10 repeats after ten curves) and
+    # their own markers; the legend goes under the panels, where it hides no curve
+    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    colours = {name: colour(name) if "[" not in name else palette(index % palette.N) for index, name in enumerate(names)}
+    legend_rows = -(-len(names) // 3)
+    legend_h = 0.2 * legend_rows + 0.2
+    fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2 + legend_h), squeeze=False)
     for ax, size in zip(axes[0], sizes):
         here = points[points["size"] == size]
         for name, curve in here.groupby("mechanism", sort=False):
             several = "," in str(curve["swept"].iloc[0])
             curve = pareto_front(curve) if several else curve.sort_values("value")
             style = "-" if name.startswith("psal") else "--"
-            ax.plot(curve["time_s"], curve["mse_ratio"], style, marker="o", ms=4, label=name, color=colours[name])
+            ax.plot(curve["time_s"], curve["mse_ratio"], style, marker=marker(name), ms=4, label=name, color=colours[name])
         ax.axhline(quality, color="0.5", lw=0.8, ls=":")
         ax.set_xscale("log")
         # labels at 1, 2, 5 x 10^n only: every minor tick labelled overlaps on a narrow panel
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=7)
         ax.set_ylim(0.98, min(1.6, max(1.2, float(here["mse_ratio"].quantile(0.8)) + 0.05)))
         ax.set_xlabel("seconds per call (index build included)")
         ax.set_ylabel("reconstruction MSE / exact 1-NN's")
         ax.set_title(f"{size} x {size} px")
         ax.grid(alpha=0.3)
+    handles: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=7,
+               frameon=False)
     fig.suptitle(f"{title}: time to quality (dotted: {quality}x the exact 1-NN's MSE)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, legend_h / (4.2 + legend_h), 1, 1))
     return fig
