@@ -58,6 +58,15 @@ DEFAULT_PYRAMID_ITERATIONS = 10
 PYRAMID_SEED_EXTRA = 2
 
 
+def _checked_schedule(name: str, value: Optional[str]) -> str:
+    """A schedule name of psal.h (None: the default one), refused in one line otherwise."""
+    if value is None:
+        return contract.schedule_name(contract.SCHEDULE_DEFAULT)
+    if value not in contract.SCHEDULES:
+        raise UnsupportedRequest(f"{name} must be one of {', '.join(contract.SCHEDULES)}, got {value!r}")
+    return value
+
+
 def _check_positive_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UnsupportedRequest(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -156,12 +165,8 @@ class PSAL(AttentionMechanism):
         #: matches the search keeps per query (its heap); the attention uses the best k_nn of them
         self.search_k = max(self.k_nn, DEFAULT_SEARCH_K) if search_k is None else _check_positive_int("search_k", search_k, self.k_nn)
         self.iterations = _check_positive_int("iterations", iterations, 0)
-        if schedule is None:
-            schedule = contract.schedule_name(contract.SCHEDULE_DEFAULT)
-        if schedule not in contract.SCHEDULES:
-            raise UnsupportedRequest(f"schedule must be one of {', '.join(contract.SCHEDULES)}, got {schedule!r}")
         #: search schedule (psal.h): "wavefront" (in-place sweeps) or "jacobi" (double-buffered)
-        self.schedule = schedule
+        self.schedule = _checked_schedule("schedule", schedule)
         if not isinstance(aggregation, bool):
             raise UnsupportedRequest(f"aggregation must be true or false, got {aggregation!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
@@ -179,13 +184,8 @@ class PSAL(AttentionMechanism):
         self.pyramid_search_k = (DEFAULT_PYRAMID_WIDTH_FACTOR * self.search_k if pyramid_search_k is None
                                  else _check_positive_int("pyramid_search_k", pyramid_search_k, 1))
         self.pyramid_iterations = _check_positive_int("pyramid_iterations", pyramid_iterations, 0)
-        if pyramid_schedule is None:
-            pyramid_schedule = contract.schedule_name(contract.SCHEDULE_DEFAULT)
-        if pyramid_schedule not in contract.SCHEDULES:
-            raise UnsupportedRequest(f"pyramid_schedule must be one of {', '.join(contract.SCHEDULES)}, "
-                                     f"got {pyramid_schedule!r}")
         #: init=pyramid: the coarse levels' schedule (the full size runs ``schedule``)
-        self.pyramid_schedule = pyramid_schedule
+        self.pyramid_schedule = _checked_schedule("pyramid_schedule", pyramid_schedule)
         # PSAL-1 without aggregation has one weight of 1 per query: no gradient reaches q or k.
         self.differentiable_wrt = ("v",) if (self.k_nn == 1 and not aggregation) else ("q", "k", "v")
         #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
@@ -315,8 +315,7 @@ class PSAL(AttentionMechanism):
             if self.backend != contract.BACKEND_REFERENCE:
                 memory = max(memory, contract.native_pyramid_memory(
                     shape, self.k_nn, width, self.iterations, contract.SCHEDULES[self.schedule], self.with_similarity,
-                    plan.scale, plan.coarse_width, plan.coarse_iterations, plan.coarse_schedule, plan.seed_width,
-                    pyramid.level_patch_size(shape.patch_size, plan.scale)))
+                    plan, pyramid.level_patch_size(shape.patch_size, plan.scale)))
         else:
             evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
             flops = contract.search_flops(shape.batch * evals, shape.channels, shape.patch_size)

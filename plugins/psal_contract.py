@@ -11,10 +11,15 @@ reference.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from attnbench.interface import ProblemShape
+
+if TYPE_CHECKING:  # psal_pyramid imports this module
+    from .psal_pyramid import Pyramid
 
 # ------------------------------------------------------------------------- constants (psal.h)
 #: splitmix64 constants of psal_mix
@@ -188,16 +193,16 @@ FIELD_BYTES = 4
 
 
 def native_pyramid_memory(shape: ProblemShape, k_nn: int, width: int, iterations: int, schedule: int,
-                          with_similarity: bool, scale: int, coarse_width: int, coarse_iterations: int,
-                          coarse_schedule: int, seed_width: int, coarse_patch: int) -> int:
+                          with_similarity: bool, plan: "Pyramid", coarse_patch: int) -> int:
     """Peak bytes of an init=pyramid call on the native kernels (psal_pyramid.coarse_to_fine).
 
-    The full-size search holds the int32 initial field (``seed_width`` entries per query, and
+    The full-size search holds the int32 initial field (``plan.seed_width`` entries per query, and
     the coarse levels' evaluation counts) besides its own memory; building that field from the
     first coarse level holds about four field-sized int32 temporaries (gathered offsets, centres,
     the index copy of the matchable test); the first coarse level's search (``coarse_patch``,
-    ``coarse_width``) holds its pooled inputs and the field of the level below. Coarser levels
+    ``plan.coarse_width``) holds its pooled inputs and the field of the level below. Coarser levels
     are smaller still."""
+    scale, seed_width = plan.scale, plan.seed_width
     field = shape.batch * shape.n_queries * seed_width * FIELD_BYTES
     full = native_memory(shape, k_nn, width, iterations, schedule, with_similarity)
     search = native_search_memory(shape, width, iterations, schedule) + field + 2 * shape.batch * 8
@@ -207,7 +212,7 @@ def native_pyramid_memory(shape: ProblemShape, k_nn: int, width: int, iterations
                                 (shape.key_hw[0] // scale, shape.key_hw[1] // scale), coarse_patch,
                                 shape.dtype_bytes, shape.mode)
     pooled = shape.batch * shape.channels * (coarse_shape.n_queries + coarse_shape.n_keys) * shape.dtype_bytes
-    coarse = (native_search_memory(coarse_shape, coarse_width, coarse_iterations, coarse_schedule) + pooled
+    coarse = (native_search_memory(coarse_shape, plan.coarse_width, plan.coarse_iterations, plan.coarse_schedule) + pooled
               + coarse_shape.batch * coarse_shape.n_queries * seed_width * FIELD_BYTES)
     return max(full, search, upsample, coarse)
 
