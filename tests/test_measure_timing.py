@@ -17,6 +17,14 @@ def test_min_repeats_are_honoured_even_past_the_budget() -> None:
     assert len(calls) >= t.repeats + 1  # the warm-up call is not a sample
 
 
+def test_short_calls_get_the_repeats_too() -> None:
+    # blocks of runs until min_run_time, then more blocks until min_repeats: a median of one or two
+    # blocks is no median
+    t = timing.time_call(lambda: sum(range(2000)), min_run_time=0.01, min_repeats=5)
+    assert len(t.samples_s) >= 5 and t.repeats % len(t.samples_s) == 0
+    assert min(t.samples_s) <= t.median_s <= max(t.samples_s)
+
+
 def test_the_defaults_are_the_suites_measuring_options() -> None:
     import inspect
 

@@ -7,6 +7,7 @@ covers these plugins through their entry points.
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -192,6 +193,27 @@ def test_search_suite_sweeps_each_peer_parameter(tmp_path):
     assert [(p["nlist"], p["nprobe"]) for p in faiss["convergence"]] == [(16, 1), (16, 4), (64, 1), (64, 4)]
     assert all(p["mse_ratio"] > 0 and p["time_s"] > 0 and 0 <= p["recall"] <= 1 for p in faiss["convergence"])
     assert records["psal-1"]["metrics"]["swept"] == "iterations"
+    # every point's time is the median of repeated calls (one call of a shared VM varies by 10-30 %)
+    for record in records.values():
+        points = record["metrics"]["convergence"]
+        for p in points:
+            assert len(p["time_samples_s"]) >= 3, p
+            assert p["time_s"] == pytest.approx(statistics.median(p["time_samples_s"]))
+            assert p["time_iqr_s"] >= 0
+        own = [p for p in points if p["time_s"] == record["metrics"]["time_s"]]
+        assert own and record["metrics"]["time_iqr_s"] == own[0]["time_iqr_s"]
+
+
+def test_search_timing_options_are_every_suites_and_checked():
+    from attnbench.errors import UserError
+    from attnbench.options import MeasureOptions, parse
+    from attnbench.runners.search_quality import SearchOptions
+
+    opts = parse(SearchOptions, {"time_budget_s": 2.0}, "suite 'search'")
+    assert opts.min_repeats == MeasureOptions.min_repeats and opts.time_budget_s == 2.0
+    assert opts.records_time() and opts.calibrations() == ()  # no yardstick unless the time check asks
+    with pytest.raises(UserError, match="min_repeats"):
+        parse(SearchOptions, {"min_repeats": 0}, "suite 'search'")
 
 
 def test_exact_search_is_cached_per_input(tmp_path, monkeypatch):

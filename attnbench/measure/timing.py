@@ -1,6 +1,7 @@
 """Wall time of one call with ``torch.utils.benchmark.Timer``: warm-up, repeats, median and IQR.
 
-Short calls use ``blocked_autorange`` (blocks of runs until ``min_run_time``). Calls that take
+Short calls use ``blocked_autorange`` (blocks of runs until ``min_run_time``, at least
+``min_repeats`` blocks). Calls that take
 seconds each are timed one run at a time, as many times as ``budget_s`` allows (at least
 ``min_repeats``), so a 150 s exact-attention call at 256^2 still gets an honest median.
 The Timer synchronises CUDA and runs with the process's thread count (its default is 1).
@@ -73,7 +74,12 @@ def time_call(
     if per_call * 10 < min_run_time:
         m: Measurement = timer.blocked_autorange(min_run_time=min_run_time)
         times = list(m.times)
-        return Timing(m.median, m.iqr, len(times) * m.number_per_run, times, warm)
+        if len(times) >= min_repeats:
+            return Timing(m.median, m.iqr, len(times) * m.number_per_run, times, warm)
+        while len(times) < min_repeats:  # a short min_run_time can end in fewer blocks than the repeats asked
+            times.append(timer.timeit(m.number_per_run).median)
+        median, iqr = median_iqr(times)
+        return Timing(median, iqr, len(times) * m.number_per_run, times, warm)
     repeats = int(max(min_repeats, min(max_repeats, budget_s // max(per_call, 1e-9))))
     while len(samples) < repeats:
         samples.append(timer.timeit(1).median)
