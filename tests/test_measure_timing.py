@@ -3,6 +3,8 @@ budget honoured for long calls, median and IQR of the samples, the two yardstick
 Behaviour only: no figure here is a speed claim."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from attnbench.measure import timing
@@ -15,6 +17,19 @@ def test_min_repeats_are_honoured_even_past_the_budget() -> None:
                          min_repeats=4)
     assert t.repeats >= 4 and len(t.samples_s) == t.repeats
     assert len(calls) >= t.repeats + 1  # the warm-up call is not a sample
+
+
+def test_a_long_call_runs_once_per_sample_plus_the_warm_up() -> None:
+    # torch's Timer.timeit(1) runs two untimed calls before its timed one: a call of seconds would
+    # cost three times its samples
+    calls = []
+    t = timing.time_call(lambda: calls.append(1) or time.sleep(0.02), min_run_time=0.01, budget_s=0.0, min_repeats=3)
+    assert t.repeats == len(t.samples_s) == 3 and len(calls) == 3 + 1
+    assert all(s >= 0.02 for s in t.samples_s)
+    calls.clear()
+    timing.time_call(lambda: calls.append(1) or time.sleep(0.02), min_run_time=0.01, budget_s=0.0, min_repeats=3,
+                     warmup=lambda: None)
+    assert len(calls) == 3  # the caller warmed up: every call is a sample
 
 
 def test_short_calls_get_the_repeats_too() -> None:

@@ -77,3 +77,29 @@ def test_psal_quality_cli_refuses_missing_or_curveless_records_in_one_line(tmp_p
     write_records([RECORDS[2]], tmp_path / "curves.jsonl")
     main(["--time-to-quality", str(tmp_path / "curves.jsonl"), "--plot", str(tmp_path / "ttq.png")])
     assert (tmp_path / "ttq.png").stat().st_size > 0 and "faiss-knn" in capsys.readouterr().out
+
+
+def test_each_point_shows_the_spread_of_its_timed_calls() -> None:
+    from matplotlib.collections import LineCollection
+
+    record = _record("psal-1", 64, "iterations", [(1, 0.2, 1.3), (5, 0.5, 1.04)])
+    record["metrics"]["convergence"][1]["time_samples_s"] = [0.4, 0.5, 0.5, 0.9]
+    points = curve_points([record])
+    row = points[points["value"] == 5].iloc[0]
+    assert row.time_q1_s < row.time_s < row.time_q3_s  # quartiles of the samples around the median
+    single = points[points["value"] == 1].iloc[0]
+    assert single.time_q1_s == single.time_s == single.time_q3_s  # one call: no spread to show
+    bars = [c for c in figure(points).axes[0].collections if isinstance(c, LineCollection)]
+    spans = sorted(tuple(sorted((a[0], b[0]))) for c in bars for a, b in c.get_segments())
+    assert (row.time_q1_s, row.time_q3_s) in spans
+
+
+def test_a_variant_keeps_its_colour_in_every_figure_of_a_report() -> None:
+    from attnbench.report.time_to_quality import variant_colours
+
+    every = ["psal-1", "psal-1[search_k=4]", "psal-1[init=pyramid]", "faiss-knn"]
+    video = variant_colours(["psal-1[search_k=4]", "psal-1[init=pyramid]", "faiss-knn"], every)
+    stereo = variant_colours(["psal-1[init=pyramid]", "psal-1"], every)
+    assert video["psal-1[init=pyramid]"] == stereo["psal-1[init=pyramid]"]
+    assert video["psal-1[search_k=4]"] != video["psal-1[init=pyramid]"]
+    assert variant_colours(["psal-1[init=pyramid]"])  # alone: its own palette

@@ -3,7 +3,9 @@
 Short calls use ``blocked_autorange`` (blocks of runs until ``min_run_time``, at least
 ``min_repeats`` blocks). Calls that take
 seconds each are timed one run at a time, as many times as ``budget_s`` allows (at least
-``min_repeats``), so a 150 s exact-attention call at 256^2 still gets an honest median.
+``min_repeats``), so a 150 s exact-attention call at 256^2 still gets an honest median. Those runs
+are timed by a synchronised ``perf_counter`` around the call, not ``Timer.timeit(1)``: that one runs
+two untimed warm-up calls before each timed one, which made a long call cost three times its samples.
 The Timer synchronises CUDA and runs with the process's thread count (its default is 1).
 """
 from __future__ import annotations
@@ -42,6 +44,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _timed_once(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call, the device synchronised before and after."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 def time_call(
     fn: Callable[[], Any],
     device: str | torch.device = "cpu",
@@ -66,9 +77,8 @@ def time_call(
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads(), label=label)
     per_call = warm if warmup is None else None
     if per_call is None:
-        first = timer.timeit(1)
-        per_call = first.median
-        samples = [first.median]
+        per_call = _timed_once(fn, device)
+        samples = [per_call]
     else:
         samples = []
     if per_call * 10 < min_run_time:
@@ -82,7 +92,7 @@ def time_call(
         return Timing(median, iqr, len(times) * m.number_per_run, times, warm)
     repeats = int(max(min_repeats, min(max_repeats, budget_s // max(per_call, 1e-9))))
     while len(samples) < repeats:
-        samples.append(timer.timeit(1).median)
+        samples.append(_timed_once(fn, device))
     median, iqr = median_iqr(samples)
     return Timing(median, iqr, len(samples), samples, warm)
 

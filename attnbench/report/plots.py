@@ -449,11 +449,12 @@ def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | N
     # side by side), so its curves are comparable; different presets are never drawn together
     cells = latest(mine)  # a re-run cell counts once, as in the tables
     presets = list(dict.fromkeys(str(r.get("preset", "")) for r in cells))
+    every = list(time_to_quality.curve_points(cells)["mechanism"].unique())  # one colour per variant in every figure
     for preset in presets:
         points = time_to_quality.curve_points([r for r in cells if str(r.get("preset", "")) == preset])
         if not points.empty:
             name = f"time-to-quality-{preset}" if preset else "time-to-quality"
-            out[name] = time_to_quality.figure(points, title=f"{suite} ({preset})" if preset else suite)
+            out[name] = time_to_quality.figure(points, title=f"{suite} ({preset})" if preset else suite, every=every)
     return {k: v for k, v in out.items() if v is not None}
 
 

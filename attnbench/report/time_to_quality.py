@@ -1,8 +1,9 @@
 """Time-to-quality of the search suite: how long each method takes to get within a quality bar.
 
 A search-suite record whose mechanism was swept (PSAL over iterations, IVF over nprobe, HNSW
-over efSearch) carries ``metrics.convergence``: one point per swept value with the seconds of one
-full call (index build included) and the reconstruction MSE relative to the exact 1-NN's. These
+over efSearch) carries ``metrics.convergence``: one point per swept value with the seconds of a
+full call (index build included; the median of repeated calls, whose interquartile range the
+figure draws) and the reconstruction MSE relative to the exact 1-NN's. These
 curves are the fair comparison between an iterative search and an index (one costs per iteration, the other per build and probe): the
 question is not "which is faster" but "which is faster at the same quality". The report draws
 them (``suite_plots``) and ``python -m attnbench_plugins.psal_quality --time-to-quality`` prints
@@ -10,7 +11,8 @@ the fastest point of each method within the bar.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import statistics
+from typing import Any, Optional, Sequence
 
 import matplotlib
 
@@ -40,9 +42,23 @@ def pareto_front(curve: pd.DataFrame) -> pd.DataFrame:
     return curve[curve["mse_ratio"] < curve["mse_ratio"].cummin().shift(fill_value=float("inf"))]
 
 
+COLUMNS = ["mechanism", "size", "seed", "swept", "value", "time_s", "time_q1_s", "time_q3_s", "mse_ratio"]
+
+
+def quartiles(point: dict[str, Any]) -> tuple[float, float]:
+    """First and third quartile of a point's timed calls (its median twice when it has one sample
+    or none: records of single-call runs)."""
+    samples = point.get("time_samples_s") or []
+    if len(samples) < 2:
+        return point["time_s"], point["time_s"]
+    q = statistics.quantiles(samples, n=4)
+    return q[0], q[2]
+
+
 def curve_points(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per convergence point of the ok records: mechanism (with its spec parameters),
-    size, swept parameter and value, seconds per call, MSE ratio. Empty when none has curves."""
+    size, swept parameter and value, seconds per call (median and quartiles), MSE ratio. Empty
+    when none has curves."""
     rows = []
     for record in records:
         if record.get("status") != "ok":
@@ -54,9 +70,11 @@ def curve_points(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
         for point in metrics.get("convergence") or []:
             if "time_s" not in point or "mse_ratio" not in point:
                 continue
+            q1, q3 = quartiles(point)
             rows.append({"mechanism": name, "size": record["size"], "seed": record.get("seed", 0), "swept": swept,
-                         "value": point_value(point, swept), "time_s": point["time_s"], "mse_ratio": point["mse_ratio"]})
-    return pd.DataFrame(rows, columns=["mechanism", "size", "seed", "swept", "value", "time_s", "mse_ratio"])
+                         "value": point_value(point, swept), "time_s": point["time_s"], "time_q1_s": q1,
+                         "time_q3_s": q3, "mse_ratio": point["mse_ratio"]})
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def fastest_within(points: pd.DataFrame, quality: float = QUALITY_BAR) -> pd.DataFrame:
@@ -67,10 +85,23 @@ def fastest_within(points: pd.DataFrame, quality: float = QUALITY_BAR) -> pd.Dat
     return good.loc[good.groupby(["size", "mechanism"])["time_s"].idxmin()].sort_values(["size", "time_s"])
 
 
-def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "search") -> Figure | None:
+def variant_colours(names: Sequence[str], every: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """A colour per curve: a plain mechanism its own (report.style), a variant ``name[params]`` the
+    tab20 entry of its rank among ``every`` variant the report draws (default: ``names``), so one
+    variant has one colour in every figure of a report (tab10 when ten or fewer)."""
+    variants = sorted({n for n in (every or names) if "[" in n} | {n for n in names if "[" in n})
+    palette = plt.get_cmap("tab10" if len(variants) <= 10 else "tab20")
+    return {name: colour(name) if "[" not in name else palette(variants.index(name) % palette.N) for name in names}
+
+
+def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "search",
+           every: Optional[Sequence[str]] = None) -> Figure | None:
     """MSE ratio vs seconds, one panel per size, one curve per mechanism along its swept
-    parameter (several parameters: the Pareto front of all their combinations; log time axis; PSAL solid, the others dashed); the bar as a dotted line. Give it
-    one run's points (one preset): curves from different runs are not comparable."""
+    parameter (several parameters: the Pareto front of all their combinations; log time axis;
+    PSAL solid, the others dashed; a bar across each point from the first to the third quartile of
+    its timed calls); the quality bar as a dotted line. Give it one run's points (one preset):
+    curves from different runs are not comparable. ``every``: all curve names of the report, for
+    :func:`variant_colours`."""
     if points.empty:
         return None
     # a mechanism run with several seeds gets one curve per seed (a curve follows one search)
@@ -78,10 +109,12 @@ def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "sea
     points = points.assign(mechanism=points["mechanism"].where(~seeded, points["mechanism"] + " seed " + points["seed"].astype(str)))
     sizes = sorted(points["size"].unique())
     names = list(dict.fromkeys(points["mechanism"]))
-    # variants of one mechanism need colours of their own (tab10 repeats after ten curves) and
-    # their own markers; the legend goes under the panels, where it hides no curve
-    palette = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    colours = {name: colour(name) if "[" not in name else palette(index % palette.N) for index, name in enumerate(names)}
+    # variants of one mechanism need colours of their own and their own markers; the legend goes
+    # under the panels, where it hides no curve
+    colours = variant_colours(names, every)
+    repeated = bool((points["time_q3_s"] > points["time_q1_s"]).any())  # records of single-call runs have no spread
+    timed = ("seconds per call, median and quartiles of repeated calls" if repeated else "seconds of one call") + \
+        " (index build included)"
     legend_rows = -(-len(names) // 3)
     legend_h = 0.2 * legend_rows + 0.2
     fig, axes = plt.subplots(1, len(sizes), figsize=(5.5 * len(sizes), 4.2 + legend_h), squeeze=False)
@@ -92,6 +125,7 @@ def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "sea
             curve = pareto_front(curve) if several else curve.sort_values("value")
             style = "-" if name.startswith("psal") else "--"
             ax.plot(curve["time_s"], curve["mse_ratio"], style, marker=marker(name), ms=4, label=name, color=colours[name])
+            ax.hlines(curve["mse_ratio"], curve["time_q1_s"], curve["time_q3_s"], color=colours[name], lw=1.2, alpha=0.6)
         ax.axhline(quality, color="0.5", lw=0.8, ls=":")
         ax.set_xscale("log")
         # labels at 1, 2, 5 x 10^n only: every minor tick labelled overlaps on a narrow panel
@@ -99,7 +133,7 @@ def figure(points: pd.DataFrame, quality: float = QUALITY_BAR, title: str = "sea
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0.98, min(1.6, max(1.2, float(here["mse_ratio"].quantile(0.8)) + 0.05)))
-        ax.set_xlabel("seconds per call (index build included)")
+        ax.set_xlabel(timed)
         ax.set_ylabel("reconstruction MSE / exact 1-NN's")
         ax.set_title(f"{size} x {size} px")
         ax.grid(alpha=0.3)
