@@ -17,8 +17,8 @@ nprobe, every combination):
 * ``distance_ratio``: mean patch distance of the matches over the exact one's;
 * ``time_s``: wall time of the call (index build included for index-based searches), the median
   of ``min_repeats`` or more timed calls (``time_budget_s`` allowing; :func:`~attnbench.measure.timing.time_call`),
-  with ``time_iqr_s`` and ``time_samples_s``: one call of a shared VM varies by 10-30 %, which
-  decided a 3x comparison when each point was timed once.
+  with ``time_iqr_s`` and ``time_samples_s``: one call on a shared VM varies by 10-30 %, enough
+  to decide a 3x comparison.
 
 The mechanism only sees the ``AttentionMechanism`` interface: the match of each query is read
 back by appending the key centres' coordinates to the values (for k = 1 the output at a query is
@@ -281,7 +281,7 @@ def _score(search: _Search, module: Any, metrics: dict[str, Any], options: Searc
     outputs: list[torch.Tensor] = []
 
     def call() -> None:
-        outputs[:] = [module(s.q, s.k, s.values)]  # only the latest output stays alive
+        outputs[:] = [module(s.q, s.k, s.values)]  # the previous call's output is freed here
 
     with oom_as_outcome(metrics), torch.no_grad():
         timing = time_call(call, s.q.device, min_run_time=options.min_run_time, budget_s=options.time_budget_s,
