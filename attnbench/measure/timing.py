@@ -84,11 +84,9 @@ def time_call(
     if per_call * 10 < min_run_time:
         m: Measurement = timer.blocked_autorange(min_run_time=min_run_time)
         times = list(m.times)
-        if len(times) >= min_repeats:
-            return Timing(m.median, m.iqr, len(times) * m.number_per_run, times, warm)
         while len(times) < min_repeats:  # a short min_run_time can end in fewer blocks than the repeats asked
             times.append(timer.timeit(m.number_per_run).median)
-        median, iqr = median_iqr(times)
+        median, iqr = (m.median, m.iqr) if len(times) == len(m.times) else median_iqr(times)
         return Timing(median, iqr, len(times) * m.number_per_run, times, warm)
     repeats = int(max(min_repeats, min(max_repeats, budget_s // max(per_call, 1e-9))))
     while len(samples) < repeats:

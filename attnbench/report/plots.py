@@ -449,9 +449,10 @@ def suite_plots(records: Sequence[dict[str, Any]], suite: str, budget: float | N
     # side by side), so its curves are comparable; different presets are never drawn together
     cells = latest(mine)  # a re-run cell counts once, as in the tables
     presets = list(dict.fromkeys(str(r.get("preset", "")) for r in cells))
-    every = list(time_to_quality.curve_points(cells)["mechanism"].unique())  # one colour per variant in every figure
-    for preset in presets:
-        points = time_to_quality.curve_points([r for r in cells if str(r.get("preset", "")) == preset])
+    curves = {preset: time_to_quality.curve_points([r for r in cells if str(r.get("preset", "")) == preset])
+              for preset in presets}
+    every = list(dict.fromkeys(name for points in curves.values() for name in points["mechanism"]))  # one colour per variant in every figure
+    for preset, points in curves.items():
         if not points.empty:
             name = f"time-to-quality-{preset}" if preset else "time-to-quality"
             out[name] = time_to_quality.figure(points, title=f"{suite} ({preset})" if preset else suite, every=every)
