@@ -114,7 +114,7 @@ _CATALOGUE: tuple[Metric, ...] = (
     Metric("distance_ratio", "distance ratio", "quality", digits=4),
     Metric("exact_mse", "exact mse", "quality"),
     # the search suite's own clocks and sampling
-    Metric("time_s", "search time", "time", "s"),
+    Metric("time_s", "search time (median)", "time", "s"),
     Metric("exact_time_s", "exact search time", "time", "s"),
     Metric("rows_sampled", "rows sampled", "bookkeeping"),
     Metric("row_step", "row step", "bookkeeping"),
