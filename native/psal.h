@@ -60,7 +60,8 @@
 //     and skipping duplicates. Requires n_usable >= K (Python checks first).
 //   it = 1 .. iterations: update(i, it) for every query i, in the order set by `schedule`:
 //     update(i, it): starting from i's current heap,
-//     propagation (jump flooding): for l in 1, 2, 4, 8; for (dy, dx) in (-l,0), (l,0), (0,-l),
+//     propagation (jump flooding): for l in 1, 2, 4, 8 while l <= max_jump (psal_jump_steps; the
+//       default max_jump = 8 takes all four); for (dy, dx) in (-l,0), (l,0), (0,-l),
 //       (0,l): if n = (y+dy, x+dx) is inside the query image: for m in 0..K-1 (best first in the
 //       heap of n that the schedule says i sees): if entry m is fresh (below): j = idx[n][m];
 //       insert((jy - dy) * Wk + (jx - dx)) when 0<=jy-dy<Hk and 0<=jx-dx<Wk (then the matchable
@@ -78,11 +79,18 @@
 //       entry; only n_evals is smaller (late iterations: most heaps no longer change).
 //     random search: snapshot the K centres (cy, cx) of the heap after propagation (best
 //       first); for level = 0, 1, ..., L-1 with radius w_level = max(Hk, Wk) >> level and
-//       L = floor(log2(max(Hk, Wk))) + 1 (so the last radius is 1): for m in 0..K-1:
+//       L = floor(log2(max(Hk, Wk))) + 1 (so the last radius is 1), skipping the levels whose
+//       radius exceeds `reach` when reach > 0 (psal_first_level; reach = 0, the default, skips
+//       none): for m in 0..K-1:
 //       h = psal_hash(seed, b, i, it, level * K + m);
 //       y0 = max(r, cy_m - w), y1 = min(Hk - r - 1, cy_m + w) (same for x with Wk);
 //       cand = (y0 + psal_uniform_hi(h, y1 - y0 + 1), x0 + psal_uniform_lo(h, x1 - x0 + 1));
 //       insert(cand).
+//   reach and max_jump (opt-in, for a search started from a good field, e.g. init=pyramid): a
+//     shorter reach, where the long displacements are already in the field. A skipped level
+//     leaves its hash draws unused, so the remaining levels draw exactly what the default search
+//     draws at those levels; reach = 0 or reach >= max(Hk, Wk), with max_jump >= 8, is the
+//     default search bit for bit. Both apply at every iteration, with or without `init`.
 //   schedule (PSAL_SCHEDULE_* below):
 //     JACOBI (0): double-buffered: every query starts from its heap after it - 1 and every read
 //       of a NEIGHBOUR's heap sees the heaps after it - 1 ("prev"); the new heaps replace the old
@@ -228,6 +236,22 @@ PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {
   return levels;  // floor(log2(max)) + 1
 }
 
+// The reach limits of "Search": the first random-search level, the first whose radius
+// max(hk, wk) >> level is <= reach (reach = 0: no limit, level 0), and how many of the
+// jump-flooding steps 1, 2, 4, 8 are <= max_jump (the Python layer checks max_jump >= 1).
+PSAL_HD int64_t psal_first_level(int64_t hk, int64_t wk, int64_t reach) {
+  const int64_t m = hk > wk ? hk : wk;
+  int64_t level = 0;
+  if (reach > 0)
+    while ((m >> level) > reach) ++level;
+  return level;
+}
+PSAL_HD int64_t psal_jump_steps(int64_t max_jump) {
+  int64_t n = 0;
+  for (int64_t l = 1; l <= 8 && l <= max_jump; l *= 2) ++n;
+  return n;
+}
+
 // The caller's initial field (psal.h "Search", it = 0) as a contiguous (B, Hq, Wq, K0) int32
 // tensor on q's device, or an undefined tensor when there is none. An int32 field is used as it is
 // (no copy: the kernels skip entries outside [0, nk) themselves); an int64 one is narrowed after
@@ -248,11 +272,13 @@ inline at::Tensor psal_init_field(const std::optional<at::Tensor>& init, const a
 
 // ---- CPU (psal_cpu.cpp) -----------------------------------------------------------------
 // returns (idx (B, Hq, Wq, K) int64, n_evals (B,) int64)
-// init: the optional initial field of "Search", it = 0 (std::nullopt: random initialisation only)
+// init: the optional initial field of "Search", it = 0 (std::nullopt: random initialisation only);
+// reach, max_jump: the reach limits of "Search" (0 and 8: none)
 std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
                                                    int64_t seed, int64_t schedule,
-                                                   const std::optional<at::Tensor>& init);
+                                                   const std::optional<at::Tensor>& init, int64_t reach,
+                                                   int64_t max_jump);
 // returns S (B, Hq, Wq, K), dtype of q
 at::Tensor psal_similarity_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
                                bool dot);
@@ -276,7 +302,8 @@ std::tuple<at::Tensor, at::Tensor> psal_attend_backward_cpu(const at::Tensor& gr
 std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                     int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
                                                     int64_t seed, int64_t schedule,
-                                                    const std::optional<at::Tensor>& init);
+                                                    const std::optional<at::Tensor>& init, int64_t reach,
+                                                    int64_t max_jump);
 at::Tensor psal_similarity_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& idx, int64_t patch_size,
                                 bool dot);
 std::tuple<at::Tensor, at::Tensor> psal_similarity_backward_cuda(const at::Tensor& grad_s, const at::Tensor& q,

@@ -388,11 +388,12 @@ struct Scratch {
 template <typename T>
 void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid, int64_t p, int64_t K,
                    int64_t iterations, bool dot, int64_t seed, int64_t schedule, const at::Tensor& init,
-                   at::Tensor& idx_out, at::Tensor& evals_out) {
+                   int64_t reach, int64_t max_jump, at::Tensor& idx_out, at::Tensor& evals_out) {
   const int64_t B = q.size(0);
   Geometry g{q.size(1), q.size(2), q.size(3), k.size(2), k.size(3), p, p / 2, q.size(3) + 2 * (p / 2), p * q.size(1)};
   const int64_t nq = g.Hq * g.Wq, nk = g.Hk * g.Wk;
   const int64_t levels = psal_search_levels(g.Hk, g.Wk);
+  const int64_t first_level = psal_first_level(g.Hk, g.Wk, reach), jump_steps = psal_jump_steps(max_jump);
   const FastDiv wk_div(g.Wk);
   auto opts = q.options();
   // Heaps: double-buffered for the Jacobi schedule, one buffer updated in place for the wavefront.
@@ -510,7 +511,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
         nc = 0;
       };
       // Propagation by jump flooding.
-      for (int64_t l = 1; l <= 8; l *= 2) {
+      for (int64_t step = 0, l = 1; step < jump_steps; ++step, l *= 2) {
         const int64_t dys[4] = {-l, l, 0, 0}, dxs[4] = {0, 0, -l, l};
         for (int dir = 0; dir < 4; ++dir) {
           const int64_t ny = y + dys[dir], nx = x + dxs[dir];
@@ -530,7 +531,7 @@ void search_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
       std::copy(h.j, h.j + K, snap.begin());
       const int64_t wmax = std::max(g.Hk, g.Wk);
       const uint64_t stream = psal_hash_stream(seed, b, i, it);
-      for (int64_t level = 0; level < levels; ++level) {
+      for (int64_t level = first_level; level < levels; ++level) {
         const int64_t w = wmax >> level;
         for (int64_t m = 0; m < K; ++m) {
           const int64_t cy = wk_div.div(snap[m]), cx = snap[m] - cy * g.Wk;
@@ -632,12 +633,15 @@ void inverse_index(const int64_t* idx, int64_t n_entries, int64_t nk, std::vecto
 std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                    int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
                                                    int64_t seed, int64_t schedule,
-                                                   const std::optional<at::Tensor>& init) {
+                                                   const std::optional<at::Tensor>& init, int64_t reach,
+                                                   int64_t max_jump) {
   check_common(q, k, patch_size);
   PSAL_CHECK(k_nn >= 1, "psal_search: k must be >= 1");
   PSAL_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT,
               "psal_search: schedule must be ", PSAL_SCHEDULE_JACOBI, " (jacobi) or ", PSAL_SCHEDULE_WAVEFRONT,
               " (wavefront), got ", schedule);
+  PSAL_CHECK(reach >= 0 && max_jump >= 1, "psal_search: reach must be >= 0 and max_jump >= 1, got ", reach, " and ",
+             max_jump);
   PSAL_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == k.size(0) &&
                   valid.size(1) == k.size(2) && valid.size(2) == k.size(3),
               "psal_search: valid must be (B, Hk, Wk) bool");
@@ -647,7 +651,8 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cpu(const at::Tensor& q, const at
   at::Tensor evals = at::zeros({q.size(0)}, q.options().dtype(at::kLong));
   at::Tensor idx32 = at::empty({q.size(0), q.size(2), q.size(3), k_nn}, q.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "psal_search_cpu", [&] {
-    search_kernel<scalar_t>(q, k, validc, patch_size, k_nn, iterations, dot, seed, schedule, init32, idx32, evals);
+    search_kernel<scalar_t>(q, k, validc, patch_size, k_nn, iterations, dot, seed, schedule, init32, reach, max_jump, idx32,
+                            evals);
   });
   idx.copy_(idx32);
   return {idx, evals};
@@ -946,7 +951,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "PSAL kernels (see psal.h for the contract)";
   m.def("psal_search_cpu", &psal_search_cpu, py::arg("q"), py::arg("k"), py::arg("valid"), py::arg("patch_size"),
         py::arg("k_nn"), py::arg("iterations"), py::arg("dot"), py::arg("seed"),
-        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT, py::arg("init") = py::none());
+        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT, py::arg("init") = py::none(),
+        py::arg("reach") = 0, py::arg("max_jump") = 8);
   m.def("psal_similarity_cpu", &psal_similarity_cpu);
   m.def("psal_similarity_backward_cpu", &psal_similarity_backward_cpu);
   m.def("psal_attend_cpu", &psal_attend_cpu);
@@ -956,7 +962,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef WITH_CUDA
   m.def("psal_search_cuda", &psal_search_cuda, py::arg("q"), py::arg("k"), py::arg("valid"), py::arg("patch_size"),
         py::arg("k_nn"), py::arg("iterations"), py::arg("dot"), py::arg("seed"),
-        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT, py::arg("init") = py::none());
+        py::arg("schedule") = PSAL_SCHEDULE_DEFAULT, py::arg("init") = py::none(),
+        py::arg("reach") = 0, py::arg("max_jump") = 8);
   m.def("psal_similarity_cuda", &psal_similarity_cuda);
   m.def("psal_similarity_backward_cuda", &psal_similarity_backward_cuda);
   m.def("psal_attend_cuda", &psal_attend_cuda);

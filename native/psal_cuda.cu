@@ -109,6 +109,11 @@ struct Geom {
   }
 };
 
+// The reach limits of psal.h "Search" (psal_first_level, psal_jump_steps), one per search.
+struct Reach {
+  int first_level, jump_steps;
+};
+
 __device__ __forceinline__ int clampi(int v, int lo, int hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 template <typename acc_t>
@@ -395,15 +400,15 @@ __global__ void __launch_bounds__(kSearchThreads)
 // threads to queries and write the heap back.
 template <typename scalar_t, typename acc_t, typename Cost>
 __device__ __forceinline__ void iterate_query(SearchCtx<scalar_t, acc_t>& ctx, KHeap<acc_t>& h, int32_t* snap,
-                                              const Cost& cost, int K, uint64_t seed, int it, int b, int64_t i,
-                                              const int64_t* prev_i, const uint8_t* prev_born) {
+                                              const Cost& cost, int K, Reach reach, uint64_t seed, int it, int b,
+                                              int64_t i, const int64_t* prev_i, const uint8_t* prev_born) {
   const Geom& g = ctx.g;
   const int64_t nq = g.nq();
   const int levels = (int)psal_search_levels(g.Hk, g.Wk);
   const int wmax = g.Hk > g.Wk ? g.Hk : g.Wk;
   const int y = ctx.y, x = ctx.x;
-  // Propagation: l = 1, 2, 4, 8; (dy, dx) = (-l, 0), (l, 0), (0, -l), (0, l).
-  for (int l = 1; l <= 8; l <<= 1) {
+  // Propagation: l = 1, 2, 4, 8 (the first reach.jump_steps); (dy, dx) = (-l, 0), (l, 0), (0, -l), (0, l).
+  for (int step = 0, l = 1; step < reach.jump_steps; ++step, l <<= 1) {
     for (int dir = 0; dir < 4; ++dir) {
       const int dy = dir == 0 ? -l : (dir == 1 ? l : 0);
       const int dx = dir == 2 ? -l : (dir == 3 ? l : 0);
@@ -423,7 +428,7 @@ __device__ __forceinline__ void iterate_query(SearchCtx<scalar_t, acc_t>& ctx, K
   }
   // Random search around the K centres after propagation (snapshot, best first).
   for (int e = 0; e < K; ++e) snap[e] = h.id[e];
-  for (int level = 0; level < levels; ++level) {
+  for (int level = reach.first_level; level < levels; ++level) {
     const int w = wmax >> level;
     for (int m = 0; m < K; ++m) {
       const uint64_t hsh = psal_hash(seed, b, i, it, (uint64_t)level * K + m);
@@ -448,7 +453,8 @@ __device__ __forceinline__ int64_t scheduled_query(const Geom& g, int64_t t, int
 template <typename scalar_t, typename acc_t, int CAP>
 __global__ void __launch_bounds__(kSearchThreads)
     psal_iterate_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k, const bool* __restrict__ valid,
-                        Geom g, int K, bool dot, uint64_t seed, int it, int diag, int diag_y0, int diag_n,
+                        Geom g, int K, Reach reach, bool dot, uint64_t seed, int it, int diag, int diag_y0,
+                        int diag_n,
                         const acc_t* prev_d, const int64_t* prev_i, const uint8_t* prev_born, acc_t* next_d,
                         int64_t* next_i, uint8_t* next_born, int32_t* __restrict__ scratch_i,
                         int32_t* __restrict__ scratch_snap, unsigned long long* __restrict__ n_evals) {
@@ -468,7 +474,7 @@ __global__ void __launch_bounds__(kSearchThreads)
                      psal_born_stamp(it)};
       int32_t* snap = CAP > 0 ? lsnap : scratch_snap + row;
       h.load(prev_d + row, prev_i + row, prev_born + row);
-      iterate_query(ctx, h, snap, ctx, K, seed, it, b, i, prev_i, prev_born);
+      iterate_query(ctx, h, snap, ctx, K, reach, seed, it, b, i, prev_i, prev_born);
       h.store(next_d + row, next_i + row, next_born + row, CAP > 0);  // k > 32: d and born live there already
     }
     add_count(n_evals + b, (unsigned long long)ctx.evals);
@@ -482,7 +488,8 @@ __global__ void __launch_bounds__(kSearchThreads)
 template <typename scalar_t, typename acc_t, int CAP, int G>
 __global__ void __launch_bounds__(kSearchThreads)
     psal_iterate_group_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ k,
-                              const bool* __restrict__ valid, Geom g, int K, bool dot, uint64_t seed, int it, int diag,
+                              const bool* __restrict__ valid, Geom g, int K, Reach reach, bool dot, uint64_t seed,
+                              int it, int diag,
                               int diag_y0, int diag_n, int J, const acc_t* prev_d, const int64_t* prev_i,
                               const uint8_t* prev_born, acc_t* next_d, int64_t* next_i, uint8_t* next_born,
                               unsigned long long* __restrict__ n_evals) {
@@ -507,7 +514,7 @@ __global__ void __launch_bounds__(kSearchThreads)
       h.load(prev_d + row, prev_i + row, prev_born + row);
       load_query_slices<scalar_t, acc_t, G>(qs, ctx.qb, g, ctx.y, ctx.x, lane, J);
       const GroupCost<scalar_t, acc_t, G> cost{ctx.kb, qs, g, lane, J, dot};
-      iterate_query(ctx, h, snap, cost, K, seed, it, b, i, prev_i, prev_born);
+      iterate_query(ctx, h, snap, cost, K, reach, seed, it, b, i, prev_i, prev_born);
 #ifndef PSAL_CUDA_EMULATE
       // every lane has read its heap row (wavefront: the row lane 0 now overwrites in place)
       __syncwarp(G == 32 ? 0xffffffffu : (((1u << G) - 1u) << ((threadIdx.x & 31u) & ~(unsigned)(G - 1))));
@@ -902,7 +909,7 @@ std::tuple<at::Tensor, at::Tensor> inverse_index(const at::Tensor& idx, const Ge
 template <typename scalar_t, typename acc_t, int CAP>
 void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor& valid, const at::Tensor& usable,
                    const at::Tensor& usable_off, const at::Tensor& init, const Geom& g, int K, int64_t iterations,
-                   bool dot, uint64_t seed, int64_t schedule, at::Tensor& idx_out, at::Tensor& n_evals) {
+                   Reach reach, bool dot, uint64_t seed, int64_t schedule, at::Tensor& idx_out, at::Tensor& n_evals) {
   auto stream = PSAL_STREAM();
   const int64_t rows = (int64_t)g.B * g.nq() * K;
   const auto acc_dtype = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
@@ -943,16 +950,16 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
       if (grouped) {
         PSAL_LAUNCH_SHARED(igrid, kSearchThreads, group_shared, stream,
                            psal_iterate_group_kernel<scalar_t, acc_t, CAP, kGroupLanes>)(
-            qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, diag,
-            y0, n, group_j, d[from].data_ptr<acc_t>(), ids[from].data_ptr<int64_t>(), born[from].data_ptr<uint8_t>(),
+            qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, reach, dot, seed, (int)it,
+            diag, y0, n, group_j, d[from].data_ptr<acc_t>(), ids[from].data_ptr<int64_t>(), born[from].data_ptr<uint8_t>(),
             d[to].data_ptr<acc_t>(), ids[to].data_ptr<int64_t>(), born[to].data_ptr<uint8_t>(), ne);
         PSAL_LAUNCH_CHECK();
         return;
       }
     }
     PSAL_LAUNCH(igrid, kSearchThreads, stream, psal_iterate_kernel<scalar_t, acc_t, CAP>)(
-        qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, dot, seed, (int)it, diag, y0,
-        n, d[from].data_ptr<acc_t>(), ids[from].data_ptr<int64_t>(), born[from].data_ptr<uint8_t>(),
+        qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), valid.data_ptr<bool>(), g, K, reach, dot, seed, (int)it,
+        diag, y0, n, d[from].data_ptr<acc_t>(), ids[from].data_ptr<int64_t>(), born[from].data_ptr<uint8_t>(),
         d[to].data_ptr<acc_t>(), ids[to].data_ptr<int64_t>(), born[to].data_ptr<uint8_t>(), si, ss, ne);
     PSAL_LAUNCH_CHECK();
   };
@@ -985,7 +992,8 @@ void launch_search(const at::Tensor& qc, const at::Tensor& kc, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& valid,
                                                     int64_t patch_size, int64_t k_nn, int64_t iterations, bool dot,
                                                     int64_t seed, int64_t schedule,
-                                                    const std::optional<at::Tensor>& init) {
+                                                    const std::optional<at::Tensor>& init, int64_t reach,
+                                                    int64_t max_jump) {
   check_cuda_float(q, "q", q);
   check_cuda_float(k, "k", q);
   const Geom g = make_geom(q, k, patch_size);
@@ -993,6 +1001,8 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
   PSAL_CHECK(iterations >= 0, "psal (cuda): iterations must be >= 0, got ", iterations);
   PSAL_CHECK(schedule == PSAL_SCHEDULE_JACOBI || schedule == PSAL_SCHEDULE_WAVEFRONT, "psal (cuda): schedule must be ",
               PSAL_SCHEDULE_JACOBI, " (jacobi) or ", PSAL_SCHEDULE_WAVEFRONT, " (wavefront), got ", schedule);
+  PSAL_CHECK(reach >= 0 && max_jump >= 1, "psal (cuda): reach must be >= 0 and max_jump >= 1, got ", reach, " and ",
+             max_jump);
   PSAL_CHECK(PSAL_ON_DEVICE(valid) && valid.device() == q.device(), "psal (cuda): valid must be on ", q.device());
   PSAL_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 3 && valid.size(0) == g.B && valid.size(1) == g.Hk &&
                   valid.size(2) == g.Wk,
@@ -1022,14 +1032,18 @@ std::tuple<at::Tensor, at::Tensor> psal_search_cuda(const at::Tensor& q, const a
   auto n_evals = at::zeros({g.B}, q.options().dtype(at::kLong));
   at::Tensor idx;
   const uint64_t useed = (uint64_t)seed;
+  const Reach limits{(int)psal_first_level(g.Hk, g.Wk, reach), (int)psal_jump_steps(max_jump)};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "psal_search_cuda", [&] {
     using acc_t = at::acc_type<scalar_t, true>;
     if (K <= 4)
-      launch_search<scalar_t, acc_t, 4>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, dot, useed, schedule, idx, n_evals);
+      launch_search<scalar_t, acc_t, 4>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, limits, dot, useed,
+                                          schedule, idx, n_evals);
     else if (K <= 32)
-      launch_search<scalar_t, acc_t, 32>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, dot, useed, schedule, idx, n_evals);
+      launch_search<scalar_t, acc_t, 32>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, limits, dot, useed,
+                                          schedule, idx, n_evals);
     else
-      launch_search<scalar_t, acc_t, 0>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, dot, useed, schedule, idx, n_evals);
+      launch_search<scalar_t, acc_t, 0>(qc, kc, vc, usable, usable_off, init32, g, K, iterations, limits, dot, useed,
+                                          schedule, idx, n_evals);
   });
   return {idx, n_evals};
 }

@@ -157,6 +157,8 @@ class PSAL(AttentionMechanism):
         pyramid_search_k: Optional[int] = None,
         pyramid_iterations: int = DEFAULT_PYRAMID_ITERATIONS,
         pyramid_schedule: Optional[str] = None,
+        reach: int = contract.REACH_UNLIMITED,
+        max_jump: int = contract.MAX_JUMP_DEFAULT,
         **params: Any,
     ):
         super().__init__(patch_size=patch_size, similarity=similarity, temperature=temperature, **params)
@@ -186,6 +188,14 @@ class PSAL(AttentionMechanism):
         self.pyramid_iterations = _check_positive_int("pyramid_iterations", pyramid_iterations, 0)
         #: init=pyramid: the coarse levels' schedule (the full size runs ``schedule``)
         self.pyramid_schedule = _checked_schedule("pyramid_schedule", pyramid_schedule)
+        #: the full-size search's reach limits (psal.h): the random search's largest radius in px
+        #: (0: the whole image) and the largest jump-flooding step; for a search started from a good
+        #: field (init=pyramid, init_nnf), whose long displacements are in the field already
+        self.reach = _check_positive_int("reach", reach, 0)
+        if max_jump not in contract.PROPAGATION_STEPS or isinstance(max_jump, bool):
+            raise UnsupportedRequest(f"max_jump must be one of {', '.join(map(str, contract.PROPAGATION_STEPS))} "
+                                     f"(the jump-flooding steps), got {max_jump!r}")
+        self.max_jump = max_jump
         # PSAL-1 without aggregation has one weight of 1 per query: no gradient reaches q or k.
         self.differentiable_wrt = ("v",) if (self.k_nn == 1 and not aggregation) else ("q", "k", "v")
         #: "native" (C++ kernel) or "reference" (pure PyTorch), see psal_build / ATTNBENCH_PSAL_BACKEND
@@ -228,6 +238,9 @@ class PSAL(AttentionMechanism):
                 "pyramid_search_k": self.pyramid_search_k, "pyramid_iterations": self.pyramid_iterations,
                 "pyramid_schedule": self.pyramid_schedule}
                if self.init == pyramid.INIT_PYRAMID else {}),
+            # only when limited, so that every record of the default search keeps its parameters
+            **({"reach": self.reach} if self.reach != contract.REACH_UNLIMITED else {}),
+            **({"max_jump": self.max_jump} if self.max_jump < contract.MAX_JUMP_DEFAULT else {}),
             "backend": self.backend,
         }
 
@@ -257,10 +270,10 @@ class PSAL(AttentionMechanism):
         if self.init == pyramid.INIT_PYRAMID:
             idx, evaluations = pyramid.coarse_to_fine(self._search_op, q, k, key_mask, valid, self.patch_size, width,
                                                       self.iterations, contract.SCHEDULES[self.schedule],
-                                                      self.pyramid_plan)
+                                                      self.pyramid_plan, self._full_size_search)
         else:
-            idx, evaluations = self._search_op(q, k, valid, self.patch_size, width, self.iterations,
-                                               contract.SCHEDULES[self.schedule], init_nnf)
+            idx, evaluations = self._full_size_search(q, k, valid, self.patch_size, width, self.iterations,
+                                                      contract.SCHEDULES[self.schedule], init_nnf)
         self.last_evaluations = evaluations
         return idx if width == self.k_nn else idx[..., : self.k_nn].contiguous()
 
@@ -272,12 +285,20 @@ class PSAL(AttentionMechanism):
                                contract.SCHEDULES[self.pyramid_schedule])
 
     def _search_op(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, patch_size: int, width: int,
-                   iterations: int, schedule: int, init: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+                   iterations: int, schedule: int, init: Optional[torch.Tensor],
+                   reach: int = contract.REACH_UNLIMITED,
+                   max_jump: int = contract.MAX_JUMP_DEFAULT) -> tuple[torch.Tensor, torch.Tensor]:
         """One call of the search op with this layer's settings (every pyramid level is one)."""
         return torch.ops.attnbench.psal_search(
             q, k, valid, patch_size, width, iterations, self.similarity == "dot", self.seed,
-            schedule, self.backend == contract.BACKEND_REFERENCE, init,
+            schedule, self.backend == contract.BACKEND_REFERENCE, init, reach, max_jump,
         )
+
+    def _full_size_search(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, patch_size: int, width: int,
+                          iterations: int, schedule: int,
+                          init: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The search op at full size, with the layer's reach limits (coarse levels: _search_op)."""
+        return self._search_op(q, k, valid, patch_size, width, iterations, schedule, init, self.reach, self.max_jump)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor] = None,
                 init_nnf: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -309,15 +330,16 @@ class PSAL(AttentionMechanism):
         if self.init == pyramid.INIT_PYRAMID:
             plan = self.pyramid_plan
             evals = expected_pyramid_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width,
-                                                 self.iterations, plan)
+                                                 self.iterations, plan, self.reach, self.max_jump)
             flops = expected_pyramid_flops(shape.batch, shape.query_hw, shape.key_hw, shape.channels,
-                                           shape.patch_size, width, self.iterations, plan)
+                                           shape.patch_size, width, self.iterations, plan, self.reach, self.max_jump)
             if self.backend != contract.BACKEND_REFERENCE:
                 memory = max(memory, contract.native_pyramid_memory(
                     shape, self.k_nn, width, self.iterations, contract.SCHEDULES[self.schedule], self.with_similarity,
                     plan, pyramid.level_patch_size(shape.patch_size, plan.scale)))
         else:
-            evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations)
+            evals = expected_evaluations(shape.query_hw, shape.key_hw, shape.patch_size, width, self.iterations,
+                                         reach=self.reach, max_jump=self.max_jump)
             flops = contract.search_flops(shape.batch * evals, shape.channels, shape.patch_size)
         flops += contract.matched_attention_flops(shape, self.k_nn, self.aggregation, self.with_similarity)
         return CostEstimate(

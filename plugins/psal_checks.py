@@ -67,13 +67,18 @@ PYRAMID_CASES = (
 )
 
 
+#: psal.h's reach limits the checks run with: random-search radius <= 5 px (some levels skipped
+#: on every case's key map), jumps of 1 and 2 only
+REACH_LIMITS = (5, 2)
+
+
 def _same_pyramids(first: SearchFn, second: SearchFn) -> str:
     """init=pyramid (psal_pyramid.coarse_to_fine, shared Python) over two search kernels: identical
     fields and counts. Integer images in multiples of the largest pooling area stay integers when
     pooled, so every cost is exact (float64)."""
     from attnbench_plugins import psal_contract, psal_pyramid
 
-    for B, C, hq, wq, hk, wk, p, K, iters, hole, levels, scale in PYRAMID_CASES:
+    for case, (B, C, hq, wq, hk, wk, p, K, iters, hole, levels, scale) in enumerate(PYRAMID_CASES):
         q, k = (t * scale ** (2 * levels) for t in _int_images(B, C, hq, wq, hk, wk, seed=hq + wk, dtype=torch.float64))
         mask = _hole(B, hk, wk) if hole else None
         valid = psal_contract.matchable_map((hk, wk), p, mask, B, q.device)
@@ -82,16 +87,22 @@ def _same_pyramids(first: SearchFn, second: SearchFn) -> str:
             def at_level(qq, kk, vv, patch, width, its, schedule, init, fn=fn):  # type: ignore[no-untyped-def]
                 return fn(qq, kk, vv, patch, width, its, False, 1234, schedule, init)
 
+            def refine(qq, kk, vv, patch, width, its, schedule, init, fn=fn):  # type: ignore[no-untyped-def]
+                return fn(qq, kk, vv, patch, width, its, False, 1234, schedule, init, *REACH_LIMITS)
+
             # a coarse heap twice as wide, its best K + 1 seeding the finer one, one more coarse
             # iteration; Jacobi on the coarse levels, the wavefront at full size
             plan = psal_pyramid.Pyramid(levels, scale, 2 * K, iters + 1, K + 1, psal_contract.SCHEDULE_JACOBI)
+            # every other case with psal.h's reach limits at full size
             results.append([t.cpu() for t in psal_pyramid.coarse_to_fine(
-                at_level, q, k, mask, valid, p, K, iters, psal_contract.SCHEDULE_WAVEFRONT, plan)])
+                at_level, q, k, mask, valid, p, K, iters, psal_contract.SCHEDULE_WAVEFRONT, plan,
+                refine if case % 2 else None)])
         (idx_a, ev_a), (idx_b, ev_b) = results
         if not (torch.equal(idx_a, idx_b) and torch.equal(ev_a, ev_b)):
             raise AssertionError(f"p={p} K={K} levels {levels} scale {scale}: {(idx_a != idx_b).sum().item()} matches "
                                  f"differ, evaluations {ev_a.tolist()} vs {ev_b.tolist()}")
-    return f"{len(PYRAMID_CASES)} cases (batch 2, holes, 1-3 levels, scale 2 and 3): identical"
+    return (f"{len(PYRAMID_CASES)} cases (batch 2, holes, 1-3 levels, scale 2 and 3, full-size reach limited or "
+            "not): identical")
 
 
 def _reference_pyramid_check() -> str:
@@ -169,26 +180,28 @@ def _backend_check(device: str) -> str:
 
 
 def _same_searches(first: SearchFn, second: SearchFn, quick: bool) -> str:
-    """Two searches make the same decisions on every case and schedule, from a random start and
-    from a given field (init, with every skip rule): identical matches and counts."""
+    """Two searches make the same decisions on every case and schedule, from a random start, from
+    a given field (init, with every skip rule) and from it with psal.h's reach limits: identical
+    matches and counts."""
     cases = SEARCH_CASES[:4] if quick else SEARCH_CASES
     for B, C, hq, wq, hk, wk, p, K, iters, dot, hole in cases:
         q, k = _int_images(B, C, hq, wq, hk, wk, seed=hq * 31 + K)
         valid = _valid(B, hk, wk, p, hole)
         for schedule in (0, 1):
             start = None
-            for given in ("random start", "given field"):
+            for given in ("random start", "given field", "given field, reach limited"):
                 init = None if start is None else _given_field(start, K + 1, seed=K)
-                idx_a, ev_a = (t.cpu() for t in first(q, k, valid, p, K, iters, dot, 1234, schedule, init))
-                idx_b, ev_b = (t.cpu() for t in second(q, k, valid, p, K, iters, dot, 1234, schedule, init))
+                limits = REACH_LIMITS if given.endswith("limited") else ()
+                idx_a, ev_a = (t.cpu() for t in first(q, k, valid, p, K, iters, dot, 1234, schedule, init, *limits))
+                idx_b, ev_b = (t.cpu() for t in second(q, k, valid, p, K, iters, dot, 1234, schedule, init, *limits))
                 where = f"p={p} K={K} schedule {schedule}, {given}"
                 if not torch.equal(idx_a, idx_b):
                     raise AssertionError(f"{where}: {(idx_a != idx_b).sum().item()} matches differ")
                 if not torch.equal(ev_a, ev_b):
                     raise AssertionError(f"{where}: evaluations {ev_a.tolist()} vs {ev_b.tolist()}")
-                start = idx_a
-    return (f"{len(cases)} cases x 2 schedules x (random start, given field) (batch 2, cross-attention, holes, "
-            "K up to 40): identical")
+                start = start if start is not None else idx_a
+    return (f"{len(cases)} cases x 2 schedules x (random start, given field, reach limited) (batch 2, "
+            "cross-attention, holes, K up to 40): identical")
 
 
 def _reference_search_check(quick: bool) -> str:

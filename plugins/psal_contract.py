@@ -30,6 +30,9 @@ MIX_M2 = 0x94D049BB133111EB
 INIT_TRIALS_PER_K = 64
 #: jump-flooding distances of the propagation, each in the four axis directions
 PROPAGATION_STEPS = (1, 2, 4, 8)
+#: the reach limits' "no limit" values (psal.h "reach and max_jump"): the default search
+REACH_UNLIMITED = 0
+MAX_JUMP_DEFAULT = PROPAGATION_STEPS[-1]
 
 #: search schedules (psal.h PSAL_SCHEDULE_*): "jacobi" reads the neighbours' heaps of the previous
 #: iteration; "wavefront" sweeps in place (scan order, reversed on even iterations)
@@ -75,6 +78,22 @@ def entry_fresh(born: torch.Tensor, it: int) -> torch.Tensor:
 def search_levels(hk: int, wk: int) -> int:
     """Number of random-search windows: floor(log2(max(Hk, Wk))) + 1 (the last radius is 1)."""
     return max(hk, wk).bit_length()
+
+
+def first_search_level(hk: int, wk: int, reach: int = REACH_UNLIMITED) -> int:
+    """psal_first_level: the first random-search level whose radius max(Hk, Wk) >> level is <=
+    ``reach`` (0: no limit, level 0); the levels before it are skipped, their draws unused."""
+    if reach <= 0:
+        return 0
+    level = 0
+    while (max(hk, wk) >> level) > reach:
+        level += 1
+    return level
+
+
+def jump_steps(max_jump: int = MAX_JUMP_DEFAULT) -> tuple[int, ...]:
+    """psal_jump_steps: the jump-flooding distances <= ``max_jump`` (at least 1)."""
+    return tuple(step for step in PROPAGATION_STEPS if step <= max_jump)
 
 
 # ------------------------------------------------------------------------ the matchable rule

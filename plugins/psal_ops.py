@@ -9,7 +9,7 @@ the layer passes it on: ``use_reference`` of the search op, ``backend`` of
 
 Ops (semantics in native/psal.h):
   psal_search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=0, use_reference=False,
-              init=None) -> (idx, n_evals)
+              init=None, reach=0, max_jump=8) -> (idx, n_evals)
   psal_similarity(q, k, idx, patch_size, dot) -> S                       (autograd: q, k)
   psal_attend(S, idx, v, patch_size, aggregation, temperature) -> (out, lse)  (autograd: S, v)
 and their backward ops. ``FlopCounterMode`` counts the search by the evaluations the kernel
@@ -61,22 +61,26 @@ def psal_search(
     schedule: int = contract.SCHEDULE_DEFAULT,
     use_reference: bool = False,
     init: Optional[Tensor] = None,
+    reach: int = contract.REACH_UNLIMITED,
+    max_jump: int = contract.MAX_JUMP_DEFAULT,
 ) -> tuple[Tensor, Tensor]:
     """PatchMatch k-NN search: (idx (B, Hq, Wq, K) int64 key-centre indices, n_evals (B,) int64).
 
     ``schedule``: 0 = jacobi, 1 = wavefront (psal.h PSAL_SCHEDULE_*, contract.SCHEDULES);
     ``use_reference``: run the pure-PyTorch reference even where a native kernel exists;
     ``init``: an initial field (B, Hq, Wq, K0) int32/int64 whose entries the search starts from
-    (psal.h "it = 0"; negative = none); None = the random initialisation alone."""
+    (psal.h "it = 0"; negative = none); None = the random initialisation alone;
+    ``reach``, ``max_jump``: psal.h's reach limits (the random search's largest radius, 0 = none;
+    the largest jump-flooding step), for a search started from a good field."""
     fn = None if use_reference else _kernel("psal_search", q.device.type)
     if fn is not None:
-        return fn(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule, init)
-    return reference.search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule, init)
+        return fn(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule, init, reach, max_jump)
+    return reference.search(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule, init, reach, max_jump)
 
 
 @psal_search.register_fake
 def _(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=contract.SCHEDULE_DEFAULT, use_reference=False,
-      init=None):
+      init=None, reach=contract.REACH_UNLIMITED, max_jump=contract.MAX_JUMP_DEFAULT):
     idx = q.new_empty((q.shape[0], q.shape[2], q.shape[3], k_nn), dtype=torch.long)
     return idx, q.new_empty((q.shape[0],), dtype=torch.long)
 
@@ -224,13 +228,14 @@ def _register_flops() -> None:
 
     @register_flop_formula(ops.psal_search, get_raw=True)
     def _search_flops(q, k, valid, patch_size, k_nn, iterations, dot, seed, schedule=None, use_reference=False,
-                      init=None, out_val=None, **kwargs) -> int:
+                      init=None, reach=contract.REACH_UNLIMITED, max_jump=contract.MAX_JUMP_DEFAULT, out_val=None,
+                      **kwargs) -> int:
         evals = out_val[1] if out_val is not None else None
         if _is_real(evals):
             return contract.search_flops(int(evals.sum().item()), q.shape[1], patch_size)
         given = int(init.shape[3]) if init is not None else 0
         return search_flops_estimate(q.shape[0], tuple(q.shape[2:]), tuple(k.shape[2:]), q.shape[1], patch_size, k_nn,
-                                     iterations, given)
+                                     iterations, given, reach, max_jump)
 
     @register_flop_formula(ops.psal_similarity)
     def _similarity_flops(q_shape, k_shape, idx_shape, patch_size, dot, out_shape=None, **kwargs) -> int:

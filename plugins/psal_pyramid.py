@@ -136,10 +136,12 @@ def upsample_field(idx: torch.Tensor, coarse_key_w: int, query_hw: tuple[int, in
 
 def coarse_to_fine(search: SearchAt, q: torch.Tensor, k: torch.Tensor, key_mask: Optional[torch.Tensor],
                    valid: torch.Tensor, patch_size: int, width: int, iterations: int, schedule: int,
-                   pyramid: Pyramid) -> tuple[torch.Tensor, torch.Tensor]:
+                   pyramid: Pyramid, refine: Optional[SearchAt] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The full-size search started from the coarse levels' matches -> (idx, n_evals summed over
     every level's search; a coarse evaluation costs one patch of that level's size, see
-    ``psal_cost.expected_pyramid_flops``)."""
+    ``psal_cost.expected_pyramid_flops``). ``refine``: the full-size search when it differs from
+    the coarse levels' ``search`` (the layer's reach limits apply there only: a coarse level starts
+    from random, or from a field that is coarse, and needs the whole image's reach)."""
     B = q.shape[0]
     full = Level(1, tuple(q.shape[2:]), tuple(k.shape[2:]), patch_size)
     plan = coarse_levels(full.query_hw, full.key_hw, patch_size, pyramid.levels, pyramid.scale)
@@ -161,5 +163,5 @@ def coarse_to_fine(search: SearchAt, q: torch.Tensor, k: torch.Tensor, key_mask:
         init = upsample_field(idx[..., : pyramid.seed_width], level.key_hw[1], finer.query_hw, finer.key_hw, pyramid.scale, finer.patch_size,
                               finer_valid)
         del idx, valid_l, finer_valid  # only the field stays alive during the finer search
-    idx, evals = search(q, k, valid, patch_size, width, iterations, schedule, init)
+    idx, evals = (refine or search)(q, k, valid, patch_size, width, iterations, schedule, init)
     return idx, total + evals

@@ -15,16 +15,20 @@ from attnbench.patches import query_patches
 
 from .psal_contract import (  # noqa: F401  (re-exported: the reference speaks the contract's names)
     INIT_TRIALS_PER_K,
+    MAX_JUMP_DEFAULT,
     MIX_ADD,
     MIX_M1,
     MIX_M2,
     PROPAGATION_STEPS,
+    REACH_UNLIMITED,
     SCHEDULE_DEFAULT,
     SCHEDULE_JACOBI,
     SCHEDULE_WAVEFRONT,
     SCHEDULES,
     born_stamp,
     entry_fresh,
+    first_search_level,
+    jump_steps,
     matchable_map,
     search_levels,
 )
@@ -108,13 +112,19 @@ def search(
     seed: int,
     schedule: int = SCHEDULE_DEFAULT,
     init: torch.Tensor | None = None,
+    reach: int = REACH_UNLIMITED,
+    max_jump: int = MAX_JUMP_DEFAULT,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PatchMatch search as specified in psal.h -> (idx (B, Hq, Wq, K) int64, n_evals (B,) int64).
 
     ``init``: the optional (B, Hq, Wq, K0) initial field of psal.h (its entries inserted first, in
-    order; negative entries mean none; the random initialisation fills what is left)."""
+    order; negative entries mean none; the random initialisation fills what is left);
+    ``reach``, ``max_jump``: psal.h's reach limits (the random search's largest radius, 0 for
+    none; the largest jump-flooding step)."""
     if schedule not in SCHEDULES.values():
         raise ValueError(f"psal_search: schedule must be one of {sorted(SCHEDULES.values())}, got {schedule}")
+    if reach < 0 or max_jump < 1:
+        raise ValueError(f"psal_search: reach must be >= 0 and max_jump >= 1, got {reach} and {max_jump}")
     B, _, hq, wq = q.shape
     hk, wk = k.shape[2], k.shape[3]
     r, K = patch_size // 2, k_nn
@@ -125,6 +135,7 @@ def search(
     qi = torch.arange(nq, device=dev)
     ys, xs = qi // wq, qi % wq
     levels = search_levels(hk, wk)
+    first_level, steps = first_search_level(hk, wk, reach), jump_steps(max_jump)
     with torch.no_grad():
         for b in range(B):
             cost_of = _Costs(q[b], k[b], patch_size, dot)
@@ -192,7 +203,7 @@ def search(
                 everyone = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
                 ry, rx = ys[rows], xs[rows]
                 # Jump flooding: neighbours' matches, shifted back.
-                for step in PROPAGATION_STEPS:
+                for step in steps:
                     for dy, dx in ((-step, 0), (step, 0), (0, -step), (0, step)):
                         ny, nx = ry + dy, rx + dx
                         inside = (ny >= 0) & (ny < hq) & (nx >= 0) & (nx < wq)
@@ -203,7 +214,7 @@ def search(
                             consider(j // wk - dy, j % wk - dx, inside & fresh, rows)
                 # Random search around a snapshot of the current matches.
                 snap = J[rows].clone()
-                for level in range(levels):
+                for level in range(first_level, levels):
                     w = wmax >> level
                     for m in range(K):
                         cy, cx = snap[:, m] // wk, snap[:, m] % wk

@@ -155,7 +155,7 @@ class Kernels:
 
     # the CUDA kernels (inputs moved to the device, outputs back to the CPU)
     def search(self, q, k, valid, p, K, iters, dot, seed, *rest):
-        rest = tuple(self.dev(a) if isinstance(a, torch.Tensor) else a for a in rest)  # schedule, init
+        rest = tuple(self.dev(a) if isinstance(a, torch.Tensor) else a for a in rest)  # schedule, init, limits
         idx, ev = self.mod.psal_search_cuda(self.dev(q), self.dev(k), self.dev(valid), p, K, iters, dot, seed, *rest)
         assert idx.device.type == self.device and ev.device.type == self.device
         return idx.cpu(), ev.cpu()
@@ -299,13 +299,29 @@ def test_search_from_a_given_field_matches_cpu_exactly(kern: Kernels, case, sche
     assert not torch.equal(plain, idx_g)  # the field was read
 
 
+@SEARCH_GRID
+def test_reach_limited_search_matches_cpu_exactly(kern: Kernels, case, schedule) -> None:
+    # psal.h's reach limits (random-search levels skipped, fewer jump steps), from a random start
+    # and from a given field
+    from attnbench_plugins.psal_checks import REACH_LIMITS, _given_field
+
+    q, k, valid, (_, _, _, p, K, iters, dot) = _search_case(case)
+    start, _ = kern.mod.psal_search_cpu(q, k, valid, p, K, 1, dot, 5, schedule)
+    for init in (None, _given_field(start, K + 1, seed=K)):
+        idx_c, ev_c = kern.mod.psal_search_cpu(q, k, valid, p, K, iters, dot, 1234, schedule, init, *REACH_LIMITS)
+        idx_g, ev_g = kern.search(q, k, valid, p, K, iters, dot, 1234, schedule, init, *REACH_LIMITS)
+        _check_heaps(idx_g, valid)
+        assert torch.equal(idx_g, idx_c), f"{(idx_g != idx_c).sum().item()} entries differ from the CPU kernel"
+        assert torch.equal(ev_g, ev_c), (ev_g, ev_c)
+
+
 def test_pyramid_search_matches_cpu_exactly(kern: Kernels) -> None:
     # init=pyramid is shared Python over the search op: each level (its own patch, heap width and
     # iterations, seeded by the coarser level's best entries) on the CUDA kernels = on the CPU one
     from attnbench_plugins.psal_checks import PYRAMID_CASES, _same_pyramids
 
-    def cuda_search(q, k, valid, p, K, iters, dot, seed, schedule, init):  # type: ignore[no-untyped-def]
-        return kern.search(q, k, valid, p, K, iters, dot, seed, schedule, init)
+    def cuda_search(q, k, valid, p, K, iters, dot, seed, schedule, init, *limits):  # type: ignore[no-untyped-def]
+        return kern.search(q, k, valid, p, K, iters, dot, seed, schedule, init, *limits)
 
     assert _same_pyramids(kern.mod.psal_search_cpu, cuda_search).startswith(f"{len(PYRAMID_CASES)} cases")
 

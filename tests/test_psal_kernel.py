@@ -405,3 +405,86 @@ def test_fake_flop_formula_counts_the_given_entries():
         ops.psal_search(fq, fq, fvalid, 7, 3, 5, False, 0, 0, False, finit)
     expected = psal_ops.search_flops_estimate(1, (64, 64), (64, 64), 16, 7, 3, 5, 5)
     assert counter.get_total_flops() == expected > psal_ops.search_flops_estimate(1, (64, 64), (64, 64), 16, 7, 3, 5)
+
+
+# ------------------------------------------------------------- the reach limits (psal.h)
+@pytest.mark.parametrize("schedule", [0, 1], ids=["jacobi", "wavefront"])
+@pytest.mark.parametrize("reach, max_jump", [(3, 8), (0, 2), (4, 1), (6, 4)])
+def test_reach_limited_search_matches_reference_exactly(ext, schedule, reach, max_jump):
+    from attnbench_plugins.psal_checks import _given_field
+
+    q, k, _ = _inputs()
+    valid = reference.matchable_map(tuple(k.shape[2:]), 3, _hole(k.shape[2:]), 2, q.device)
+    start, _ = ext.psal_search_cpu(q, k, valid, 3, 2, 1, False, 5)
+    for init in (None, _given_field(start, 3, seed=2)):
+        idx_n, ev_n = ext.psal_search_cpu(q, k, valid, 3, 2, 3, False, 11, schedule, init, reach, max_jump)
+        idx_r, ev_r = reference.search(q, k, valid, 3, 2, 3, False, 11, schedule, init, reach, max_jump)
+        assert torch.equal(idx_n, idx_r) and torch.equal(ev_n, ev_r)
+        plain, ev_plain = ext.psal_search_cpu(q, k, valid, 3, 2, 3, False, 11, schedule, init)
+        assert int(ev_n.sum()) < int(ev_plain.sum())  # fewer windows or jumps: fewer evaluations
+
+
+def test_reach_limits_at_their_bounds_are_the_default_search(ext):
+    # reach 0 or >= max(Hk, Wk) skips no level and max_jump 8 takes every jump: bit for bit the
+    # default search (the skipped levels' draws are unused, so the other levels draw the same)
+    q, k, _ = _inputs()
+    valid = reference.matchable_map(tuple(k.shape[2:]), 3, None, 2, q.device)
+    default = ext.psal_search_cpu(q, k, valid, 3, 2, 3, False, 11, 0)
+    for reach in (0, max(k.shape[2:]), 1000):
+        limited = ext.psal_search_cpu(q, k, valid, 3, 2, 3, False, 11, 0, None, reach, 8)
+        assert all(torch.equal(a, b) for a, b in zip(default, limited))
+
+
+def test_reach_limits_are_checked(ext):
+    from attnbench.interface import UnsupportedRequest
+    from attnbench.registry import mechanism
+
+    q, k, _ = _inputs()
+    valid = reference.matchable_map(tuple(k.shape[2:]), 3, None, 2, q.device)
+    for reach, max_jump in ((-1, 8), (0, 0)):
+        with pytest.raises(RuntimeError, match="reach must be >= 0 and max_jump >= 1"):
+            ext.psal_search_cpu(q, k, valid, 3, 2, 3, False, 11, 0, None, reach, max_jump)
+        with pytest.raises(ValueError, match="reach must be >= 0 and max_jump >= 1"):
+            reference.search(q, k, valid, 3, 2, 3, False, 11, 0, None, reach, max_jump)
+    for params, needle in (({"reach": -2}, "reach must be an integer >= 0"), ({"max_jump": 3}, "max_jump must be one of 1, 2, 4, 8"),
+                           ({"max_jump": True}, "max_jump must be one of")):
+        with pytest.raises(UnsupportedRequest, match=needle):
+            mechanism("psal-1", **params)
+
+
+def test_evaluation_model_covers_the_reach_limits(ext):
+    # the model drops the skipped windows and jumps: within 10 % of the count, like the default
+    from attnbench_plugins.psal_contract import first_search_level, jump_steps
+
+    assert first_search_level(96, 96, 0) == 0 and first_search_level(96, 96, 16) == 3  # 96 >> 3 = 12
+    assert jump_steps(2) == (1, 2) and jump_steps(8) == (1, 2, 4, 8)
+    for k_nn, size, reach, max_jump in ((1, 64, 8, 2), (3, 96, 16, 1)):
+        g = torch.Generator().manual_seed(size + k_nn)
+        q, k = torch.rand(1, 4, size, size, generator=g), torch.rand(1, 4, size, size, generator=g)
+        valid = reference.matchable_map((size, size), 7, None, 1, q.device)
+        _, evals = ext.psal_search_cpu(q, k, valid, 7, k_nn, 5, False, 0, 0, None, reach, max_jump)
+        model = expected_evaluations((size, size), (size, size), 7, k_nn, 5, reach=reach, max_jump=max_jump)
+        assert model < expected_evaluations((size, size), (size, size), 7, k_nn, 5)
+        assert abs(int(evals) / model - 1) < 0.10
+
+
+def test_layer_applies_the_reach_limits_at_full_size_only(ext):
+    # init=pyramid: the coarse levels keep the whole image's reach, the full size takes the layer's;
+    # the record names the limits only when set (the default search's parameters are unchanged)
+    from attnbench.interface import ProblemShape
+    from attnbench.registry import mechanism
+    from attnbench_plugins.psal_cost import expected_pyramid_evaluations
+
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.rand(1, 4, 96, 96, generator=g), torch.rand(1, 4, 96, 96, generator=g)
+    plain = mechanism("psal-1", init="pyramid", search_k=2)
+    limited = mechanism("psal-1", init="pyramid", search_k=2, reach=16, max_jump=2)
+    assert "reach" not in plain.params() and "max_jump" not in plain.params()
+    assert limited.params()["reach"] == 16 and limited.params()["max_jump"] == 2
+    plain.search(q, k), limited.search(q, k)
+    saved = expected_pyramid_evaluations((96, 96), (96, 96), 7, 2, 5, plain.pyramid_plan) - \
+        expected_pyramid_evaluations((96, 96), (96, 96), 7, 2, 5, plain.pyramid_plan, 16, 2)
+    got = int(plain.last_evaluations) - int(limited.last_evaluations)
+    assert saved > 0 and abs(got / saved - 1) < 0.25  # only the full-size search evaluates less
+    shape = ProblemShape.of(q, k, k, 7)
+    assert limited.estimate(shape).flops < plain.estimate(shape).flops
