@@ -19,7 +19,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar
 
 from .errors import UserError
 
@@ -54,6 +54,10 @@ class RunnerOptions:
     def images_needed(self) -> int:
         """How many image pairs a cell reads from ``--data`` (checked before any worker starts)."""
         return 1
+
+    def check_sizes(self, sizes: Sequence[int]) -> None:
+        """Options that depend on the image size have a value at each of ``sizes`` (the sizes the
+        cells run at; checked with the suite, before any cell)."""
 
     def check_machine(self) -> None:
         """What the runner needs of this machine besides its options (a writable cache ...): checked

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, make_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from .cells import CellSpec, GridKey, grid_keys
 from .errors import UserError
@@ -91,8 +91,10 @@ class Suite:
         for mechanism in self.per_size:
             resolve(mechanism)  # a misspelled [per_size.NAME] lists the valid names
         for name in self.preset_names():
-            check_options(self.runner, self.resolved(name)[2],
-                          f"suite {self.name!r}" + (f" preset {name!r}" if name != "default" else ""))
+            _, grid, options = self.resolved(name)
+            sizes = grid.get("sizes") if isinstance(grid.get("sizes"), list) else []  # not a list: validate_grid says so
+            check_options(self.runner, options, f"suite {self.name!r}" + (f" preset {name!r}" if name != "default" else ""),
+                          sizes)
 
     def cells(self, preset: Optional[str] = None, **overrides: Any) -> list[CellSpec]:
         """Expand the grid (size-major, so cheap cells come first) into cell specs."""
@@ -101,7 +103,8 @@ class Suite:
         options.update(overrides.pop("options", None) or {})
         grid.update({k: v for k, v in overrides.items() if v is not None})
         grid = validate_grid(grid, self.name)
-        check_options(self.runner, options, f"suite {self.name!r}" + (f" preset {preset_name!r}" if preset_name != "default" else ""))
+        check_options(self.runner, options, f"suite {self.name!r}" + (f" preset {preset_name!r}" if preset_name != "default" else ""),
+                      grid["sizes"])  # --sizes included
         specs = []
         for size in grid["sizes"]:
             for spec_text in grid["mechanisms"]:
@@ -116,13 +119,18 @@ class Suite:
         return specs
 
 
-def check_options(runner: str, options: dict[str, Any], where: str) -> None:
-    """Parse the options against the runner's ``OPTIONS`` dataclass (unknown key, wrong type: UserError)."""
+def check_options(runner: str, options: dict[str, Any], where: str, sizes: Sequence[int] = ()) -> None:
+    """Parse the options against the runner's ``OPTIONS`` dataclass (unknown key, wrong type: UserError)
+    and check the ones keyed by size against the ``sizes`` the cells run at."""
     from .options import parse, runner_options
 
     cls = runner_options(runner)
     if cls is not None:
-        parse(cls, options, where)
+        parsed = parse(cls, options, where)
+        try:
+            parsed.check_sizes(sizes)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
 
 
 def _check_range(g: GridKey, value: Any, suite: str) -> None:

@@ -1,6 +1,7 @@
 """Suite files are strict: every key at every level is one attnbench knows, else one line naming it."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,60 @@ def test_search_sweep_tables_are_checked(tmp_path: Path, table: str, needle: str
     with pytest.raises(UserError) as exc:
         suites.load(path).cells()
     assert needle in _one_line(exc)
+
+
+@pytest.mark.parametrize("table, needle", [
+    ("iterations = { 16 = [1, 2], 32 = [3] }\n", None),  # a table keyed by size; a size not run is allowed
+    ("iterations = { 16 = [1, 2] }\nsearch_k = [2, 3]\n", None),  # beside a list for every size
+    ("iterations = { big = [1, 2] }\n", "option sweep.psal-1.iterations: size 'big' must be a positive integer (px), "
+     "e.g. { 256 = [64, 256], 512 = [1024] }"),
+    ("iterations = { 0 = [1] }\n", "size '0' must be a positive integer"),
+    ("iterations = { 016 = [1] }\n", "size '016' must be a positive integer"),  # never matches a size
+    ("iterations = {}\n", "option sweep.psal-1.iterations must be a list of values or a table of size = [values]"),
+    ("iterations = { 16 = [] }\n", "option sweep.psal-1.iterations.16 must be a non-empty list of values, got []"),
+    ("iterations = { 16 = 2 }\n", "option sweep.psal-1.iterations.16 must be a non-empty list of values, got 2"),
+    ("iterations = { 16 = [1], 32 = [-1] }\n", "psal-1[iterations=-1]: iterations must be an integer >= 0"),
+    ("iterations = { 32 = [1], 64 = [2] }\n", "suite 'strict-search': option sweep.psal-1.iterations has no values "
+     "for 16 px: add 16 = [...] to its table (it has values for 32, 64 px)"),
+])
+def test_search_sweep_values_keyed_by_size_are_checked(tmp_path: Path, table: str, needle: str | None) -> None:
+    path = _suite(tmp_path, SEARCH + table)
+    if needle is None:
+        assert suites.load(path).cells()
+        return
+    with pytest.raises(UserError) as exc:
+        suites.load(path).cells()
+    assert needle in _one_line(exc)
+
+
+def test_a_size_keyed_sweep_gives_each_size_its_points(tmp_path: Path) -> None:
+    from attnbench.runners.search_quality import _sweep
+
+    text = SEARCH.replace("sizes = [16]", "sizes = [16, 32]") + "iterations = { 16 = [1, 2], 32 = [5] }\nsearch_k = [2, 3]\n"
+    cells = suites.load(_suite(tmp_path, text)).cells()
+    points = {cell.size: _sweep(cell, {"iterations": 10}) for cell in cells}
+    assert points[16] == ("iterations,search_k", [{"iterations": 1, "search_k": 2}, {"iterations": 1, "search_k": 3},
+                                                  {"iterations": 2, "search_k": 2}, {"iterations": 2, "search_k": 3}])
+    assert points[32] == ("iterations,search_k", [{"iterations": 5, "search_k": 2}, {"iterations": 5, "search_k": 3}])
+
+
+def test_a_size_without_sweep_values_is_refused_before_any_cell(tmp_path: Path) -> None:
+    from attnbench.runners.search_quality import _sweep
+
+    text = SEARCH + "iterations = { 16 = [1, 2] }\n"
+    suite = suites.load(_suite(tmp_path, text))
+    with pytest.raises(UserError) as exc:
+        suite.cells(sizes=[16, 32, 48])  # --sizes
+    assert "option sweep.psal-1.iterations has no values for 32, 48 px: add 32 = [...], 48 = [...]" in _one_line(exc)
+    # a preset not run is checked at its own sizes
+    with pytest.raises(UserError) as exc:
+        suites.load(_suite(tmp_path, text + "[presets.big]\nsizes = [16, 64]\n")).cells()
+    assert "preset 'big': option sweep.psal-1.iterations has no values for 64 px" in _one_line(exc)
+    # a cell built without the suite's check: its size is refused when its points are asked for
+    cell = replace(suite.cells()[0], size=32)
+    with pytest.raises(UserError) as exc:
+        _sweep(cell, {"iterations": 10})
+    assert "option sweep.psal-1.iterations has no values for 32 px" in _one_line(exc)
 
 
 def test_a_sweep_of_an_unknown_mechanism_is_refused(tmp_path: Path) -> None:

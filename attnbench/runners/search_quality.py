@@ -8,7 +8,7 @@ The runner reconstructs frame A (queries) from frame B's patches (keys; values =
 the PSAL paper's reconstruction test does, and compares with the exact nearest neighbour found
 by brute force on the same input, for several iteration counts (the convergence curve users need
 to pick ``iterations``), or for the mechanism's own parameters ``sweep`` (e.g. faiss' nlist x
-nprobe, every combination):
+nprobe, every combination; a parameter's values may differ per image size):
 
 * ``mse``: mean squared error of the reconstruction to A over valid query centres (rows sampled
   every ``row_step`` rows at large sizes, the same rows for both methods);
@@ -54,6 +54,14 @@ HEADLINE = ("mse", "mse_ratio", "recall", "distance_ratio", "time_s", "time_iqr_
 #: two costs within this relative distance are a tie (recall counts a tie with the exact 1-NN as found)
 TIE_TOLERANCE = 1e-5
 
+#: how a sweep parameter's values keyed by image size are written, for the messages
+_BY_SIZE = "{ 256 = [64, 256], 512 = [1024] }"
+
+
+def _is_size(key: Any) -> bool:
+    """A size key as TOML gives it: the decimal digits of a positive integer, as ``str(size)`` writes it."""
+    return isinstance(key, str) and key.isascii() and key.isdigit() and key == str(int(key)) and int(key) > 0
+
 
 @dataclass(frozen=True)
 class SearchOptions(ImageOptions, MeasureOptions):
@@ -69,7 +77,9 @@ class SearchOptions(ImageOptions, MeasureOptions):
     require_data: bool = False
     #: ``"b"``: search frame B's patches in frame A (the video pair's direction)
     query_frame: str = "a"
-    #: mechanism name -> {parameter: [values]}: the points of its time-to-quality curve
+    #: mechanism name -> {parameter: [values] or {size: [values]}}: the points of its time-to-quality
+    #: curve; values keyed by size (``nlist = { 256 = [64, 256], 512 = [1024] }``) because a grid that
+    #: suits 256 px can scan so much at 512 px that the cell times out
     sweep: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,8 +90,8 @@ class SearchOptions(ImageOptions, MeasureOptions):
 
     def check_sweep(self) -> None:
         """Each ``sweep.NAME`` names a known mechanism and one or more of its parameters, each with a
-        list of values it accepts (every combination is a point; a misspelled name or parameter would
-        silently drop the curve)."""
+        list of values it accepts, or a table of such lists keyed by image size (every combination is
+        a point; a misspelled name or parameter would silently drop the curve)."""
         from ..registry import check_spec, resolve
 
         for name, table in self.sweep.items():
@@ -90,10 +100,36 @@ class SearchOptions(ImageOptions, MeasureOptions):
                 raise UserError(f"option sweep.{name} must be a table of parameter = [values], e.g. "
                                 f"{{ nlist = [64, 256], nprobe = [1, 4] }}, got {table!r}"[:300])
             for param, values in table.items():
-                if not isinstance(values, list) or not values:
-                    raise UserError(f"option sweep.{name}.{param} must be a non-empty list of values, got {values!r}")
-                for value in values:
-                    check_spec(name, {param: value})
+                where = f"option sweep.{name}.{param}"
+                by_size: dict[Optional[str], Any] = values if isinstance(values, dict) else {None: values}
+                if not by_size:
+                    raise UserError(f"{where} must be a list of values or a table of size = [values], e.g. {_BY_SIZE}, got {{}}")
+                for size, listed in by_size.items():
+                    if size is not None and not _is_size(size):
+                        raise UserError(f"{where}: size {size!r} must be a positive integer (px), e.g. {_BY_SIZE}")
+                    if not isinstance(listed, list) or not listed:
+                        also = " (or a table of size = [values])" if size is None else ""
+                        raise UserError(f"{where}{'' if size is None else '.' + size} must be a non-empty list of "
+                                        f"values{also}, got {listed!r}"[:300])
+                    for value in listed:
+                        check_spec(name, {param: value})
+
+    def check_sizes(self, sizes: Sequence[int]) -> None:
+        """Every parameter keyed by size has values at each of ``sizes`` (the sizes the cells run at):
+        a missing one is found before any work, not when its cell starts."""
+        for name, table in self.sweep.items():
+            for param, values in table.items():
+                missing = [str(size) for size in sizes if isinstance(values, dict) and str(size) not in values]
+                if missing:
+                    raise UserError(f"option sweep.{name}.{param} has no values for {', '.join(missing)} px: add "
+                                    f"{', '.join(f'{size} = [...]' for size in missing)} to its table "
+                                    f"(it has values for {', '.join(values)} px)")
+
+    def sweep_at(self, name: str, size: int) -> dict[str, list[Any]]:
+        """{parameter: [values]} of ``sweep.NAME`` at ``size`` px (a size without values: UserError)."""
+        self.check_sizes([size])
+        return {param: list(values[str(size)] if isinstance(values, dict) else values)
+                for param, values in self.sweep[name].items()}
 
     def records_time(self) -> bool:
         return True  # every point of the curve is timed (time-to-quality)
@@ -217,18 +253,18 @@ def reconstruction_mse(out: torch.Tensor, target: torch.Tensor, patch_size: int)
 def _sweep(spec: CellSpec, base_params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     """The parameters varied along the curve (``"nprobe"``, or ``"nlist,nprobe"`` for several) and
     the points, each a {parameter: value} dict: the suite's ``sweep.<name> = {param = [...], ...}``
-    for this mechanism name (without its [params]; several parameters: every combination, so an
-    index is tuned on all its main knobs), else ``iterations`` when it has one."""
+    for this mechanism name (without its [params]) at the cell's size (several parameters: every
+    combination, so an index is tuned on all its main knobs), else ``iterations`` when it has one."""
+    options = SearchOptions.of(spec)
     name_only = spec.mechanism.split("[")[0]
-    sweeps = spec.options.get("sweep", {}) or {}
-    if name_only in sweeps:
-        knobs = {name: list(values) for name, values in sweeps[name_only].items()}
+    if name_only in options.sweep:
+        knobs = options.sweep_at(name_only, spec.size)
         points = [dict(zip(knobs, combo)) for combo in itertools.product(*knobs.values())]
         return ",".join(knobs), points
     target = base_params.get("iterations")
     if target is None:
         return "", [{}]
-    return "iterations", [{"iterations": n} for n in sorted(set(spec.options.get("iterations", [])) | {target})]
+    return "iterations", [{"iterations": n} for n in sorted(set(options.iterations) | {target})]
 
 
 @dataclass(frozen=True)
