@@ -116,18 +116,7 @@ iterations = [1]
     ("iterations = [1, 2]\nsearch_k = 2\n", "non-empty list"),
     ("iterations = []\n", "non-empty list"),
     ("iterations = [-1]\n", "iterations"),
-])
-def test_search_sweep_tables_are_checked(tmp_path: Path, table: str, needle: str | None) -> None:
-    path = _suite(tmp_path, SEARCH + table)
-    if needle is None:
-        assert suites.load(path).cells()
-        return
-    with pytest.raises(UserError) as exc:
-        suites.load(path).cells()
-    assert needle in _one_line(exc)
-
-
-@pytest.mark.parametrize("table, needle", [
+    # values keyed by image size
     ("iterations = { 16 = [1, 2], 32 = [3] }\n", None),  # a table keyed by size; a size not run is allowed
     ("iterations = { 16 = [1, 2] }\nsearch_k = [2, 3]\n", None),  # beside a list for every size
     ("iterations = { big = [1, 2] }\n", "option sweep.psal-1.iterations: size 'big' must be a positive integer (px), "
@@ -141,7 +130,7 @@ def test_search_sweep_tables_are_checked(tmp_path: Path, table: str, needle: str
     ("iterations = { 32 = [1], 64 = [2] }\n", "suite 'strict-search': option sweep.psal-1.iterations has no values "
      "for 16 px: add 16 = [...] to its table (it has values for 32, 64 px)"),
 ])
-def test_search_sweep_values_keyed_by_size_are_checked(tmp_path: Path, table: str, needle: str | None) -> None:
+def test_search_sweep_tables_are_checked(tmp_path: Path, table: str, needle: str | None) -> None:
     path = _suite(tmp_path, SEARCH + table)
     if needle is None:
         assert suites.load(path).cells()
