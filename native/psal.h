@@ -238,7 +238,7 @@ PSAL_HD int64_t psal_search_levels(int64_t hk, int64_t wk) {
 
 // The reach limits of "Search": the first random-search level, the first whose radius
 // max(hk, wk) >> level is <= reach (reach = 0: no limit, level 0), and how many of the
-// jump-flooding steps 1, 2, 4, 8 are <= max_jump (the Python layer checks max_jump >= 1).
+// jump-flooding steps 1, 2, 4, 8 are <= max_jump (psal_search_* refuse reach < 0, max_jump < 1).
 PSAL_HD int64_t psal_first_level(int64_t hk, int64_t wk, int64_t reach) {
   const int64_t m = hk > wk ? hk : wk;
   int64_t level = 0;
