@@ -170,7 +170,9 @@ def _workers_of(pid: int) -> list[int]:
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 130), (signal.SIGHUP, 129)])
 def test_interrupting_the_run_kills_the_running_worker(tmp_path: Path, worker_path: Path, sig: int, code: int) -> None:
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "attnbench.cli", "run", str(write_suite(tmp_path, [OK, HANG], timeout=120)),
+    # the hanging cell's timeout far above the wait for it: on a loaded CI machine a 120 s timeout
+    # once ended the cell before the signal reached the run
+    proc = subprocess.Popen([sys.executable, "-m", "attnbench.cli", "run", str(write_suite(tmp_path, [OK, HANG], timeout=900)),
                              "--out", str(out), "--no-table"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "NO_COLOR": "1"},
                             # a shell's background job ignores SIGINT, and children inherit that
