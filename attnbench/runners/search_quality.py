@@ -250,12 +250,14 @@ def reconstruction_mse(out: torch.Tensor, target: torch.Tensor, patch_size: int)
 
 
 # ------------------------------------------------------------------------------ cell runner
-def _sweep(spec: CellSpec, base_params: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def _sweep(spec: CellSpec, base_params: dict[str, Any],
+           options: Optional[SearchOptions] = None) -> tuple[str, list[dict[str, Any]]]:
     """The parameters varied along the curve (``"nprobe"``, or ``"nlist,nprobe"`` for several) and
     the points, each a {parameter: value} dict: the suite's ``sweep.<name> = {param = [...], ...}``
     for this mechanism name (without its [params]) at the cell's size (several parameters: every
-    combination, so an index is tuned on all its main knobs), else ``iterations`` when it has one."""
-    options = SearchOptions.of(spec)
+    combination, so an index is tuned on all its main knobs), else ``iterations`` when it has one.
+    ``options``: the cell's parsed options, when the caller has them (parsing checks every sweep value)."""
+    options = options or SearchOptions.of(spec)
     name_only = spec.mechanism.split("[")[0]
     if name_only in options.sweep:
         knobs = options.sweep_at(name_only, spec.size)
@@ -357,7 +359,7 @@ def run(spec: CellSpec) -> dict[str, Any]:
     check_feasible(base, shape, CallBudget.for_cell(spec, options, {"time"}), metrics)
     with torch.no_grad():  # untimed warm-up: library loading, thread pools, compilation
         base(q[..., :32, :32], k[..., :32, :32], values[..., :32, :32])
-    swept, points = _sweep(spec, metrics["resolved_params"])
+    swept, points = _sweep(spec, metrics["resolved_params"], options)
     if swept:
         metrics["swept"] = swept
     own = {name: metrics["resolved_params"].get(name) for name in swept.split(",")} if swept else {}
